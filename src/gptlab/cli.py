@@ -1,0 +1,90 @@
+"""The ``gptlab`` command: thin subcommands over the library.
+
+Bad input ends the command with one line ``gptlab: error: ...`` on stderr and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from gptlab.errors import GptlabError
+
+
+def run_cli(fn: Callable[[], object]) -> int:
+    """Run ``fn``; print a GptlabError as one line and return 2, else return 0. Ctrl-C returns 130."""
+    try:
+        fn()
+    except GptlabError as e:
+        print(f"gptlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gptlab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _download(args: argparse.Namespace) -> None:
+    from gptlab.data.download import download_sources
+    from gptlab.params import load_params
+
+    summary = download_sources(load_params(args.params).download, args.out, args.metrics)
+    print(f"download: {summary['files']} files, {summary['bytes']:,} bytes into {args.out}")
+
+
+def _tokenize(args: argparse.Namespace) -> None:
+    from gptlab.data.corpus import tokenize_corpus
+    from gptlab.params import load_params
+
+    params = load_params(args.params)
+    s = tokenize_corpus(params.tokenize, args.corpus, args.out, params.seed, args.metrics)
+    print(
+        f"tokenize: {s['documents']['train']}+{s['documents']['val']} documents, "
+        f"{s['tokens']['train']:,} train / {s['tokens']['val']:,} val tokens, "
+        f"{s['tokens_per_s']:,.0f} tokens/s with {s['workers']} workers -> {args.out}"
+    )
+
+
+def _encode(args: argparse.Namespace) -> None:
+    from gptlab.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    print(json.dumps(tok.encode(args.text, allowed_special="all")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``gptlab`` command."""
+    parser = argparse.ArgumentParser(prog="gptlab", description="Build a GPT-2-style model end to end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="fetch the raw data sources named in params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", default="data/raw")
+    p.add_argument("--metrics", default="metrics/download.json")
+    p.set_defaults(fn=_download)
+
+    p = sub.add_parser("tokenize", help="encode the corpus into train/val token shards")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--corpus", default="data/raw/corpus")
+    p.add_argument("--out", default="data/shards")
+    p.add_argument("--metrics", default="metrics/tokenize.json")
+    p.set_defaults(fn=_tokenize)
+
+    p = sub.add_parser("encode", help="print the token ids of a text")
+    p.add_argument("text")
+    p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a SimpleTokenizer tokenizer.json")
+    p.set_defaults(fn=_encode)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gptlab`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Converters between gptlab checkpoints and other formats."""

@@ -1,0 +1,1 @@
+"""Data: raw downloads, token shards, instruction records."""

