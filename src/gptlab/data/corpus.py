@@ -74,10 +74,12 @@ def split_documents(docs: Sequence[Document], val_fraction: float, seed: int) ->
     """
     if len(docs) == 1:
         text = docs[0].text
-        cut = _SAFE_CUT.search(text, int(len(text) * (1 - val_fraction)))
-        if cut is None:
+        target = int(len(text) * (1 - val_fraction))
+        cuts = [m.end() for m in _SAFE_CUT.finditer(text)]
+        if not cuts:
             raise GptlabError(f"{docs[0].name}: one document with no line break to split train from val; add documents")
-        return [Document(docs[0].name, text[: cut.end()])], [Document(docs[0].name + "#val", text[cut.end() :])]
+        cut = min(cuts, key=lambda c: abs(c - target))
+        return [Document(docs[0].name, text[:cut])], [Document(docs[0].name + "#val", text[cut:])]
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
     chosen = set(np.random.default_rng(seed).permutation(len(docs))[:n_val].tolist())
     return [d for i, d in enumerate(docs) if i not in chosen], [d for i, d in enumerate(docs) if i in chosen]

@@ -39,7 +39,7 @@ from gptlab.io import atomic_dir, write_json
 from gptlab.params import DownloadParams, SourceParams
 from gptlab.progress import progress
 
-CHUNK_BYTES = 1 << 16
+CHUNK_BYTES = 1 << 14  # a dropped connection loses at most one partly read chunk
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 

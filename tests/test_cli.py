@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+GPTLAB = str(Path(sys.executable).parent / "gptlab")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([GPTLAB, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_encode_prints_gpt2_ids():
+    r = run("encode", "Hello, world.")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [15496, 11, 995, 13]
+
+
+def test_bad_params_give_one_line_and_exit_2(tmp_path):
+    (tmp_path / "params.yaml").write_text("download: {sources: {c: {uri: 'file:///x'}}}\ntokenize: {workers: -3}\n")
+    r = run("tokenize", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"gptlab: error: {tmp_path / 'params.yaml'}: tokenize.workers=-3 is impossible: 0 means one per CPU core, else >= 1"
+    ]
+
+
+def test_download_then_tokenize_from_the_command_line(corpus_dir, tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        f"download:\n  sources:\n    corpus: {{uri: '{corpus_dir.as_uri()}/a.txt'}}\n"
+        "tokenize: {val_fraction: 0.1}\n"
+    )
+    r = run("download", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "download: 1 files" in r.stdout
+    # one document: train and val are cut from it at a line break
+    r = run("tokenize", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "metrics" / "tokenize.json").read_text())
+    assert metrics["documents"] == {"train": 1, "val": 1} and metrics["tokens"]["train"] > 5

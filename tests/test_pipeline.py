@@ -1,0 +1,48 @@
+"""`dvc repro` on a scratch copy of the project with local sources: run, no-op, partial rerun."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dvc(cwd, *args):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "stages", "src"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
+    shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    archive = shutil.make_archive(str(tmp_path / "corpus-1.0"), "gztar", root_dir=tmp_path, base_dir="corpus")
+    params["download"]["sources"] = {"corpus": {"uri": Path(archive).as_uri() + "#*.txt"}}
+    params["download"]["cache_dir"] = str(tmp_path / "cache")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+
+    out = dvc(project, "repro")
+    assert "Running stage 'download'" in out and "Running stage 'tokenize'" in out
+    assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
+    assert (project / "metrics" / "download.json").exists() and (project / "metrics" / "tokenize.json").exists()
+
+    assert "Data and pipelines are up to date" in dvc(project, "repro")
+
+    params["tokenize"]["val_fraction"] = 0.4
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(project, "repro")
+    assert "Stage 'download' didn't change, skipping" in out and "Running stage 'tokenize'" in out
+    assert '"val": 2' in (project / "metrics" / "tokenize.json").read_text()

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from gptlab.data.shards import HEADER_BYTES, ShardWriter, TokenShards, read_header, read_shard, split_paths, write_shard
+from gptlab.errors import GptlabError
+
+
+def test_write_read_round_trip(tmp_path):
+    tokens = np.arange(1000) % 50257
+    path = tmp_path / "train-00000.bin"
+    write_shard(path, tokens, vocab_size=50257, eot_token=50256)
+    assert path.stat().st_size == HEADER_BYTES + 2 * 1000
+    assert read_header(path) == {"version": 1, "n_tokens": 1000, "vocab_size": 50257, "eot_token": 50256}
+    data = read_shard(path)
+    assert data.dtype == np.uint16 and np.array_equal(data, tokens)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_truncated_foreign_and_extended_files_are_refused(tmp_path):
+    path = tmp_path / "train-00000.bin"
+    write_shard(path, np.arange(100), vocab_size=256, eot_token=0)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-10])
+    with pytest.raises(GptlabError, match=r"train-00000.bin: truncated: the header says 100 tokens \(264 bytes\) but the file has 254 bytes; re-run `dvc repro tokenize`"):
+        read_shard(path)
+    path.write_bytes(raw + b"\0\0")
+    with pytest.raises(GptlabError, match="longer than its header says"):
+        read_shard(path)
+    path.write_bytes(b"\x00" * 300)
+    with pytest.raises(GptlabError, match="not a gptlab token shard"):
+        read_shard(path)
+    path.write_bytes(raw[:8] + (2).to_bytes(4, "little") + raw[12:])
+    with pytest.raises(GptlabError, match="format version 2"):
+        read_shard(path)
+    with pytest.raises(GptlabError, match="shard not found"):
+        read_shard(tmp_path / "nope.bin")
+
+
+def test_ids_outside_the_vocabulary_or_uint16_are_refused(tmp_path):
+    with pytest.raises(GptlabError, match=r"token ids must lie in \[0, 10\)"):
+        write_shard(tmp_path / "x.bin", np.array([1, 10]), vocab_size=10, eot_token=0)
+    with pytest.raises(GptlabError, match="does not fit uint16"):
+        write_shard(tmp_path / "x.bin", np.array([1]), vocab_size=70000, eot_token=0)
+
+
+def test_writer_rolls_over_at_max_tokens(tmp_path):
+    writer = ShardWriter(tmp_path, "train", max_tokens=1024, vocab_size=3000, eot_token=0)
+    parts = [np.arange(i * 100, i * 100 + 700) % 3000 for i in range(4)]  # 2800 tokens
+    for part in parts:
+        writer.write(part)
+    paths = writer.close()
+    assert [p.name for p in paths] == ["train-00000.bin", "train-00001.bin", "train-00002.bin"]
+    assert [read_header(p)["n_tokens"] for p in paths] == [1024, 1024, 752]
+    assert np.array_equal(np.concatenate([read_shard(p) for p in paths]), np.concatenate(parts))
+    assert split_paths(tmp_path, "train") == paths
+    with pytest.raises(GptlabError, match="no val shards"):
+        split_paths(tmp_path, "val")
+
+
+def make_shards(tmp_path, sizes):
+    for i, n in enumerate(sizes):
+        write_shard(tmp_path / f"train-{i:05d}.bin", (np.arange(n) + 1000 * i) % 5000, vocab_size=5000, eot_token=0)
+    return TokenShards.from_folder(tmp_path, "train")
+
+
+def test_random_windows_are_next_token_pairs_and_seeded(tmp_path):
+    shards = make_shards(tmp_path, [300, 50, 400])
+    x, y = shards.random_windows(16, 32, np.random.default_rng(0))
+    assert x.shape == y.shape == (16, 32) and x.dtype == y.dtype == __import__("torch").int64
+    assert (x[:, 1:] == y[:, :-1]).all()
+    # shard i holds consecutive values starting at 1000 * i: each window is a consecutive run
+    assert ((y - x) == 1).all()
+    x2, _ = shards.random_windows(16, 32, np.random.default_rng(0))
+    assert (x == x2).all()
+    starts = {int(v) for v in x[:, 0]}
+    assert len(starts) > 8
+
+
+def test_windows_never_cross_a_shard_and_short_shards_are_skipped(tmp_path):
+    shards = make_shards(tmp_path, [300, 20, 400])
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x, y = shards.random_windows(8, 64, rng)
+        assert ((y - x) == 1).all()
+        assert not ((x >= 1000) & (x < 2000)).any()  # the 20-token shard cannot hold a window
+
+
+def test_context_longer_than_every_shard_fails_clearly(tmp_path):
+    shards = make_shards(tmp_path, [100])
+    with pytest.raises(GptlabError, match=r"context length 100 is too long for these shards \(longest holds 100 tokens"):
+        shards.random_windows(2, 100, np.random.default_rng(0))
+
+
+def test_sequential_windows_cover_in_order(tmp_path):
+    shards = make_shards(tmp_path, [101, 51])
+    batches = list(shards.sequential_windows(batch=3, context=25))
+    xs = np.concatenate([b[0].numpy() for b in batches])
+    assert xs.shape == (4 + 2, 25)
+    assert xs[0, 0] == 0 and xs[1, 0] == 25 and xs[4, 0] == 1000 and xs[5, 0] == 1025
+    assert [len(b[0]) for b in batches] == [3, 3]
+    limited = list(shards.sequential_windows(batch=4, context=25, max_windows=5))
+    assert sum(len(b[0]) for b in limited) == 5
+    assert shards.n_tokens == 152
