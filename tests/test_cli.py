@@ -38,3 +38,23 @@ def test_download_then_tokenize_from_the_command_line(corpus_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "metrics" / "tokenize.json").read_text())
     assert metrics["documents"] == {"train": 1, "val": 1} and metrics["tokens"]["train"] > 5
+
+
+def test_generate_streams_the_same_text_as_the_library(tmp_path):
+    import torch
+
+    from gptlab.checkpoint import save_model
+    from gptlab.generate import SamplingConfig, generate
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.tokenizer import gpt2
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("gpt-tiny")).eval()
+    save_model(tmp_path / "m", model)
+    enc = gpt2()
+    expected = generate(model, [enc.encode("To be, or not")], SamplingConfig(max_new_tokens=12, temperature=0), stop_tokens=[enc.eot_token])[0]
+    r = run("generate", "--model", str(tmp_path / "m"), "--prompt", "To be, or not", "--max-new-tokens", "12", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == enc.decode(expected) + "\n"
+    r = run("generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
+    assert r.returncode == 2 and "config.json: not found" in r.stderr

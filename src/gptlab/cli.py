@@ -55,6 +55,26 @@ def _encode(args: argparse.Namespace) -> None:
     print(json.dumps(tok.encode(args.text, allowed_special="all")))
 
 
+def _generate(args: argparse.Namespace) -> None:
+    import codecs
+
+    from gptlab.checkpoint import load_model
+    from gptlab.generate import SamplingConfig, stream
+    from gptlab.tokenizer import token_bytes
+
+    model, tok = load_model(args.model, args.device)
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    prompt = tok.encode(args.prompt, allowed_special="all")
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+    for tokens, _ in stream(model, [prompt], cfg, stop_tokens=[tok.eot_token], use_cache=not args.no_cache, pad_token=tok.eot_token):
+        token = int(tokens[0])
+        if token == tok.eot_token:
+            break
+        sys.stdout.write(utf8.decode(token_bytes(tok, token)))
+        sys.stdout.flush()
+    sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``gptlab`` command."""
     parser = argparse.ArgumentParser(prog="gptlab", description="Build a GPT-2-style model end to end.")
@@ -72,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/shards")
     p.add_argument("--metrics", default="metrics/tokenize.json")
     p.set_defaults(fn=_tokenize)
+
+    p = sub.add_parser("generate", help="continue a prompt with a model, streaming tokens as they come")
+    p.add_argument("--model", required=True, help="a gptlab checkpoint folder (or a Hugging Face GPT-2 folder)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
+    p.set_defaults(fn=_generate)
 
     p = sub.add_parser("encode", help="print the token ids of a text")
     p.add_argument("text")

@@ -197,6 +197,13 @@ class SimpleTokenizer:
 Tokenizer = tiktoken.Encoding | SimpleTokenizer
 
 
+def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
+    """Return the UTF-8 bytes of one token (a GPT-2 token may hold part of a character)."""
+    if isinstance(tokenizer, tiktoken.Encoding):
+        return tokenizer.decode_single_token_bytes(token)
+    return tokenizer.decode([token]).encode("utf-8")
+
+
 def load_tokenizer(spec: str | Path) -> Tokenizer:
     """Return the tokenizer named by ``spec``: ``"gpt2"`` or a SimpleTokenizer JSON path."""
     if str(spec) == "gpt2":
