@@ -30,7 +30,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/tokenize_corpus.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,30 +4,24 @@ Both run in this process on the same text (default: the corpus the download stag
 best of --repeat runs each. Prints `name: value` lines; the target is
 `parallel_vs_single_thread >= 1.7` on a 2-core machine.
 
-    python bench/tokenize.py [--corpus data/raw/corpus] [--glob '*.txt'] [--workers 0] [--repeat 5]
+    python bench/tokenize_corpus.py [--corpus data/raw/corpus] [--glob '*.txt'] [--workers 0] [--repeat 5]
 """
 
 from __future__ import annotations
 
-import sys
-
-# This file is named like the standard library's `tokenize`, which the stdlib imports itself
-# (linecache, logging): take this folder off the import path before anything else loads.
-_here = __import__("os").path.dirname(__import__("os").path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if __import__("os").path.abspath(p or ".") != _here]
-
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("GPTLAB_QUIET", "1")
 
-from gptlab.data.corpus import encode_documents, read_corpus, tokenize_corpus  # noqa: E402
-from gptlab.params import TokenizeParams  # noqa: E402
-from gptlab.tokenizer import gpt2  # noqa: E402
+from gptlab.data.corpus import encode_documents, read_corpus, tokenize_corpus
+from gptlab.params import TokenizeParams
+from gptlab.tokenizer import gpt2
 
 
 def best_of(repeat: int, fn) -> float:
