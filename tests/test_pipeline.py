@@ -31,13 +31,23 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir
     archive = shutil.make_archive(str(tmp_path / "corpus-1.0"), "gztar", root_dir=tmp_path, base_dir="corpus")
     params["download"]["sources"] = {"corpus": {"uri": Path(archive).as_uri() + "#*.txt"}}
     params["download"]["cache_dir"] = str(tmp_path / "cache")
+    params["model"] = {"vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
+    params["pretrain"].update(max_steps=4, batch_size=2, tokens_per_step=64, warmup_steps=1, eval_interval=2, eval_windows=2,
+                              sample_tokens=4, checkpoint_dir=str(tmp_path / "ckpt"))  # fmt: skip
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    # a clone has commits; DVCLive refuses a git repository without any
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "scratch"], cwd=project, check=True)
 
     out = dvc(project, "repro")
-    assert "Running stage 'download'" in out and "Running stage 'tokenize'" in out
+    assert "Running stage 'download'" in out and "Running stage 'tokenize'" in out and "Running stage 'pretrain'" in out
     assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
     assert (project / "metrics" / "download.json").exists() and (project / "metrics" / "tokenize.json").exists()
+    assert sorted(p.name for p in (project / "models" / "pretrained").iterdir()) == ["best", "config.json", "model.safetensors"]
+    shown = dvc(project, "metrics", "show")
+    assert "metrics/pretrain/metrics.json" in shown and "val_loss" in shown
 
     assert "Data and pipelines are up to date" in dvc(project, "repro")
 
@@ -45,4 +55,5 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(project, "repro")
     assert "Stage 'download' didn't change, skipping" in out and "Running stage 'tokenize'" in out
+    assert "Running stage 'pretrain'" in out  # new shards: retrained
     assert '"val": 2' in (project / "metrics" / "tokenize.json").read_text()

@@ -3,11 +3,16 @@
 ``config.json`` holds ``{"format": "gptlab", "model": GPTConfig, "tokenizer": spec}`` where
 spec is ``"gpt2"`` or ``"tokenizer.json"`` (a SimpleTokenizer saved beside the weights).
 Tied weights are stored once (``head.weight`` is omitted when tied). No pickles anywhere.
+
+A training checkpoint adds ``state.safetensors`` (optimizer moments, torch RNG states) and
+``state.json`` (step, schedule position, data generator state, python RNG, history...), so a
+resumed run continues bit for bit.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -30,11 +35,20 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_model(folder: str | Path, model: GPT, tokenizer: str | Path = "gpt2", extra: dict | None = None) -> Path:
+def save_model(
+    folder: str | Path,
+    model: GPT,
+    tokenizer: str | Path = "gpt2",
+    extra: dict | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_state: dict | None = None,
+) -> Path:
     """Write ``model`` to ``folder`` (replacing it only once complete); return the folder.
 
     ``tokenizer``: ``"gpt2"`` or the path of a SimpleTokenizer JSON, copied in as
-    ``tokenizer.json``. ``extra`` adds JSON-able entries to ``config.json``.
+    ``tokenizer.json``. ``extra`` adds JSON-able entries to ``config.json``. With
+    ``optimizer`` and ``train_state`` (JSON-able) it is a training checkpoint: the optimizer's
+    tensors and the RNG states go to ``state.safetensors``, the rest to ``state.json``.
     """
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
@@ -44,7 +58,61 @@ def save_model(folder: str | Path, model: GPT, tokenizer: str | Path = "gpt2", e
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
             spec = "tokenizer.json"
         write_json(tmp / "config.json", {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": spec, **(extra or {})})
+        if optimizer is not None:
+            tensors, meta = _training_state(optimizer)
+            save_file(tensors, tmp / "state.safetensors", metadata={"format": FORMAT})
+            write_json(tmp / "state.json", {**meta, **(train_state or {})})
     return folder
+
+
+def _training_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split the optimizer and RNG states into tensors and JSON."""
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, entries in opt["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    meta = {"optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars, "rng_python": _py_rng_to_json(random.getstate())}
+    return tensors, meta
+
+
+def _py_rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore ``optimizer`` and the torch/python RNG states from a training checkpoint; return
+    ``state.json`` (step, data generator state, history...)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        tensors = load_file(folder / "state.safetensors")
+    except FileNotFoundError as e:
+        raise GptlabError(f"{folder}: not a training checkpoint ({Path(e.filename).name} missing); start without resume") from None
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in meta["optimizer_scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    version, internal, gauss = meta["rng_python"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta
 
 
 def read_config(folder: str | Path) -> dict:

@@ -48,6 +48,23 @@ def _tokenize(args: argparse.Namespace) -> None:
     )
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    import dataclasses
+    import signal
+
+    from gptlab.params import load_params
+    from gptlab.train import publish, pretrain
+
+    params = load_params(args.params)
+    p = params.pretrain if args.max_steps is None else dataclasses.replace(params.pretrain, max_steps=args.max_steps)
+    # `kill` (SIGTERM) saves a checkpoint like Ctrl-C does, so the next run resumes
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    result = pretrain(params.model.to_config(), p, args.shards, params.seed, live_dir=args.metrics_dir)
+    if publish(result, args.out):
+        s = result.summary
+        print(f"pretrain: {s['steps']} steps, val loss {s['val_loss']} ({s['val_bits_per_byte']} bits/byte), {s['tokens_per_s']} tokens/s -> {args.out}")
+
+
 def _encode(args: argparse.Namespace) -> None:
     from gptlab.tokenizer import load_tokenizer
 
@@ -92,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/shards")
     p.add_argument("--metrics", default="metrics/tokenize.json")
     p.set_defaults(fn=_tokenize)
+
+    p = sub.add_parser("pretrain", help="pretrain a GPT on the token shards (torchrun for several processes)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--shards", default="data/shards")
+    p.add_argument("--out", default="models/pretrained")
+    p.add_argument("--metrics-dir", default="metrics/pretrain", help="DVCLive folder: metrics.json, plots")
+    p.add_argument("--max-steps", type=int, default=None, help="override pretrain.max_steps")
+    p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("generate", help="continue a prompt with a model, streaming tokens as they come")
     p.add_argument("--model", required=True, help="a gptlab checkpoint folder (or a Hugging Face GPT-2 folder)")

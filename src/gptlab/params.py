@@ -108,11 +108,83 @@ class TokenizeParams:
 
 
 @dataclass(frozen=True)
+class ModelParams:
+    """The ``model`` section: a GPT shape. ``preset`` (e.g. ``gpt2-124M``) supplies every field
+    left null; without a preset a null field takes GPTConfig's default."""
+
+    preset: str | None = None
+    vocab_size: int | None = None
+    context_length: int | None = None
+    emb_dim: int | None = None
+    n_heads: int | None = None
+    n_layers: int | None = None
+    drop_rate: float | None = None
+    qkv_bias: bool | None = None
+    tie_embeddings: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.to_config()  # an impossible shape fails here, naming the fields
+
+    def to_config(self):
+        """Return the GPTConfig these params describe."""
+        from gptlab.model import GPTConfig
+
+        given = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
+        return GPTConfig.preset(self.preset, **given) if self.preset else GPTConfig(**given)
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """The ``pretrain`` section: the training loop's settings."""
+
+    max_steps: int = 500
+    batch_size: int = 16
+    tokens_per_step: int = 8192
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_windows: int = 64
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    sample_prompt: str = "ROMEO:"
+    sample_tokens: int = 48
+    checkpoint_dir: str = "checkpoints/pretrain"
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "tokens_per_step", "eval_interval", "eval_windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        for name in ("warmup_steps", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 0")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"lr={self.lr}, min_lr={self.min_lr} are impossible: need lr > 0 and 0 <= min_lr <= lr")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds max_steps={self.max_steps}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 0 and < 1")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+            raise ValueError(f"device={self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N, mps")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
     download: DownloadParams
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
+    model: ModelParams = field(default_factory=lambda: ModelParams(preset="gpt-small"))
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
     seed: int = 1337
 
 

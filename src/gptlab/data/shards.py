@@ -161,17 +161,25 @@ class TokenShards:
             )
         return np.clip(starts, 0, None)
 
+    def draw(self, n: int, context: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` uniformly random window positions with ``rng``: (shard index, offset), each (n,) int64."""
+        starts = self._check_context(context)
+        shard_idx = rng.choice(len(self.arrays), size=n, p=starts / starts.sum())
+        offsets = (rng.random(n) * starts[shard_idx]).astype(np.int64)
+        return shard_idx, offsets
+
+    def gather(self, shard_idx: np.ndarray, offsets: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read the windows at the given positions: ``x, y`` (len, context) int64, ``y`` shifted by one."""
+        rows = np.stack([self.arrays[s][o : o + context + 1] for s, o in zip(shard_idx, offsets)]).astype(np.int64)
+        t = torch.from_numpy(rows)
+        return t[:, :-1], t[:, 1:]
+
     def random_windows(self, batch: int, context: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``batch`` windows at uniformly random positions drawn with ``rng``.
 
         ``x, y``: (batch, context) int64, ``y[:, t] == x[:, t + 1]`` within the window.
         """
-        starts = self._check_context(context)
-        shard_idx = rng.choice(len(self.arrays), size=batch, p=starts / starts.sum())
-        offsets = (rng.random(batch) * starts[shard_idx]).astype(np.int64)
-        rows = np.stack([self.arrays[s][o : o + context + 1] for s, o in zip(shard_idx, offsets)]).astype(np.int64)
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        return self.gather(*self.draw(batch, context, rng), context)
 
     def sequential_windows(self, batch: int, context: int, max_windows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield non-overlapping windows in file order, ``batch`` at a time (the last may be

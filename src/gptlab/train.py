@@ -1,0 +1,435 @@
+"""The training loop: one process or DistributedDataParallel under torchrun.
+
+Each optimizer step draws its global batch of ``tokens_per_step / context_length`` random
+windows from one data generator that every rank holds, and rank ``r`` takes its share of
+each micro-step; so K processes see exactly the batch one process would (gradients are
+averaged the same way), and every rank reads different windows. AdamW (weight decay on
+matrices only), linear warmup then cosine decay to ``min_lr``, gradient clipping, gradient
+accumulation, mixed precision and optional ``torch.compile``.
+
+Every ``eval_interval`` steps (and at the end) rank 0 measures the mean loss over fixed val
+and train windows, perplexity and bits per byte, samples a continuation, logs through DVCLive
+and writes a training checkpoint (``latest/``; ``best/`` when val loss improved). A resumed
+run restores weights, optimizer moments, step, data generator and RNG states and continues
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from gptlab.checkpoint import load_state, load_training_state, save_model
+from gptlab.data.shards import TokenShards
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_dir
+from gptlab.generate import SamplingConfig, generate
+from gptlab.model import GPT, GPTConfig
+from gptlab.params import PretrainParams
+from gptlab.progress import progress
+from gptlab.tokenizer import load_tokenizer
+
+# Dense bf16 peak FLOP/s of common accelerators, for model FLOPs utilisation (MFU).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+@dataclass
+class Distributed:
+    """Where this process stands: rank, world size, local rank, and whether it writes outputs."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes checkpoints, metrics and logs (rank 0)."""
+        return self.rank == 0
+
+
+def setup_distributed(device_hint: str) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1); return the layout."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_hint in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return Distributed(rank, world, local)
+
+
+def pick_device(hint: str, ddp: Distributed) -> torch.device:
+    """Return the device: ``auto`` takes CUDA (this rank's GPU) when present, else the CPU."""
+    if hint == "auto":
+        return torch.device(f"cuda:{ddp.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if hint == "cuda" and ddp.world > 1:
+        return torch.device(f"cuda:{ddp.local_rank}")
+    if hint.startswith("cuda") and not torch.cuda.is_available():
+        raise GptlabError(f"pretrain.device={hint!r} but no CUDA device is visible; use device: auto or cpu")
+    return torch.device(hint)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 support and on
+    CPUs with native bf16, else fp32. ``fp16`` is CUDA-only (it needs a grad scaler)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise GptlabError("pretrain.precision=fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+
+
+def lr_at(step: int, p: PretrainParams) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup over ``warmup_steps``,
+    then cosine decay from ``lr`` to ``min_lr`` at ``max_steps``."""
+    if step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    progress_ = min(1.0, (step - p.warmup_steps) / max(1, p.max_steps - p.warmup_steps))
+    return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * progress_))
+
+
+def make_optimizer(model: GPT, p: PretrainParams, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (dim >= 2: linear weights, embeddings) only; fused on CUDA."""
+    params = {id(q): q for q in model.parameters() if q.requires_grad}.values()
+    decay = [q for q in params if q.dim() >= 2]
+    no_decay = [q for q in params if q.dim() < 2]
+    groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), **extra)
+
+
+def flops_per_token(config: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 N for the weights plus 12 L d T for attention (PaLM appendix B)."""
+    return 6 * n_params + 12 * config.n_layers * config.emb_dim * config.context_length
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The bf16 peak of this GPU if known, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> str:
+    """A short hash of everything that determines the training trajectory (resume key)."""
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens")}
+    blob = json.dumps({"model": config.to_dict(), "pretrain": keep, "seed": seed, "data": data_meta}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_differences(a: GPTConfig, b: GPTConfig) -> list[str]:
+    """Return ``field: a -> b`` for each differing field."""
+    return [f"{f}: {getattr(a, f)} -> {getattr(b, f)}" for f in a.to_dict() if getattr(a, f) != getattr(b, f)]
+
+
+@torch.no_grad()
+def mean_loss(model: GPT, shards: TokenShards, context: int, batch: int, windows: int, device: torch.device, autocast) -> float:
+    """Mean next-token loss (nats/token) over the first ``windows`` sequential windows of ``shards``."""
+    total, count = 0.0, 0
+    for x, y in shards.sequential_windows(batch, context, max_windows=windows):
+        with autocast:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * x.size(0)
+        count += x.size(0)
+    return total / count
+
+
+@dataclass
+class TrainResult:
+    """What a training run ends with: summary figures and where the checkpoints are."""
+
+    summary: dict
+    latest: Path
+    best: Path | None
+
+
+def pretrain(
+    config: GPTConfig,
+    p: PretrainParams,
+    shards_dir: str | Path,
+    seed: int,
+    live_dir: str | Path | None = None,
+    stop_after_steps: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train a GPT on the shards in ``shards_dir``; return the summary and checkpoint paths.
+
+    Checkpoints go to ``p.checkpoint_dir/<run id>/{latest,best}``; with ``p.resume`` a run with
+    the same id continues from ``latest``. ``stop_after_steps`` ends early (after saving), as an
+    interruption would. ``live_dir``: DVCLive folder for metrics and plots (rank 0).
+    """
+    ddp = setup_distributed(p.device)
+    device = pick_device(p.device, ddp)
+    amp_dtype = pick_precision(p.precision, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    shards_dir = Path(shards_dir)
+    meta_path = shards_dir / "meta.json"
+    if not meta_path.exists():
+        raise GptlabError(f"{meta_path}: missing; run `dvc repro tokenize` first")
+    meta = json.loads(meta_path.read_text())
+    train_data = TokenShards.from_folder(shards_dir, "train")
+    val_data = TokenShards.from_folder(shards_dir, "val")
+    if train_data.vocab_size > config.vocab_size:
+        raise GptlabError(f"model.vocab_size={config.vocab_size} is smaller than the shards' vocabulary ({train_data.vocab_size}); raise it")
+    ctx = config.context_length
+    per_micro = p.batch_size * ctx * ddp.world
+    if p.tokens_per_step % per_micro:
+        raise GptlabError(
+            f"pretrain.tokens_per_step={p.tokens_per_step} is not a multiple of batch_size x context_length x processes "
+            f"= {p.batch_size} x {ctx} x {ddp.world} = {per_micro}; pick a multiple (e.g. {per_micro * max(1, round(p.tokens_per_step / per_micro))})"
+        )
+    accum = p.tokens_per_step // per_micro
+    windows_per_step = p.tokens_per_step // ctx
+    # fail early, naming the parameter, if the context does not fit the shards
+    train_data.random_windows(1, ctx, np.random.default_rng(0))
+    val_data.sequential_windows(1, ctx, max_windows=1).__next__()
+
+    rid = run_id(config, p, seed, {"tokenizer": meta["tokenizer"], "train_tokens": meta["splits"]["train"]["tokens"]})
+    run_dir = Path(p.checkpoint_dir) / rid
+    latest_dir, best_dir = run_dir / "latest", run_dir / "best"
+    tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
+    tokenizer = load_tokenizer(tokenizer_spec)
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model = GPT(config).to(device)
+    optimizer = make_optimizer(model, p, device)
+    data_rng = np.random.default_rng(seed)
+    step, tokens_seen, best_val, history, elapsed = 0, 0, float("inf"), [], 0.0
+
+    if p.resume and (latest_dir / "state.json").exists():
+        from safetensors.torch import load_file
+
+        saved_cfg = GPTConfig.from_dict(json.loads((latest_dir / "config.json").read_text())["model"])
+        if saved_cfg != config:
+            raise GptlabError(f"{latest_dir}: the checkpoint's model differs from params.yaml ({'; '.join(config_differences(saved_cfg, config))}); remove it or restore the params")
+        load_state(model, load_file(latest_dir / "model.safetensors"), str(latest_dir))
+        state = load_training_state(latest_dir, optimizer)
+        step, tokens_seen, best_val, history = state["step"], state["tokens_seen"], state["best_val_loss"], state["history"]
+        elapsed = state.get("train_seconds", 0.0)
+        data_rng.bit_generator.state = state["data_rng"]
+        if ddp.main:
+            print(f"pretrain: resuming run {rid} at step {step}/{p.max_steps} from {latest_dir}")
+
+    n_params = model.num_parameters()
+    train_model: torch.nn.Module = torch.compile(model) if p.compile else model
+    if ddp.world > 1:
+        train_model = DistributedDataParallel(train_model, device_ids=[ddp.local_rank] if device.type == "cuda" else None)
+    fpt, peak = flops_per_token(config, n_params), peak_flops(device)
+
+    live = _open_live(live_dir, history) if ddp.main and live_dir else None
+    prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []
+
+    def checkpoint() -> None:
+        if not ddp.main:
+            return
+        state = {"step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val, "history": history,
+                 "data_rng": data_rng.bit_generator.state, "run_id": rid, "train_seconds": elapsed}  # fmt: skip
+        save_model(latest_dir, model, tokenizer_spec, {"pretrain": {"step": step}}, optimizer, state)
+
+    def evaluate(step_tokens_per_s: float) -> dict:
+        nonlocal best_val
+        model.eval()
+        val = mean_loss(model, val_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        train = mean_loss(model, train_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        split = meta["splits"]["val"]
+        row = {
+            "step": step,
+            "tokens": tokens_seen,
+            "train_loss": round(train, 5),
+            "val_loss": round(val, 5),
+            "val_perplexity": round(math.exp(min(val, 50)), 3),
+            "val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5),
+            "lr": lr_at(max(step - 1, 0), p),
+            "tokens_per_s": round(step_tokens_per_s, 1),
+        }
+        if peak:
+            row["mfu"] = round(fpt * step_tokens_per_s * ddp.world / peak, 4)
+        if prompt_ids and p.sample_tokens:
+            out = generate(model, [prompt_ids], SamplingConfig(p.sample_tokens, temperature=0.8, top_k=50, seed=seed), [tokenizer.eot_token])
+            row["sample"] = p.sample_prompt + tokenizer.decode(out[0])
+        model.train()
+        if val < best_val:
+            best_val = val
+            save_model(best_dir, model, tokenizer_spec, {"pretrain": {"step": step, "val_loss": val}})
+        return row
+
+    model.train()
+    start_step = step
+    bar = progress(total=p.max_steps, initial=step, desc="pretrain", unit="step", disable=None if ddp.main else True)
+    window_start, window_tokens = time.perf_counter(), 0
+    try:
+        while step < p.max_steps:
+            if stop_after_steps is not None and step - start_step >= stop_after_steps:
+                break
+            lr = lr_at(step, p)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # the global batch of this step, identical on every rank; rank r takes its share
+            shard_idx, offsets = train_data.draw(windows_per_step, ctx, data_rng)
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                first = (micro * ddp.world + ddp.rank) * p.batch_size
+                x, y = train_data.gather(shard_idx[first : first + p.batch_size], offsets[first : first + p.batch_size], ctx)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                sync = ddp.world == 1 or micro == accum - 1
+                with (nullcontext() if sync else train_model.no_sync()), autocast:
+                    _, loss = train_model(x, y)
+                    scaled = loss / accum
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                loss_sum += loss.detach()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if p.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            step_loss = (loss_sum / accum).item()
+            if not math.isfinite(step_loss):
+                raise GptlabError(
+                    f"step {step}: training loss is {step_loss}; stopped. The last good checkpoint is {latest_dir if latest_dir.exists() else 'none yet'}; "
+                    "lower pretrain.lr or use precision: fp32"
+                )
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += p.tokens_per_step
+            window_tokens += p.tokens_per_step
+            bar.update(1)
+            now = time.perf_counter()
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window_tokens / max(now - window_start, 1e-9):,.0f}")
+            if step % p.eval_interval == 0 or step == p.max_steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                elapsed += time.perf_counter() - window_start
+                if ddp.main:
+                    row = evaluate(tps)
+                    history.append(row)
+                    if live:
+                        _log_row(live, row)
+                    if on_eval:
+                        on_eval(row)
+                    bar.write(f"step {step}: train {row['train_loss']:.4f} val {row['val_loss']:.4f} bpb {row['val_bits_per_byte']:.4f} {tps:,.0f} tok/s")
+                    checkpoint()
+                if ddp.world > 1:
+                    dist.barrier()
+                window_start, window_tokens = time.perf_counter(), 0
+    except KeyboardInterrupt:
+        elapsed += time.perf_counter() - window_start
+        checkpoint()
+        if ddp.main:
+            bar.write(f"pretrain: interrupted; saved step {step} to {latest_dir}; run again to resume")
+        raise
+    finally:
+        bar.close()
+    if step - start_step and (not history or history[-1]["step"] != step):  # stopped between evals
+        elapsed += time.perf_counter() - window_start
+        checkpoint()
+    if ddp.world > 1:
+        dist.barrier()
+
+    last = history[-1] if history else {}
+    summary = {
+        "run_id": rid,
+        "steps": step,
+        "tokens_seen": tokens_seen,
+        "parameters": n_params,
+        "train_loss": last.get("train_loss"),
+        "val_loss": last.get("val_loss"),
+        "val_perplexity": last.get("val_perplexity"),
+        "val_bits_per_byte": last.get("val_bits_per_byte"),
+        "best_val_loss": None if best_val == float("inf") else round(best_val, 5),
+        "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
+        "train_seconds": round(elapsed, 2),
+        "device": str(device),
+        "precision": str(amp_dtype or torch.float32).removeprefix("torch."),
+        "processes": ddp.world,
+    }
+    if live:
+        for key, value in summary.items():
+            if isinstance(value, (int, float)) and key != "steps":
+                live.summary[key] = value
+        if history:
+            from gptlab.plots import loss_figure
+
+            live.log_image("loss.png", loss_figure(history))
+        live.make_summary()
+        live.end()
+    return TrainResult(summary, latest_dir, best_dir if best_dir.exists() else None)
+
+
+def _open_live(live_dir: str | Path, history: list[dict]):
+    """Open a fresh DVCLive log in ``live_dir`` and replay ``history`` (after a resume)."""
+    from dvclive import Live
+
+    shutil.rmtree(live_dir, ignore_errors=True)
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    for row in history:
+        _log_row(live, row)
+    return live
+
+
+def _log_row(live, row: dict) -> None:
+    live.step = row["step"]
+    for key in ("train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "tokens", "tokens_per_s", "mfu"):
+        if key in row:
+            live.log_metric(key, row[key])
+    if "sample" in row:
+        live.log_metric("sample", row["sample"], plot=False)
+
+
+def publish(result: TrainResult, out: str | Path) -> bool:
+    """Copy the final model to ``out`` and the best to ``out/best`` (weights and config, no
+    training state), replacing ``out`` once complete. Only rank 0 writes; returns True there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return False
+    files = ("model.safetensors", "config.json", "tokenizer.json")
+    with atomic_dir(out) as tmp:
+        for name in files:
+            if (result.latest / name).exists():
+                shutil.copyfile(result.latest / name, tmp / name)
+        if result.best is not None:
+            (tmp / "best").mkdir()
+            for name in files:
+                if (result.best / name).exists():
+                    shutil.copyfile(result.best / name, tmp / "best" / name)
+    return True
