@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.errors import GptlabError
+from gptlab.fused_loss import linear_cross_entropy
 
 
 class ConfigError(GptlabError, ValueError):
@@ -203,7 +204,8 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return ``(logits, loss)``.
 
         ``idx``: (batch, seq) int64 -> ``logits``: (batch, seq, vocab). ``loss`` is the mean
@@ -212,6 +214,10 @@ class GPT(nn.Module):
         ``position_ids``: (batch, seq), default ``cache.length + arange(seq)``.
         ``mask``: (batch, 1, seq, keys) bool attention mask, default causal.
         ``last_only``: logits of the last position only, (batch, 1, vocab) (for generation).
+
+        With ``targets`` (and no autocast) the loss comes from a chunked fused head +
+        cross-entropy that never materialises the (batch, seq, vocab) logits; ``logits`` is
+        then None unless ``return_logits``.
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -228,7 +234,10 @@ class GPT(nn.Module):
             x = block(x, cache, i, mask)
         if cache is not None:
             cache.length += T
-        logits = self.head(self.final_norm(x[:, -1:] if last_only else x))
+        x = self.final_norm(x[:, -1:] if last_only else x)
+        if targets is not None and not return_logits and not torch.is_autocast_enabled(x.device.type):
+            return None, linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())
+        logits = self.head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

@@ -1,0 +1,76 @@
+"""Cross-entropy of a linear output head without materialising the logits.
+
+With GPT-2's 50,257-token vocabulary the logits of a batch are huge (2,048 tokens x 50,257 x
+4 bytes = 412 MB), and on a CPU the memory-bound passes over them (log-softmax forward and
+backward, zero-filling their gradient) cost as much as the head's matmuls. Here the rows are
+processed in chunks: each chunk's logits are turned in place into their own gradient
+(softmax minus one-hot), and the gradients of the hidden states and of the head weight are
+computed right away. Same matmuls, a fraction of the memory traffic; the result equals
+``F.cross_entropy(h @ W.T, targets, ignore_index=-100)`` and its gradients to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _chunk_lse(logits: torch.Tensor) -> torch.Tensor:
+    """Turn ``logits`` (rows, vocab) into softmax in place; return each row's logsumexp (rows,)."""
+    peak = logits.amax(dim=1, keepdim=True)
+    logits.sub_(peak).exp_()
+    total = logits.sum(dim=1, keepdim=True)
+    logits.div_(total)
+    return (peak + total.log()).squeeze(1)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """loss = mean over non-ignored rows of CE(hidden @ weight.T, targets); gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        valid = targets != -100
+        n_valid = valid.sum().clamp(min=1).to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        total = hidden.new_zeros(())
+        for start in range(0, hidden.size(0), chunk):
+            h, t, v = hidden[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
+            logits = h @ weight.t()
+            rows = torch.arange(len(t), device=t.device)
+            picked = logits[rows, t.clamp(min=0)]
+            lse = _chunk_lse(logits)  # logits now hold the softmax
+            total += ((lse - picked) * v).sum()
+            logits[rows, t.clamp(min=0)] -= 1.0
+            logits.mul_((v.to(logits.dtype) / n_valid)[:, None])
+            torch.mm(logits, weight, out=grad_hidden[start : start + chunk])
+            grad_weight.addmm_(logits.t(), h)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_out, grad_weight * grad_out, None, None
+
+
+@torch.no_grad()
+def _loss_only(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    valid = targets != -100
+    total = hidden.new_zeros(())
+    for start in range(0, hidden.size(0), chunk):
+        t, v = targets[start : start + chunk], valid[start : start + chunk]
+        logits = hidden[start : start + chunk] @ weight.t()
+        picked = logits[torch.arange(len(t), device=t.device), t.clamp(min=0)]
+        total += ((torch.logsumexp(logits, dim=1) - picked) * v).sum()
+    return total / valid.sum().clamp(min=1)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (-100 ignored).
+
+    ``hidden``: (tokens, d) float, ``weight``: (vocab, d), ``targets``: (tokens,) int64 -> scalar.
+    Without autograd (evaluation) it skips the gradient work.
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(hidden, weight, targets, chunk)
+    return _loss_only(hidden, weight, targets, chunk)
