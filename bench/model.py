@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from gptlab.convert.hf import config_from_hf, from_hf_state_dict
 from gptlab.checkpoint import load_state
+from gptlab.convert.hf import config_from_hf, from_hf_state_dict
 from gptlab.generate import SamplingConfig, generate
 from gptlab.model import GPT, GPTConfig
 

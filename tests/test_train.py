@@ -88,6 +88,9 @@ def test_training_lowers_the_loss_and_writes_everything(shards, tmp_path):
     val_tsv = (live / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
     assert val_tsv[0].split("\t") == ["step", "val_loss"] and len(val_tsv) == 5
     assert (live / "plots" / "images" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    samples = (live / "samples.txt").read_text()
+    assert samples.count("--- step") == 4 and rows[-1]["sample"] in samples
+    assert "sample" not in json.loads((live / "metrics.json").read_text())
     publish(result, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best", "config.json", "model.safetensors", "tokenizer.json"]
     assert not (tmp_path / "out" / "state.json").exists()

@@ -53,7 +53,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     import signal
 
     from gptlab.params import load_params
-    from gptlab.train import publish, pretrain
+    from gptlab.train import pretrain, publish
 
     params = load_params(args.params)
     p = params.pretrain if args.max_steps is None else dataclasses.replace(params.pretrain, max_steps=args.max_steps)

@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from gptlab.checkpoint import load_state, load_training_state, save_model
 from gptlab.data.shards import TokenShards
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir
 from gptlab.generate import SamplingConfig, generate
+from gptlab.io import atomic_dir
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import PretrainParams
 from gptlab.progress import progress
@@ -292,7 +292,7 @@ def pretrain(
 
     model.train()
     start_step = step
-    bar = progress(total=p.max_steps, initial=step, desc="pretrain", unit="step", disable=None if ddp.main else True)
+    bar = progress(total=p.max_steps, initial=step, desc="pretrain", unit="step", **({} if ddp.main else {"disable": True}))
     window_start, window_tokens = time.perf_counter(), 0
     try:
         while step < p.max_steps:
@@ -409,12 +409,14 @@ def _open_live(live_dir: str | Path, history: list[dict]):
 
 
 def _log_row(live, row: dict) -> None:
+    """Log one evaluation: numbers as DVCLive metrics, the sample text to ``samples.txt`` beside them."""
     live.step = row["step"]
     for key in ("train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "tokens", "tokens_per_s", "mfu"):
         if key in row:
             live.log_metric(key, row[key])
     if "sample" in row:
-        live.log_metric("sample", row["sample"], plot=False)
+        with open(Path(live.dir) / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"--- step {row['step']} (val loss {row['val_loss']:.4f})\n{row['sample']}\n\n")
 
 
 def publish(result: TrainResult, out: str | Path) -> bool:
