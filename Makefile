@@ -31,6 +31,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/tokenize_corpus.py
+	$(BIN)/python bench/model.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,7 @@
 """gptlab's GPT against transformers' GPT2LMHeadModel: same weights, same dtype, same run.
 
 For each shape (``124M``: the gpt2-124M preset at batch 4 x seq 256; ``small``: the
-gpt-small preset at batch 8 x seq 256) it measures, alternating the two implementations
+gpt-mini preset, the default pretraining config, at batch 8 x seq 256) it measures, alternating the two implementations
 and taking the best time of each (this machine is a shared VM; the minimum is the least noisy
 estimate of what the code costs):
 
@@ -38,7 +38,7 @@ from gptlab.generate import SamplingConfig, generate
 from gptlab.model import GPT, GPTConfig
 
 PROMPT_TOKENS = 16
-SHAPES = {"124M": ("gpt2-124M", 4, 256), "small": ("gpt-small", 8, 256)}
+SHAPES = {"124M": ("gpt2-124M", 4, 256), "small": ("gpt-mini", 8, 256)}  # small: the default pretraining config
 
 
 def build_pair(preset: str, device: str) -> tuple[GPT, torch.nn.Module]:

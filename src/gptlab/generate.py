@@ -99,36 +99,48 @@ def stream(
     device = next(model.parameters()).device
     ctx = model.config.context_length
     B, width = len(prompts), max(len(p) for p in prompts)
-    buf = torch.full((B, width), pad_token, dtype=torch.long, device=device)
-    valid = torch.zeros((B, width), dtype=torch.bool, device=device)
+    # preallocated: columns [0, n) hold prompt + generated tokens; valid marks real tokens
+    buf = torch.full((B, width + cfg.max_new_tokens), pad_token, dtype=torch.long, device=device)
+    valid = torch.zeros(buf.shape, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
-        buf[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long, device=device)
-        valid[i, width - len(p) :] = True
+        buf[i, width - len(p) : width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
+        valid[i, width - len(p) : width] = True
+    padded = any(len(p) < width for p in prompts)  # False: plain causal attention, no mask needed
     stops = torch.as_tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     active = torch.ones(B, dtype=torch.bool, device=device)
     cache: KVCache | None = None
     dtype = next(model.parameters()).dtype
+    count = torch.zeros(B, dtype=torch.long, device=device)  # valid tokens in the current window
 
+    n = width
     for step in range(cfg.max_new_tokens):
-        n = buf.size(1)
         if use_cache and cache is not None and n <= ctx:
-            win_valid = valid[:, -cache.length - 1 :]
-            logits, _ = model(buf[:, -1:], cache=cache, position_ids=_positions(win_valid)[:, -1:], mask=_mask(win_valid, 1))
+            lo = n - cache.length - 1
+            position = (count - 1).clamp(min=0)[:, None]
+            mask = _mask(valid[:, lo:n], 1) if padded else None
+            logits, _ = model(buf[:, n - 1 : n], cache=cache, position_ids=position, mask=mask)
         else:
-            window, win_valid = buf[:, -ctx:], valid[:, -ctx:]
+            lo = max(0, n - ctx)
+            window, win_valid = buf[:, lo:n], valid[:, lo:n]
             if use_cache:
                 cache = KVCache(model.config, B, min(ctx, window.size(1) + cfg.max_new_tokens - step), device, dtype)
-            logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=_mask(win_valid, window.size(1)), last_only=True)
+            mask = _mask(win_valid, window.size(1)) if padded else None
+            logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
+            count = win_valid.sum(dim=1)
         nxt = sample_next(logits[:, -1], cfg, generator)
         nxt = torch.where(active, nxt, torch.full_like(nxt, pad_token))
         yield nxt, active.clone()
-        buf = torch.cat([buf, nxt[:, None]], dim=1)
-        valid = torch.cat([valid, active[:, None]], dim=1)
+        buf[:, n] = nxt
+        valid[:, n] = active
+        count += active
+        n += 1
         if stops.numel():
             active &= ~torch.isin(nxt, stops)
-        if not bool(active.any()):
-            break
+            if not bool(active.all()):
+                padded = True  # finished rows now hold padding
+                if not bool(active.any()):
+                    break
 
 
 def generate(
