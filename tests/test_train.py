@@ -195,3 +195,13 @@ def test_two_processes_match_one_with_the_same_global_batch(shards, tmp_path):
     assert json.loads((tmp_path / "two" / "live" / "metrics.json").read_text())["processes"] == 2
     for key in outs["one"]:
         assert torch.allclose(outs["one"][key], outs["two"][key], atol=1e-5, rtol=1e-4), key
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(shards, tmp_path):
+    cfg = tiny_config(shards)
+    eager = pretrain(cfg, params(tmp_path / "eager", max_steps=3, eval_interval=3), shards, seed=2)
+    compiled = pretrain(cfg, params(tmp_path / "compiled", max_steps=3, eval_interval=3, compile=True), shards, seed=2)
+    assert compiled.summary["val_loss"] == pytest.approx(eager.summary["val_loss"], abs=1e-4)
+    a, b = weights(eager.latest), weights(compiled.latest)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
