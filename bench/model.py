@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from gptlab.checkpoint import load_state
-from gptlab.convert.hf import config_from_hf, from_hf_state_dict
+from gptlab.convert.hf import gpt_from_hf
 from gptlab.generate import SamplingConfig, generate
 from gptlab.model import GPT, GPTConfig
 
@@ -50,8 +49,7 @@ def build_pair(preset: str, device: str) -> tuple[GPT, torch.nn.Module]:
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=50256, eos_token_id=50256,
         )  # fmt: skip
     )
-    ours = GPT(config_from_hf(hf.config.to_dict()))
-    load_state(ours, from_hf_state_dict(hf.state_dict(), ours.config), "bench")
+    ours = gpt_from_hf(hf.state_dict(), hf.config.to_dict())
     return ours.to(device), hf.to(device)
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from gptlab.checkpoint import load_model, load_state
-from gptlab.convert.hf import config_from_hf, export_hf, from_hf_state_dict, load_hf_dir
+from gptlab.checkpoint import load_model
+from gptlab.convert.hf import config_from_hf, export_hf, from_hf_state_dict, gpt_from_hf, load_hf_dir
 from gptlab.errors import GptlabError
 from gptlab.generate import SamplingConfig, generate
 from gptlab.model import GPT
@@ -24,10 +24,7 @@ def hf_model(tie=True, seed=0):
 
 
 def ours_from(hf) -> GPT:
-    config = config_from_hf(hf.config.to_dict())
-    model = GPT(config)
-    load_state(model, from_hf_state_dict(hf.state_dict(), config), "hf")
-    return model.eval()
+    return gpt_from_hf(hf.state_dict(), hf.config.to_dict()).eval()
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -107,7 +107,7 @@ def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer) ->
         state.setdefault(int(idx), {}).update(scalars)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     version, internal, gauss = meta["rng_python"]
@@ -139,12 +139,17 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     if data.get("format") != FORMAT:
         raise GptlabError(f"{folder / 'config.json'}: neither a gptlab checkpoint (format: gptlab) nor a Hugging Face GPT-2 config")
     model = GPT(GPTConfig.from_dict(data["model"]))
-    weights = folder / "model.safetensors"
+    load_weights(model, folder)
+    spec = data.get("tokenizer", "gpt2")
+    return model.to(device).eval(), load_tokenizer(spec if spec == "gpt2" else folder / spec)
+
+
+def load_weights(model: GPT, folder: str | Path) -> None:
+    """Load ``folder/model.safetensors`` into ``model`` (names and shapes checked)."""
+    weights = Path(folder) / "model.safetensors"
     if not weights.exists():
         raise GptlabError(f"{weights}: not found; the checkpoint is incomplete")
     load_state(model, load_file(weights), str(weights))
-    spec = data.get("tokenizer", "gpt2")
-    return model.to(device).eval(), load_tokenizer(spec if spec == "gpt2" else folder / spec)
 
 
 def load_state(model: GPT, state: dict[str, torch.Tensor], source: str) -> None:

@@ -105,7 +105,6 @@ def stream(
     for i, p in enumerate(prompts):
         buf[i, width - len(p) : width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
         valid[i, width - len(p) : width] = True
-    padded = any(len(p) < width for p in prompts)  # False: plain causal attention, no mask needed
     stops = torch.as_tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     active = torch.ones(B, dtype=torch.bool, device=device)
@@ -118,14 +117,13 @@ def stream(
         if use_cache and cache is not None and n <= ctx:
             lo = n - cache.length - 1
             position = (count - 1).clamp(min=0)[:, None]
-            mask = _mask(valid[:, lo:n], 1) if padded else None
-            logits, _ = model(buf[:, n - 1 : n], cache=cache, position_ids=position, mask=mask)
+            logits, _ = model(buf[:, n - 1 : n], cache=cache, position_ids=position, mask=_mask(valid[:, lo:n], 1))
         else:
             lo = max(0, n - ctx)
             window, win_valid = buf[:, lo:n], valid[:, lo:n]
             if use_cache:
                 cache = KVCache(model.config, B, min(ctx, window.size(1) + cfg.max_new_tokens - step), device, dtype)
-            mask = _mask(win_valid, window.size(1)) if padded else None
+            mask = _mask(win_valid, window.size(1))
             logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
             count = win_valid.sum(dim=1)
         nxt = sample_next(logits[:, -1], cfg, generator)
@@ -137,10 +135,8 @@ def stream(
         n += 1
         if stops.numel():
             active &= ~torch.isin(nxt, stops)
-            if not bool(active.all()):
-                padded = True  # finished rows now hold padding
-                if not bool(active.any()):
-                    break
+            if not bool(active.any()):
+                break
 
 
 def generate(

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from gptlab.checkpoint import load_state, load_training_state, save_model
+from gptlab.checkpoint import load_training_state, load_weights, read_config, save_model
 from gptlab.data.shards import TokenShards
 from gptlab.errors import GptlabError
 from gptlab.generate import SamplingConfig, generate
@@ -216,9 +216,8 @@ def pretrain(
         )
     accum = p.tokens_per_step // per_micro
     windows_per_step = p.tokens_per_step // ctx
-    # fail early, naming the parameter, if the context does not fit the shards
-    train_data.random_windows(1, ctx, np.random.default_rng(0))
-    val_data.sequential_windows(1, ctx, max_windows=1).__next__()
+    train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
+    val_data.check_context(ctx)
 
     rid = run_id(config, p, seed, {"tokenizer": meta["tokenizer"], "train_tokens": meta["splits"]["train"]["tokens"]})
     run_dir = Path(p.checkpoint_dir) / rid
@@ -234,12 +233,10 @@ def pretrain(
     step, tokens_seen, best_val, history, elapsed = 0, 0, float("inf"), [], 0.0
 
     if p.resume and (latest_dir / "state.json").exists():
-        from safetensors.torch import load_file
-
-        saved_cfg = GPTConfig.from_dict(json.loads((latest_dir / "config.json").read_text())["model"])
+        saved_cfg = GPTConfig.from_dict(read_config(latest_dir)["model"])
         if saved_cfg != config:
             raise GptlabError(f"{latest_dir}: the checkpoint's model differs from params.yaml ({'; '.join(config_differences(saved_cfg, config))}); remove it or restore the params")
-        load_state(model, load_file(latest_dir / "model.safetensors"), str(latest_dir))
+        load_weights(model, latest_dir)
         state = load_training_state(latest_dir, optimizer)
         step, tokens_seen, best_val, history = state["step"], state["tokens_seen"], state["best_val_loss"], state["history"]
         elapsed = state.get("train_seconds", 0.0)
@@ -424,14 +421,16 @@ def publish(result: TrainResult, out: str | Path) -> bool:
     training state), replacing ``out`` once complete. Only rank 0 writes; returns True there."""
     if int(os.environ.get("RANK", "0")) != 0:
         return False
-    files = ("model.safetensors", "config.json", "tokenizer.json")
     with atomic_dir(out) as tmp:
-        for name in files:
-            if (result.latest / name).exists():
-                shutil.copyfile(result.latest / name, tmp / name)
+        _copy_model_files(result.latest, tmp)
         if result.best is not None:
-            (tmp / "best").mkdir()
-            for name in files:
-                if (result.best / name).exists():
-                    shutil.copyfile(result.best / name, tmp / "best" / name)
+            _copy_model_files(result.best, tmp / "best")
     return True
+
+
+def _copy_model_files(src: Path, dst: Path) -> None:
+    """Copy a checkpoint's weights, config and tokenizer (not its training state) into ``dst``."""
+    dst.mkdir(exist_ok=True)
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)

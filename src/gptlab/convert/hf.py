@@ -119,22 +119,28 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
+def gpt_from_hf(state: dict[str, torch.Tensor], hf_config: dict, source: str = "Hugging Face state dict") -> GPT:
+    """Return a GPT holding a ``transformers`` GPT-2 state dict, shaped by its ``config.json`` dict."""
+    from gptlab.checkpoint import load_state
+
+    config = config_from_hf(hf_config)
+    model = GPT(config)
+    load_state(model, from_hf_state_dict(state, config), source)
+    return model
+
+
 def load_hf_dir(folder: str | Path) -> GPT:
     """Return a GPT from a Hugging Face GPT-2 folder: ``config.json`` and ``model.safetensors``
     (or ``pytorch_model.bin``, read with ``weights_only=True``)."""
-    from gptlab.checkpoint import load_state
-
     folder = Path(folder)
-    config = config_from_hf(json.loads((folder / "config.json").read_text()))
+    hf_config = json.loads((folder / "config.json").read_text())
     if (folder / "model.safetensors").exists():
         state = load_file(folder / "model.safetensors")
     elif (folder / "pytorch_model.bin").exists():
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise GptlabError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
-    model = GPT(config)
-    load_state(model, from_hf_state_dict(state, config), str(folder))
-    return model
+    return gpt_from_hf(state, hf_config, str(folder))
 
 
 def export_hf(model: GPT, folder: str | Path) -> Path:

@@ -177,8 +177,7 @@ def build_tokenizer(kind: str, train_docs: Sequence[Document]) -> Tokenizer:
     """Return the tokenizer ``kind`` names: GPT-2 BPE, or a SimpleTokenizer built from ``train_docs``."""
     if kind == "gpt2":
         return gpt2()
-    tok = SimpleTokenizer.train((d.text for d in train_docs), max_size=MAX_VOCAB)
-    return tok
+    return SimpleTokenizer.train((d.text for d in train_docs), max_size=MAX_VOCAB)
 
 
 def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str | Path, seed: int, metrics_path: str | Path | None = None) -> dict:

@@ -247,9 +247,8 @@ def download_sources(params: DownloadParams, out_dir: str | Path = "data/raw", m
                 files = extract(got.path, source.glob, dest, uri=source.uri)
             else:
                 dest.mkdir(parents=True)
-                target = dest / (got.path.name if not got.path.name.endswith(".part") else got.path.name[:-5])
-                shutil.copyfile(got.path, target)
-                files = [target]
+                shutil.copyfile(got.path, dest / got.path.name)
+                files = [dest / got.path.name]
             entries = [{"path": f"{name}/{f.name}", "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
             manifest[name] = {"uri": source.uri, "sha256": got.sha256, "license": source.license, "files": entries}
             written = sum(e["bytes"] for e in entries)

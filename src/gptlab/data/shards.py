@@ -74,10 +74,13 @@ def read_header(path: str | Path) -> dict:
 
 def read_shard(path: str | Path) -> np.ndarray:
     """Return the tokens of a validated shard as a read-only uint16 memmap of shape (n_tokens,)."""
-    header = read_header(path)
-    if header["n_tokens"] == 0:
+    return _memmap(path, read_header(path)["n_tokens"])
+
+
+def _memmap(path: str | Path, n_tokens: int) -> np.ndarray:
+    if n_tokens == 0:
         return np.zeros(0, dtype=DTYPE)
-    return np.memmap(path, dtype=DTYPE, mode="r", offset=HEADER_BYTES, shape=(header["n_tokens"],))
+    return np.memmap(path, dtype=DTYPE, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
 
 
 def split_paths(folder: str | Path, split: str) -> list[Path]:
@@ -134,11 +137,12 @@ class TokenShards:
         if not paths:
             raise GptlabError("TokenShards: no shard paths given")
         self.paths = [Path(p) for p in paths]
-        self.arrays = [read_shard(p) for p in self.paths]
-        headers = {read_header(p)["vocab_size"] for p in self.paths}
-        if len(headers) != 1:
-            raise GptlabError(f"{self.paths[0].parent}: shards disagree on vocab_size ({sorted(headers)}); rebuild them")
-        self.vocab_size = headers.pop()
+        headers = [read_header(p) for p in self.paths]
+        self.arrays = [_memmap(p, h["n_tokens"]) for p, h in zip(self.paths, headers)]
+        vocab_sizes = {h["vocab_size"] for h in headers}
+        if len(vocab_sizes) != 1:
+            raise GptlabError(f"{self.paths[0].parent}: shards disagree on vocab_size ({sorted(vocab_sizes)}); rebuild them")
+        self.vocab_size = vocab_sizes.pop()
         self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
 
     @classmethod
@@ -151,7 +155,9 @@ class TokenShards:
         """Total tokens across the split's shards."""
         return int(self.lengths.sum())
 
-    def _check_context(self, context: int) -> np.ndarray:
+    def check_context(self, context: int) -> np.ndarray:
+        """Return the number of window starts per shard for ``context``; GptlabError naming the
+        context length when no shard holds a window of ``context + 1`` tokens."""
         starts = self.lengths - context  # number of valid window starts per shard
         if context < 1 or starts.max() < 1:
             raise GptlabError(
@@ -163,7 +169,7 @@ class TokenShards:
 
     def draw(self, n: int, context: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` uniformly random window positions with ``rng``: (shard index, offset), each (n,) int64."""
-        starts = self._check_context(context)
+        starts = self.check_context(context)
         shard_idx = rng.choice(len(self.arrays), size=n, p=starts / starts.sum())
         offsets = (rng.random(n) * starts[shard_idx]).astype(np.int64)
         return shard_idx, offsets
@@ -184,7 +190,7 @@ class TokenShards:
     def sequential_windows(self, batch: int, context: int, max_windows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield non-overlapping windows in file order, ``batch`` at a time (the last may be
         smaller), at most ``max_windows`` in all. Shapes as in :meth:`random_windows`."""
-        self._check_context(context)
+        self.check_context(context)
         rows: list[np.ndarray] = []
         emitted = 0
         for arr in self.arrays:
