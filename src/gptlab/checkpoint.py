@@ -128,9 +128,14 @@ def read_config(folder: str | Path) -> dict:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Return ``(model, tokenizer)`` from a gptlab checkpoint folder, or a Hugging Face GPT-2
-    folder (``config.json`` with ``model_type: gpt2``). The model is in eval mode on ``device``."""
+    """Return ``(model, tokenizer)`` from a gptlab checkpoint folder, a Hugging Face GPT-2
+    folder (``config.json`` with ``model_type: gpt2``) or an OpenAI TensorFlow GPT-2 folder
+    (``hparams.json`` + ``model.ckpt.*``). The model is in eval mode on ``device``."""
     folder = Path(folder)
+    if (folder / "hparams.json").exists() and not (folder / "config.json").exists():
+        from gptlab.convert.openai_tf import load_openai_tf
+
+        return load_openai_tf(folder).to(device).eval(), load_tokenizer("gpt2")
     data = read_config(folder)
     if data.get("model_type") == "gpt2":
         from gptlab.convert.hf import load_hf_dir

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from gptlab.errors import GptlabError
 
@@ -56,7 +58,11 @@ def _pretrain(args: argparse.Namespace) -> None:
     from gptlab.train import pretrain, publish
 
     params = load_params(args.params)
-    p = params.pretrain if args.max_steps is None else dataclasses.replace(params.pretrain, max_steps=args.max_steps)
+    p = (
+        params.pretrain
+        if args.max_steps is None
+        else dataclasses.replace(params.pretrain, max_steps=args.max_steps, warmup_steps=min(params.pretrain.warmup_steps, args.max_steps))
+    )
     # `kill` (SIGTERM) saves a checkpoint like Ctrl-C does, so the next run resumes
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = pretrain(params.model.to_config(), p, args.shards, params.seed, live_dir=args.metrics_dir)
@@ -75,11 +81,10 @@ def _encode(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import codecs
 
-    from gptlab.checkpoint import load_model
     from gptlab.generate import SamplingConfig, stream
     from gptlab.tokenizer import token_bytes
 
-    model, tok = load_model(args.model, args.device)
+    model, tok = _load_for_inference(args.model, args.adapter, args.device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     prompt = tok.encode(args.prompt, allowed_special="all")
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
@@ -90,6 +95,114 @@ def _generate(args: argparse.Namespace) -> None:
         sys.stdout.write(utf8.decode(token_bytes(tok, token)))
         sys.stdout.flush()
     sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+
+
+def _load_for_inference(model_dir: str, adapter_dir: str | None, device: str = "cpu"):
+    """Return ``(model, tokenizer)``: ``model_dir`` with the LoRA adapter in ``adapter_dir`` merged in."""
+    from gptlab.checkpoint import load_model
+
+    model, tok = load_model(model_dir, device)
+    if adapter_dir:
+        from gptlab.lora import load_adapter, merge_lora, model_hash
+
+        load_adapter(model, adapter_dir, model_hash(model_dir) if (Path(model_dir) / "model.safetensors").exists() else None)
+        model = merge_lora(model).to(device).eval()
+    return model, tok
+
+
+def _instructions(args: argparse.Namespace) -> None:
+    from gptlab.data.instructions import load_records, split_records, write_splits
+    from gptlab.io import write_json
+    from gptlab.params import load_params
+
+    params = load_params(args.params)
+    p = params.instructions
+    files = sorted(Path(args.raw).glob(p.file_glob))
+    if not files:
+        raise GptlabError(f"{args.raw}: no file matches instructions.file_glob={p.file_glob!r}; run `dvc repro download` or fix the glob")
+    records = [r for f in files for r in load_records(f)]
+    if p.max_records is not None:
+        records = records[: p.max_records]
+    splits = split_records(records, (p.train_fraction, p.val_fraction, p.test_fraction), params.seed)
+    write_splits(splits, args.out)
+    counts = {k: len(v) for k, v in splits.items()}
+    if args.metrics:
+        write_json(args.metrics, {"records": len(records), **counts, "files": [f.name for f in files]})
+    print(f"instructions: {len(records)} records -> " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" in {args.out}")
+
+
+def _fetch_checkpoint(args: argparse.Namespace) -> None:
+    from gptlab.convert.base import fetch_checkpoint
+    from gptlab.params import load_params
+
+    params = load_params(args.params)
+    s = fetch_checkpoint(params.convert, params.download, args.out)
+    print(f"download_checkpoint: {params.convert.source}: {len(s['files'])} files, {sum(f['bytes'] for f in s['files'].values()):,} bytes -> {args.out}")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    if args.model:  # one model to another format
+        from gptlab.checkpoint import save_model
+
+        if not args.to or not args.out:
+            raise GptlabError("convert --model DIR needs --to {gptlab,hf,openai-tf} and --out DIR")
+        model, _ = _load_for_inference(args.model, args.adapter)
+        if args.to == "hf":
+            from gptlab.convert.hf import export_hf
+
+            export_hf(model, args.out)
+        elif args.to == "openai-tf":
+            from gptlab.convert.openai_tf import export_openai_tf
+
+            export_openai_tf(model, args.out)
+        else:
+            save_model(args.out, model)
+        print(f"convert: {args.model} -> {args.to} {args.out} ({model.num_parameters():,} parameters)")
+        return
+    from gptlab.convert.base import build_base
+    from gptlab.params import load_params
+
+    params = load_params(args.params)
+    m = build_base(params.convert, args.checkpoint, args.pretrained, args.out or "models/base", args.metrics)
+    print(f"convert: {m['source']} -> {args.out or 'models/base'}: {m['parameters']:,} parameters, {m['seconds']} s, peak {m['peak_memory_mib']} MiB")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    import dataclasses
+    import signal
+
+    from gptlab.finetune import finetune, publish_finetuned
+    from gptlab.params import load_params
+
+    params = load_params(args.params)
+    p = (
+        params.finetune
+        if args.max_steps is None
+        else dataclasses.replace(params.finetune, max_steps=args.max_steps, warmup_steps=min(params.finetune.warmup_steps, args.max_steps))
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    result = finetune(args.base, args.splits, p, params.seed, live_dir=args.metrics_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        publish_finetuned(result, args.base, args.out)
+        s = result.train.summary
+        print(f"finetune: {s['method']}, {s['steps']} steps, val loss {s['base_val_loss']} -> {s['val_loss']} -> {args.out}")
+
+
+def _respond(args: argparse.Namespace) -> None:
+    from gptlab.data.instructions import load_records
+    from gptlab.io import write_json
+    from gptlab.params import load_params
+    from gptlab.responses import respond, sampling_config
+    from gptlab.train import Distributed, pick_device
+
+    params = load_params(args.params)
+    device = pick_device(params.generate.device, Distributed())
+    model, tok = _load_for_inference(args.model, args.adapter, str(device))
+    records = load_records(args.test)
+    out = respond(model, tok, records, sampling_config(params.generate, params.seed), params.generate.batch_size, params.finetune.prompt_style)
+    write_json(args.out, out)
+    empty = sum(1 for r in out if not r["response"])
+    print(f"generate: {len(out)} responses ({empty} empty) -> {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +241,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (finetune's models/finetuned/adapter) merged into --model")
     p.set_defaults(fn=_generate)
+
+    p = sub.add_parser("instructions", help="split the Alpaca-format records into train/val/test JSON")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--raw", default="data/raw/instructions")
+    p.add_argument("--out", default="data/instructions")
+    p.add_argument("--metrics", default="metrics/instructions.json")
+    p.set_defaults(fn=_instructions)
+
+    p = sub.add_parser("download-checkpoint", help="fetch the files of convert.source (OpenAI GPT-2, a Hugging Face folder)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", default="data/checkpoint")
+    p.set_defaults(fn=_fetch_checkpoint)
+
+    p = sub.add_parser(
+        "convert",
+        help="build models/base from convert.source, or convert one model: --model DIR --to {gptlab,hf,openai-tf} --out DIR",
+    )
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--checkpoint", default="data/checkpoint", help="fetched source files (stage form)")
+    p.add_argument("--pretrained", default="models/pretrained", help="our pretrained model (stage form)")
+    p.add_argument("--metrics", default="metrics/convert.json")
+    p.add_argument("--model", default=None, help="a gptlab, Hugging Face or OpenAI TensorFlow GPT-2 folder to convert")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter merged into --model first")
+    p.add_argument("--to", choices=["gptlab", "hf", "openai-tf"], default=None)
+    p.add_argument("--out", default=None)
+    p.set_defaults(fn=_convert)
+
+    p = sub.add_parser("finetune", help="instruction fine-tuning (LoRA or full) on the instruction splits")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--splits", default="data/instructions")
+    p.add_argument("--out", default="models/finetuned")
+    p.add_argument("--metrics-dir", default="metrics/finetune")
+    p.add_argument("--max-steps", type=int, default=None, help="override finetune.max_steps")
+    p.set_defaults(fn=_finetune)
+
+    p = sub.add_parser("respond", help="answer every instruction of a split with a model (the generate stage)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--model", default="models/finetuned")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--test", default="data/instructions/test.json")
+    p.add_argument("--out", default="data/responses.json")
+    p.set_defaults(fn=_respond)
 
     p = sub.add_parser("encode", help="print the token ids of a text")
     p.add_argument("text")

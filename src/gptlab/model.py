@@ -237,7 +237,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         x = self.final_norm(x[:, -1:] if last_only else x)
-        if targets is not None and not return_logits and not torch.is_autocast_enabled(x.device.type):
+        if targets is not None and not return_logits and type(self.head) is nn.Linear and not torch.is_autocast_enabled(x.device.type):
+            # fused head + loss; a wrapped head (e.g. LoRA) takes the plain path
             return None, linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())
         logits = self.head(x)
         loss = None

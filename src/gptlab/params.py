@@ -134,12 +134,10 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class PretrainParams:
-    """The ``pretrain`` section: the training loop's settings."""
+class LoopParams:
+    """What every training loop (pretrain, finetune) shares: schedule, optimizer, precision, resume."""
 
     max_steps: int = 500
-    batch_size: int = 16
-    tokens_per_step: int = 8192
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 50
@@ -148,22 +146,18 @@ class PretrainParams:
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_interval: int = 100
-    eval_windows: int = 64
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     device: str = "auto"
-    sample_prompt: str = "ROMEO:"
-    sample_tokens: int = 48
     checkpoint_dir: str = "checkpoints/pretrain"
     resume: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "tokens_per_step", "eval_interval", "eval_windows"):
+        for name in ("max_steps", "eval_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
-        for name in ("warmup_steps", "sample_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} is impossible: must be >= 0")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"lr={self.lr}, min_lr={self.min_lr} are impossible: need lr > 0 and 0 <= min_lr <= lr")
         if self.warmup_steps > self.max_steps:
@@ -178,6 +172,191 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams(LoopParams):
+    """The ``pretrain`` section: the training loop's settings plus how batches are drawn from shards."""
+
+    batch_size: int = 16
+    tokens_per_step: int = 8192
+    eval_windows: int = 64
+    sample_prompt: str = "ROMEO:"
+    sample_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "tokens_per_step", "eval_windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.sample_tokens < 0:
+            raise ValueError(f"sample_tokens={self.sample_tokens} is impossible: must be >= 0")
+
+
+CONVERT_SOURCES = ("pretrained", "gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M")
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """The ``convert`` section: which model fine-tuning starts from.
+
+    ``source``: ``pretrained`` (our models/pretrained), ``gpt2-124M`` ... ``gpt2-1558M`` (OpenAI's
+    TensorFlow checkpoints, downloaded once), or ``hf:<dir>`` (a local Hugging Face GPT-2 folder).
+    ``mirror``: a base URL (``https://...`` or ``file:///...``) that replaces OpenAI's
+    ``https://openaipublic.blob.core.windows.net/gpt-2/models`` (it must hold ``<size>/<file>``).
+    """
+
+    source: str = "pretrained"
+    mirror: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in CONVERT_SOURCES and not (self.source.startswith("hf:") and len(self.source) > 3):
+            raise ValueError(f"source={self.source!r} is unknown; choose one of {', '.join(CONVERT_SOURCES)} or hf:<folder of a Hugging Face GPT-2>")
+        if self.mirror is not None and not self.mirror.startswith(("https://", "http://", "file://")):
+            raise ValueError(f"mirror={self.mirror!r} must be an https://, http:// or file:// base URL (or null for OpenAI's)")
+
+
+@dataclass(frozen=True)
+class InstructionsParams:
+    """The ``instructions`` section: the Alpaca-format records split into train / val / test."""
+
+    file_glob: str = "*.json"
+    train_fraction: float = 0.85
+    val_fraction: float = 0.05
+    test_fraction: float = 0.10
+    max_records: int | None = None
+
+    def __post_init__(self) -> None:
+        fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
+        if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or self.train_fraction == 0:
+            raise ValueError(f"train/val/test fractions {fractions} are impossible: each >= 0, train > 0, summing to 1")
+        if self.max_records is not None and self.max_records < 3:
+            raise ValueError(f"max_records={self.max_records} is impossible: must be >= 3 (or null for all)")
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """LoRA adapters: rank, scale ``alpha / r``, dropout and which linear layers get one."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "mlp_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r={self.r} is impossible: must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} is impossible: must be >= 0 and < 1")
+        if not self.targets:
+            raise ValueError("targets is empty; name at least one of qkv, proj, fc, mlp_proj, head")
+
+
+@dataclass(frozen=True)
+class FinetuneParams(LoopParams):
+    """The ``finetune`` section: instruction fine-tuning with LoRA (default) or all weights."""
+
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraParams = field(default_factory=LoraParams)
+    prompt_style: Literal["alpaca"] = "alpaca"
+    mask_prompt: bool = False
+    allowed_max_length: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    eval_batches: int | None = None
+    checkpoint_dir: str = "checkpoints/finetune"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.allowed_max_length is not None and self.allowed_max_length < 8:
+            raise ValueError(f"allowed_max_length={self.allowed_max_length} is impossible: must be >= 8 tokens (or null for the context length)")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ValueError(f"eval_batches={self.eval_batches} is impossible: must be >= 1 (or null for the whole split)")
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """The ``generate`` section: how responses to the test instructions are sampled."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from gptlab.generate import SamplingConfig
+
+        try:
+            SamplingConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed)
+        except Exception as e:  # the sampling config names the field
+            raise ValueError(str(e)) from None
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} is impossible: must be >= 1")
+
+
+@dataclass(frozen=True)
+class JudgeParams:
+    """An LLM judge over HTTP: ``api`` none (offline metrics only), ollama or openai (compatible)."""
+
+    api: Literal["none", "ollama", "openai"] = "none"
+    url: str = "http://127.0.0.1:11434"
+    model: str = "llama3"
+    prompt: str | None = None
+    timeout_s: float = 120.0
+    retries: int = 2
+    concurrency: int = 4
+    num_ctx: int = 2048
+    seed: int = 123
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url={self.url!r} must start with http:// or https://")
+        if self.timeout_s <= 0 or self.retries < 0 or self.concurrency < 1:
+            raise ValueError("timeout_s must be > 0, retries >= 0 and concurrency >= 1")
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """The ``score`` section: offline metrics always, plus an optional LLM judge."""
+
+    judge: JudgeParams = field(default_factory=JudgeParams)
+    loss_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.loss_batch_size < 1:
+            raise ValueError(f"loss_batch_size={self.loss_batch_size} is impossible: must be >= 1")
+
+
+@dataclass(frozen=True)
+class LitgptParams:
+    """The ``litgpt`` section: the litgpt track (SmolLM2-135M-Instruct from GGUF, finetune_lora)."""
+
+    enabled: bool = False
+    config_name: str = "SmolLM2-135M-Instruct"
+    max_steps: int = 20
+    lr: float = 2e-4
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    max_seq_length: int = 256
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "micro_batch_size", "global_batch_size", "lora_r", "max_seq_length", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"global_batch_size={self.global_batch_size} must be a multiple of micro_batch_size={self.micro_batch_size}")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
@@ -185,6 +364,12 @@ class Params:
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
     model: ModelParams = field(default_factory=lambda: ModelParams(preset="gpt-small"))
     pretrain: PretrainParams = field(default_factory=PretrainParams)
+    convert: ConvertParams = field(default_factory=ConvertParams)
+    instructions: InstructionsParams = field(default_factory=InstructionsParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    generate: GenerateParams = field(default_factory=GenerateParams)
+    score: ScoreParams = field(default_factory=ScoreParams)
+    litgpt: LitgptParams = field(default_factory=LitgptParams)
     seed: int = 1337
 
 
@@ -276,9 +461,7 @@ def _build_dataclass(cls: type, value: Any, source: str, where: str) -> Any:
     prefix = f"{where}." if where else ""
     unknown = [k for k in value if k not in fields]
     if unknown:
-        raise ParamsError(
-            f"{source}: unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(fields)}"
-        )
+        raise ParamsError(f"{source}: unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in value:

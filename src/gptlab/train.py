@@ -24,10 +24,11 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from gptlab.errors import GptlabError
 from gptlab.generate import SamplingConfig, generate
 from gptlab.io import atomic_dir
 from gptlab.model import GPT, GPTConfig
-from gptlab.params import PretrainParams
+from gptlab.params import LoopParams, PretrainParams
 from gptlab.progress import progress
 from gptlab.tokenizer import load_tokenizer
 
@@ -112,7 +113,7 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
 
 
-def lr_at(step: int, p: PretrainParams) -> float:
+def lr_at(step: int, p: LoopParams) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warmup over ``warmup_steps``,
     then cosine decay from ``lr`` to ``min_lr`` at ``max_steps``."""
     if step < p.warmup_steps:
@@ -121,7 +122,7 @@ def lr_at(step: int, p: PretrainParams) -> float:
     return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * progress_))
 
 
-def make_optimizer(model: GPT, p: PretrainParams, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, p: LoopParams, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (dim >= 2: linear weights, embeddings) only; fused on CUDA."""
     params = {id(q): q for q in model.parameters() if q.requires_grad}.values()
     decay = [q for q in params if q.dim() >= 2]
@@ -177,6 +178,45 @@ class TrainResult:
     best: Path | None
 
 
+class BatchSource(Protocol):
+    """Where a training loop's batches come from; its position is part of a resumable checkpoint."""
+
+    def step_batches(self, accum: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's ``accum`` micro-batches ``(inputs, targets)``, (batch, seq) int64 each,
+        of the next optimizer step (every rank draws the same global batch and takes its share)."""
+        ...
+
+    def state(self) -> Any:
+        """Return the JSON-able position of the source (RNG state, epoch...)."""
+        ...
+
+    def restore(self, state: Any) -> None:
+        """Continue from a position returned by :meth:`state`."""
+        ...
+
+
+@dataclass
+class LoopRun:
+    """One training run for :func:`train_loop`: the data, the evaluation and where checkpoints go.
+
+    ``evaluate(model, autocast)`` returns the evaluation metrics (must include ``val_loss``,
+    nats/token); ``sample(model)`` an optional text sample. ``extra`` is merged into the saved
+    ``config.json`` (under ``name``); ``summary`` is merged into the run summary (and DVCLive metrics).
+    """
+
+    name: str
+    run_id: str
+    run_dir: Path
+    tokenizer_spec: str
+    source: BatchSource
+    evaluate: Callable[[GPT, Any], dict]
+    accum: int = 1
+    sample: Callable[[GPT], str] | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+    flops_per_token: float | None = None
+    summary: dict = dataclasses.field(default_factory=dict)
+
+
 def pretrain(
     config: GPTConfig,
     p: PretrainParams,
@@ -194,9 +234,6 @@ def pretrain(
     """
     ddp = setup_distributed(p.device)
     device = pick_device(p.device, ddp)
-    amp_dtype = pick_precision(p.precision, device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     shards_dir = Path(shards_dir)
     meta_path = shards_dir / "meta.json"
@@ -214,82 +251,144 @@ def pretrain(
             f"pretrain.tokens_per_step={p.tokens_per_step} is not a multiple of batch_size x context_length x processes "
             f"= {p.batch_size} x {ctx} x {ddp.world} = {per_micro}; pick a multiple (e.g. {per_micro * max(1, round(p.tokens_per_step / per_micro))})"
         )
-    accum = p.tokens_per_step // per_micro
-    windows_per_step = p.tokens_per_step // ctx
     train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
     val_data.check_context(ctx)
 
     rid = run_id(config, p, seed, {"tokenizer": meta["tokenizer"], "train_tokens": meta["splits"]["train"]["tokens"]})
-    run_dir = Path(p.checkpoint_dir) / rid
-    latest_dir, best_dir = run_dir / "latest", run_dir / "best"
     tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
     tokenizer = load_tokenizer(tokenizer_spec)
 
     torch.manual_seed(seed)
     random.seed(seed)
     model = GPT(config).to(device)
+    source = ShardBatches(train_data, p.batch_size, ctx, p.tokens_per_step // ctx, seed)
+    split = meta["splits"]["val"]
+
+    def evaluate(m: GPT, autocast) -> dict:
+        val = mean_loss(m, val_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        train = mean_loss(m, train_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        return {
+            "train_loss": round(train, 5),
+            "val_loss": round(val, 5),
+            "val_perplexity": round(math.exp(min(val, 50)), 3),
+            "val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5),
+        }
+
+    prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []
+
+    def sample(m: GPT) -> str:
+        out = generate(m, [prompt_ids], SamplingConfig(p.sample_tokens, temperature=0.8, top_k=50, seed=seed), [tokenizer.eot_token])
+        return p.sample_prompt + tokenizer.decode(out[0])
+
+    run = LoopRun(
+        name="pretrain",
+        run_id=rid,
+        run_dir=Path(p.checkpoint_dir) / rid,
+        tokenizer_spec=tokenizer_spec,
+        source=source,
+        evaluate=evaluate,
+        accum=p.tokens_per_step // per_micro,
+        sample=sample if prompt_ids and p.sample_tokens else None,
+        flops_per_token=flops_per_token(config, model.num_parameters()),
+    )
+    return train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
+
+
+class ShardBatches:
+    """Random windows of token shards: each step's global batch of ``windows_per_step`` windows
+    comes from one numpy generator every rank holds; rank ``r`` gathers its micro-batches."""
+
+    def __init__(self, shards: TokenShards, batch_size: int, context: int, windows_per_step: int, seed: int):
+        self.shards, self.batch_size, self.context, self.windows_per_step = shards, batch_size, context, windows_per_step
+        self.rng = np.random.default_rng(seed)
+
+    def step_batches(self, accum: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's ``accum`` micro-batches of the next step: (batch_size, context) int64 each."""
+        shard_idx, offsets = self.shards.draw(self.windows_per_step, self.context, self.rng)
+        for micro in range(accum):
+            first = (micro * world + rank) * self.batch_size
+            yield self.shards.gather(shard_idx[first : first + self.batch_size], offsets[first : first + self.batch_size], self.context)
+
+    def state(self) -> dict:
+        """The numpy generator's state (JSON-able)."""
+        return self.rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        """Continue the window sequence from ``state``."""
+        self.rng.bit_generator.state = state
+
+
+def train_loop(
+    model: GPT,
+    p: LoopParams,
+    run: LoopRun,
+    ddp: Distributed,
+    device: torch.device,
+    live_dir: str | Path | None = None,
+    stop_after_steps: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """The one training loop (pretraining and fine-tuning): AdamW on the model's trainable
+    parameters, warmup + cosine, clipping, accumulation, AMP, optional compile and DDP; evaluation,
+    DVCLive logs and a resumable checkpoint every ``p.eval_interval`` steps; ``best/`` on a new
+    lowest val loss. Returns the summary and the checkpoint paths."""
+    amp_dtype = pick_precision(p.precision, device)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    latest_dir, best_dir = run.run_dir / "latest", run.run_dir / "best"
+    config = model.config
     optimizer = make_optimizer(model, p, device)
-    data_rng = np.random.default_rng(seed)
     step, tokens_seen, best_val, history, elapsed = 0, 0, float("inf"), [], 0.0
 
     if p.resume and (latest_dir / "state.json").exists():
         saved_cfg = GPTConfig.from_dict(read_config(latest_dir)["model"])
         if saved_cfg != config:
-            raise GptlabError(f"{latest_dir}: the checkpoint's model differs from params.yaml ({'; '.join(config_differences(saved_cfg, config))}); remove it or restore the params")
+            raise GptlabError(
+                f"{latest_dir}: the checkpoint's model differs from params.yaml ({'; '.join(config_differences(saved_cfg, config))}); remove it or restore the params"
+            )
         load_weights(model, latest_dir)
         state = load_training_state(latest_dir, optimizer)
         step, tokens_seen, best_val, history = state["step"], state["tokens_seen"], state["best_val_loss"], state["history"]
         elapsed = state.get("train_seconds", 0.0)
-        data_rng.bit_generator.state = state["data_rng"]
+        run.source.restore(state["data_rng"])
         if ddp.main:
-            print(f"pretrain: resuming run {rid} at step {step}/{p.max_steps} from {latest_dir}")
+            print(f"{run.name}: resuming run {run.run_id} at step {step}/{p.max_steps} from {latest_dir}")
 
-    n_params = model.num_parameters()
+    n_params, n_trainable = model.num_parameters(), model.num_parameters(trainable_only=True)
     train_model: torch.nn.Module = torch.compile(model) if p.compile else model
     if ddp.world > 1:
         train_model = DistributedDataParallel(train_model, device_ids=[ddp.local_rank] if device.type == "cuda" else None)
-    fpt, peak = flops_per_token(config, n_params), peak_flops(device)
-
+    peak = peak_flops(device)
     live = _open_live(live_dir, history) if ddp.main and live_dir else None
-    prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []
+    accum = run.accum
 
     def checkpoint() -> None:
         if not ddp.main:
             return
         state = {"step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val, "history": history,
-                 "data_rng": data_rng.bit_generator.state, "run_id": rid, "train_seconds": elapsed}  # fmt: skip
-        save_model(latest_dir, model, tokenizer_spec, {"pretrain": {"step": step}}, optimizer, state)
+                 "data_rng": run.source.state(), "run_id": run.run_id, "train_seconds": elapsed}  # fmt: skip
+        save_model(latest_dir, model, run.tokenizer_spec, {run.name: {"step": step, **run.extra}}, optimizer, state)
 
     def evaluate(step_tokens_per_s: float) -> dict:
         nonlocal best_val
         model.eval()
-        val = mean_loss(model, val_data, ctx, p.batch_size, p.eval_windows, device, autocast)
-        train = mean_loss(model, train_data, ctx, p.batch_size, p.eval_windows, device, autocast)
-        split = meta["splits"]["val"]
-        row = {
-            "step": step,
-            "tokens": tokens_seen,
-            "train_loss": round(train, 5),
-            "val_loss": round(val, 5),
-            "val_perplexity": round(math.exp(min(val, 50)), 3),
-            "val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5),
-            "lr": lr_at(max(step - 1, 0), p),
-            "tokens_per_s": round(step_tokens_per_s, 1),
-        }
-        if peak:
-            row["mfu"] = round(fpt * step_tokens_per_s * ddp.world / peak, 4)
-        if prompt_ids and p.sample_tokens:
-            out = generate(model, [prompt_ids], SamplingConfig(p.sample_tokens, temperature=0.8, top_k=50, seed=seed), [tokenizer.eot_token])
-            row["sample"] = p.sample_prompt + tokenizer.decode(out[0])
+        with torch.no_grad():
+            metrics = run.evaluate(model, autocast)
+        row = {"step": step, "tokens": tokens_seen, **metrics, "lr": lr_at(max(step - 1, 0), p), "tokens_per_s": round(step_tokens_per_s, 1)}
+        if peak and run.flops_per_token:
+            row["mfu"] = round(run.flops_per_token * step_tokens_per_s * ddp.world / peak, 4)
+        if run.sample:
+            row["sample"] = run.sample(model)
         model.train()
+        val = metrics["val_loss"]
         if val < best_val:
             best_val = val
-            save_model(best_dir, model, tokenizer_spec, {"pretrain": {"step": step, "val_loss": val}})
+            save_model(best_dir, model, run.tokenizer_spec, {run.name: {"step": step, "val_loss": val, **run.extra}})
         return row
 
     model.train()
     start_step = step
-    bar = progress(total=p.max_steps, initial=step, desc="pretrain", unit="step", **({} if ddp.main else {"disable": True}))
+    bar = progress(total=p.max_steps, initial=step, desc=run.name, unit="step", **({} if ddp.main else {"disable": True}))
     window_start, window_tokens = time.perf_counter(), 0
     try:
         while step < p.max_steps:
@@ -298,15 +397,13 @@ def pretrain(
             lr = lr_at(step, p)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # the global batch of this step, identical on every rank; rank r takes its share
-            shard_idx, offsets = train_data.draw(windows_per_step, ctx, data_rng)
             loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                first = (micro * ddp.world + ddp.rank) * p.batch_size
-                x, y = train_data.gather(shard_idx[first : first + p.batch_size], offsets[first : first + p.batch_size], ctx)
+            step_tokens = 0
+            for micro, (x, y) in enumerate(run.source.step_batches(accum, ddp.rank, ddp.world)):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                step_tokens += x.numel() * ddp.world
                 sync = ddp.world == 1 or micro == accum - 1
-                with (nullcontext() if sync else train_model.no_sync()), autocast:
+                with nullcontext() if sync else train_model.no_sync(), autocast:
                     _, loss = train_model(x, y)
                     scaled = loss / accum
                 (scaler.scale(scaled) if scaler else scaled).backward()
@@ -314,12 +411,12 @@ def pretrain(
             if scaler:
                 scaler.unscale_(optimizer)
             if p.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], p.grad_clip)
             step_loss = (loss_sum / accum).item()
             if not math.isfinite(step_loss):
                 raise GptlabError(
                     f"step {step}: training loss is {step_loss}; stopped. The last good checkpoint is {latest_dir if latest_dir.exists() else 'none yet'}; "
-                    "lower pretrain.lr or use precision: fp32"
+                    f"lower {run.name}.lr or use precision: fp32"
                 )
             if scaler:
                 scaler.step(optimizer)
@@ -328,8 +425,8 @@ def pretrain(
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += p.tokens_per_step
-            window_tokens += p.tokens_per_step
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
             bar.update(1)
             now = time.perf_counter()
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window_tokens / max(now - window_start, 1e-9):,.0f}")
@@ -345,7 +442,8 @@ def pretrain(
                         _log_row(live, row)
                     if on_eval:
                         on_eval(row)
-                    bar.write(f"step {step}: train {row['train_loss']:.4f} val {row['val_loss']:.4f} bpb {row['val_bits_per_byte']:.4f} {tps:,.0f} tok/s")
+                    extra = f" bpb {row['val_bits_per_byte']:.4f}" if "val_bits_per_byte" in row else ""
+                    bar.write(f"step {step}: train {row['train_loss']:.4f} val {row['val_loss']:.4f}{extra} {tps:,.0f} tok/s")
                     checkpoint()
                 if ddp.world > 1:
                     dist.barrier()
@@ -354,7 +452,7 @@ def pretrain(
         elapsed += time.perf_counter() - window_start
         checkpoint()
         if ddp.main:
-            bar.write(f"pretrain: interrupted; saved step {step} to {latest_dir}; run again to resume")
+            bar.write(f"{run.name}: interrupted; saved step {step} to {latest_dir}; run again to resume")
         raise
     finally:
         bar.close()
@@ -365,22 +463,21 @@ def pretrain(
         dist.barrier()
 
     last = history[-1] if history else {}
-    summary = {
-        "run_id": rid,
-        "steps": step,
-        "tokens_seen": tokens_seen,
-        "parameters": n_params,
-        "train_loss": last.get("train_loss"),
-        "val_loss": last.get("val_loss"),
-        "val_perplexity": last.get("val_perplexity"),
-        "val_bits_per_byte": last.get("val_bits_per_byte"),
-        "best_val_loss": None if best_val == float("inf") else round(best_val, 5),
-        "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
-        "train_seconds": round(elapsed, 2),
-        "device": str(device),
-        "precision": str(amp_dtype or torch.float32).removeprefix("torch."),
-        "processes": ddp.world,
-    }
+    summary = {"run_id": run.run_id, "steps": step, "tokens_seen": tokens_seen, "parameters": n_params}
+    if n_trainable != n_params:
+        summary["trainable_parameters"] = n_trainable
+    summary.update({k: v for k, v in last.items() if k not in ("step", "tokens", "lr", "tokens_per_s", "mfu", "sample")})
+    summary.update(
+        {
+            "best_val_loss": None if best_val == float("inf") else round(best_val, 5),
+            "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
+            "train_seconds": round(elapsed, 2),
+            "device": str(device),
+            "precision": str(amp_dtype or torch.float32).removeprefix("torch."),
+            "processes": ddp.world,
+            **run.summary,
+        }
+    )
     if live:
         for key, value in summary.items():
             if isinstance(value, (int, float)) and key != "steps":

@@ -1,0 +1,197 @@
+"""Instruction fine-tuning: LoRA adapters (default) or all weights, on Alpaca-format splits.
+
+It is the pretraining loop (:func:`gptlab.train.train_loop`) with another batch source:
+shuffled, padded instruction batches (:class:`gptlab.data.instructions.InstructionBatches`),
+so optimizer, schedule, clipping, AMP, checkpoints, exact resume and DVCLive logs are shared.
+The base model's val loss on the same split is measured first, so the gain is a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from gptlab.checkpoint import load_model, read_config, save_model
+from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, format_prompt, load_records
+from gptlab.errors import GptlabError
+from gptlab.generate import SamplingConfig, generate
+from gptlab.io import atomic_dir
+from gptlab.model import GPT
+from gptlab.params import FinetuneParams
+from gptlab.train import LoopRun, TrainResult, pick_device, setup_distributed, train_loop
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """A finished fine-tuning run: the loop's result, the tuned model (LoRA still unmerged) and its tokenizer spec."""
+
+    train: TrainResult
+    model: GPT
+    tokenizer_spec: str
+    lora: object | None
+
+
+class InstructionSource:
+    """Training batches for :func:`gptlab.train.train_loop`: each micro-step every rank draws
+    ``world`` batches from the same shuffled sequence and keeps its own."""
+
+    def __init__(self, batches: InstructionBatches):
+        self.batches = batches
+
+    def step_batches(self, accum: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's ``accum`` micro-batches ``(inputs, targets)``, (batch, T) int64."""
+        for _ in range(accum):
+            for r in range(world):
+                batch = next(self.batches)
+                if r == rank:
+                    yield batch
+
+    def state(self) -> dict:
+        """Epoch, position and generator state (JSON-able)."""
+        return self.batches.state_dict()
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`state`."""
+        self.batches.load_state_dict(state)
+
+
+@torch.no_grad()
+def split_loss(model: GPT, examples: list, batch_size: int, device: torch.device, autocast=None, max_batches: int | None = None, **collate_kwargs) -> float:
+    """Mean next-token loss (nats/token, weighted by target tokens) of ``model`` over ``examples``
+    in order (the first ``max_batches`` batches when given)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(eval_batches(examples, batch_size, **collate_kwargs)):
+        if max_batches is not None and i >= max_batches:
+            break
+        n = int((y != -100).sum())
+        if n == 0:
+            continue
+        with autocast if autocast is not None else nullcontext():
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * n
+        count += n
+    model.train(was_training)
+    if count == 0:
+        raise GptlabError("no target tokens to score: every example was masked or truncated away; raise finetune.allowed_max_length")
+    return total / count
+
+
+def base_tokenizer_spec(base_dir: Path) -> str:
+    """Return the tokenizer spec to save beside a model derived from ``base_dir``."""
+    spec = read_config(base_dir).get("tokenizer", "gpt2")
+    return spec if spec == "gpt2" else str(base_dir / spec)
+
+
+def _run_id(base_sha: str, p: FinetuneParams, seed: int, train_records: list[dict]) -> str:
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device")}
+    data = hashlib.sha256(json.dumps(train_records, sort_keys=True).encode()).hexdigest()
+    blob = json.dumps({"base": base_sha, "finetune": keep, "seed": seed, "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def finetune(
+    base_dir: str | Path,
+    splits_dir: str | Path,
+    p: FinetuneParams,
+    seed: int,
+    live_dir: str | Path | None = None,
+    stop_after_steps: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune the gptlab model in ``base_dir`` on ``splits_dir/{train,val}.json``.
+
+    Returns the result with the summary (train/val loss, the base model's val loss on the same
+    split, trainable and total parameters) and the tuned model in memory.
+    """
+    from gptlab.lora import LoRAConfig, inject_lora, lora_parameter_counts, mark_only_lora_trainable, model_hash
+
+    base_dir, splits_dir = Path(base_dir), Path(splits_dir)
+    ddp = setup_distributed(p.device)
+    device = pick_device(p.device, ddp)
+    model, tokenizer = load_model(base_dir, device)
+    tokenizer_spec = base_tokenizer_spec(base_dir)
+    train_records = load_records(splits_dir / "train.json")
+    val_records = load_records(splits_dir / "val.json")
+    ctx = model.config.context_length
+    max_len = min(p.allowed_max_length or ctx, ctx)
+    collate_kwargs = {"pad_id": tokenizer.eot_token, "allowed_max_length": max_len, "mask_prompt": p.mask_prompt}
+    train_examples = encode_records(train_records, tokenizer, p.prompt_style)
+    val_examples = encode_records(val_records, tokenizer, p.prompt_style) if val_records else train_examples[: p.batch_size]
+
+    base_sha = model_hash(base_dir)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    base_val = split_loss(model, val_examples, p.batch_size, device, max_batches=p.eval_batches, **collate_kwargs)
+    lora_cfg = None
+    if p.method == "lora":
+        lora_cfg = LoRAConfig(r=p.lora.r, alpha=p.lora.alpha, dropout=p.lora.dropout, targets=tuple(p.lora.targets))
+        inject_lora(model, lora_cfg)
+        mark_only_lora_trainable(model)
+        model.to(device)
+    trainable, total = lora_parameter_counts(model)
+    if ddp.main:
+        print(f"finetune: {p.method}, {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); base val loss {base_val:.4f}")
+
+    batches = InstructionBatches(train_examples, p.batch_size, seed=seed, **collate_kwargs)
+
+    def evaluate(m: GPT, autocast) -> dict:
+        val = split_loss(m, val_examples, p.batch_size, device, autocast, p.eval_batches, **collate_kwargs)
+        train = split_loss(m, train_examples, p.batch_size, device, autocast, p.eval_batches or len(val_examples) // p.batch_size + 1, **collate_kwargs)
+        return {"train_loss": round(train, 5), "val_loss": round(val, 5), "val_perplexity": round(math.exp(min(val, 50)), 3)}
+
+    sample_record = val_records[0] if val_records else train_records[0]
+    sample_ids = tokenizer.encode_ordinary(format_prompt(sample_record["instruction"], sample_record.get("input") or "", p.prompt_style))
+
+    def sample(m: GPT) -> str:
+        out = generate(m, [sample_ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
+        return sample_record["instruction"] + "\n-> " + tokenizer.decode(out[0])
+
+    rid = _run_id(base_sha, p, seed, train_records)
+    run = LoopRun(
+        name="finetune",
+        run_id=rid,
+        run_dir=Path(p.checkpoint_dir) / rid,
+        tokenizer_spec=tokenizer_spec,
+        source=InstructionSource(batches),
+        evaluate=evaluate,
+        accum=p.grad_accum,
+        sample=sample,
+        extra={"method": p.method, "base_sha256": base_sha},
+        summary={"method": p.method, "base_val_loss": round(base_val, 5), "train_examples": len(train_examples), "val_examples": len(val_examples)},
+    )
+    result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
+    if result.summary.get("val_loss") is not None:
+        result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
+    return FinetuneResult(result, model, tokenizer_spec, lora_cfg)
+
+
+def publish_finetuned(result: FinetuneResult, base_dir: str | Path, out: str | Path) -> Path:
+    """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
+    checkpoint any stage can load) and, for LoRA, ``out/adapter/`` (adapter weights + JSON).
+    Replaces ``out`` once complete; returns it."""
+    from gptlab.lora import merge_lora, model_hash, save_adapter
+
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        model = result.model
+        if result.lora is not None:
+            save_adapter(model, result.lora, tmp / "adapter", model_hash(base_dir))
+            model = merge_lora(model)
+        staged = save_model(
+            tmp / "merged", model, result.tokenizer_spec, {"finetune": {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}}
+        )
+        for f in staged.iterdir():
+            shutil.move(str(f), tmp / f.name)
+        staged.rmdir()
+    return out
