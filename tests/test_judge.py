@@ -180,17 +180,8 @@ def test_ollama_without_the_model_says_how_to_pull_it():
 # ------------------------------------------------- end to end against our own server
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: tiny models are ~25x faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory):
+def tiny_server(tmp_path_factory, one_torch_thread):
     torch.manual_seed(0)
     folder = save_model(tmp_path_factory.mktemp("judge") / "tiny", GPT(GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)))
     with running_server(build_app(folder, model_name="tiny")) as url:

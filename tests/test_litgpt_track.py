@@ -200,6 +200,19 @@ def test_litgpt_serve_openai_chat_on_converted_smollm2(tmp_path_factory):
         reply = r.json()["choices"][0]["message"]["content"]
         assert reply.strip()
         assert "Paris" in reply
+
+        # our judge client scoring through a real third-party server (litgpt's OpenAI spec)
+        from gptlab.score.judge import JudgeConfig, judge_records
+
+        records = [
+            {"instruction": "What is the capital of France?", "input": "", "output": "Paris", "response": "Paris"},
+            {"instruction": "What is 2 + 2?", "input": "", "output": "4", "response": "The answer is 5."},
+        ]
+        cfg = JudgeConfig(api="openai", url=f"http://127.0.0.1:{port}", model="smollm2", max_tokens=8, concurrency=1, timeout_s=120, retries=0)
+        results = judge_records(records, cfg)
+        print("litgpt judge:", [(r.score, r.reply, r.attempts) for r in results])
+        assert [r.attempts in (1, 2) and r.reply.strip() != "" for r in results] == [True, True]
+        assert all(r.score is None or 0 <= r.score <= 100 for r in results)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -55,8 +55,7 @@ def test_offline_scores_for_two_engines(tmp_path, model_dir):
 
 
 @pytest.mark.parametrize("api", ["ollama", "openai"])
-def test_judged_by_gptlab_serve_over_both_apis(tmp_path, model_dir, api):
-    torch.set_num_threads(1)
+def test_judged_by_gptlab_serve_over_both_apis(tmp_path, model_dir, api, one_torch_thread):
     ours = write(tmp_path, "responses.json", RESPONSES)
     with running_server(build_app(model_dir, model_name="judge")) as url:
         p = ScoreParams(judge=JudgeParams(api=api, url=url, model="judge", timeout_s=30, retries=0, concurrency=2))

@@ -50,21 +50,22 @@ def _tokenize(args: argparse.Namespace) -> None:
     )
 
 
-def _pretrain(args: argparse.Namespace) -> None:
+def _loop_params(p, max_steps: int | None):
+    """Return training-loop params with ``--max-steps`` applied (warmup clipped to fit), and make
+    ``kill`` (SIGTERM) save a checkpoint like Ctrl-C does, so the next run resumes."""
     import dataclasses
     import signal
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return p if max_steps is None else dataclasses.replace(p, max_steps=max_steps, warmup_steps=min(p.warmup_steps, max_steps))
+
+
+def _pretrain(args: argparse.Namespace) -> None:
     from gptlab.params import load_params
     from gptlab.train import pretrain, publish
 
     params = load_params(args.params)
-    p = (
-        params.pretrain
-        if args.max_steps is None
-        else dataclasses.replace(params.pretrain, max_steps=args.max_steps, warmup_steps=min(params.pretrain.warmup_steps, args.max_steps))
-    )
-    # `kill` (SIGTERM) saves a checkpoint like Ctrl-C does, so the next run resumes
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    p = _loop_params(params.pretrain, args.max_steps)
     result = pretrain(params.model.to_config(), p, args.shards, params.seed, live_dir=args.metrics_dir)
     if publish(result, args.out):
         s = result.summary
@@ -162,19 +163,11 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    import dataclasses
-    import signal
-
     from gptlab.finetune import finetune, publish_finetuned
     from gptlab.params import load_params
 
     params = load_params(args.params)
-    p = (
-        params.finetune
-        if args.max_steps is None
-        else dataclasses.replace(params.finetune, max_steps=args.max_steps, warmup_steps=min(params.finetune.warmup_steps, args.max_steps))
-    )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    p = _loop_params(params.finetune, args.max_steps)
     result = finetune(args.base, args.splits, p, params.seed, live_dir=args.metrics_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         publish_finetuned(result, args.base, args.out)

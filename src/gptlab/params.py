@@ -310,8 +310,11 @@ class JudgeParams:
     concurrency: int = 4
     num_ctx: int = 2048
     seed: int = 123
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens={self.max_tokens} is impossible: must be >= 1 (or null for the server's default)")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url={self.url!r} must start with http:// or https://")
         if self.timeout_s <= 0 or self.retries < 0 or self.concurrency < 1:

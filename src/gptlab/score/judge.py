@@ -140,8 +140,8 @@ def _payload(cfg: JudgeConfig, content: str) -> dict:
             options["num_predict"] = cfg.max_tokens
         return {"model": cfg.model, "messages": messages, "stream": False, "options": options}
     payload: dict = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature, "seed": cfg.seed, "stream": False}
-    if cfg.max_tokens is not None:
-        payload["max_tokens"] = cfg.max_tokens
+    if cfg.max_tokens is not None:  # the newer name too: litgpt serve reads only max_completion_tokens
+        payload["max_tokens"] = payload["max_completion_tokens"] = cfg.max_tokens
     return payload
 
 

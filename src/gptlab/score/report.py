@@ -24,7 +24,7 @@ def judge_config(p: JudgeParams) -> JudgeConfig:
     """Return the judge client's config for the ``score.judge`` params."""
     extra = {"prompt": p.prompt} if p.prompt else {}
     return JudgeConfig(
-        api=p.api, url=p.url, model=p.model, timeout_s=p.timeout_s, retries=p.retries, concurrency=p.concurrency, num_ctx=p.num_ctx, seed=p.seed, **extra
+        api=p.api, url=p.url, model=p.model, timeout_s=p.timeout_s, retries=p.retries, concurrency=p.concurrency, num_ctx=p.num_ctx, seed=p.seed, max_tokens=p.max_tokens, **extra
     )
 
 
