@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from gptlab.checkpoint import load_model, save_model
 from gptlab.data.instructions import write_splits
 from gptlab.finetune import finetune, publish_finetuned
-from gptlab.generate import SamplingConfig
+from gptlab.generate import SamplingConfig, generate
 from gptlab.lora import base_state, load_adapter, merge_lora, model_hash
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import FinetuneParams, LoraParams
@@ -43,7 +43,7 @@ def params(tmp_path, **overrides) -> FinetuneParams:
     return FinetuneParams(**base)
 
 
-def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_splits, tmp_path):
+def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_splits, tmp_path, capsys):
     base_dir, splits = base_and_splits
     before = load_file(base_dir / "model.safetensors")
     result = finetune(base_dir, splits, params(tmp_path), seed=0, live_dir=tmp_path / "live")
@@ -67,6 +67,16 @@ def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_sp
     again = merge_lora(again).eval()
     x = torch.randint(0, 50257, (2, 16))
     assert torch.allclose(merged(x)[0], again(x)[0], atol=1e-5)
+
+    # `gptlab generate --adapter` answers like the merged model
+    from gptlab.cli import main
+
+    prompt = "Name a colour."
+    ids = gpt2().encode_ordinary(prompt)
+    want = gpt2().decode(generate(merged, [ids], SamplingConfig(max_new_tokens=4, temperature=0.0), [50256])[0])
+    argv = ["generate", "--model", str(base_dir), "--adapter", str(out / "adapter"), "--prompt", prompt, "--max-new-tokens", "4", "--temperature", "0"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == want + "\n"
 
 
 def test_full_finetune_changes_every_weight(base_and_splits, tmp_path):

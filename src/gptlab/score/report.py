@@ -24,7 +24,16 @@ def judge_config(p: JudgeParams) -> JudgeConfig:
     """Return the judge client's config for the ``score.judge`` params."""
     extra = {"prompt": p.prompt} if p.prompt else {}
     return JudgeConfig(
-        api=p.api, url=p.url, model=p.model, timeout_s=p.timeout_s, retries=p.retries, concurrency=p.concurrency, num_ctx=p.num_ctx, seed=p.seed, max_tokens=p.max_tokens, **extra
+        api=p.api,
+        url=p.url,
+        model=p.model,
+        timeout_s=p.timeout_s,
+        retries=p.retries,
+        concurrency=p.concurrency,
+        num_ctx=p.num_ctx,
+        seed=p.seed,
+        max_tokens=p.max_tokens,
+        **extra,
     )
 
 
@@ -74,7 +83,12 @@ def score_responses(
     tables, metrics = [], {}
     for engine, (responses, model_dir) in engines.items():
         df = score_engine(load_responses(responses), p, model_dir, style)
-        metrics[engine] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in summarise(df).items()}
+        summary = summarise(df)
+        if "judge_score" in df and df["judge_score"].notna().sum() >= 3:
+            # how far the judge agrees with the offline metric (rank correlation, -1..1)
+            scored = df[df["judge_score"].notna()]
+            summary["judge_f1_spearman"] = float(scored["judge_score"].astype(float).corr(scored["token_f1"], method="spearman"))
+        metrics[engine] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}
         df.insert(0, "engine", engine)
         tables.append(df)
     metrics["judge"] = {"api": p.judge.api} if p.judge.api == "none" else {"api": p.judge.api, "model": p.judge.model, "url": p.judge.url}
