@@ -60,7 +60,9 @@ def fetch_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str | 
                 got = fetch(source, cache, download.timeout_s, download.retries, label=name)
             except GptlabError as e:
                 if source.uri.startswith(("https://", "http://")):
-                    raise GptlabError(f"{source.uri}: cannot be fetched ({e}); convert.source={p.source} needs the internet once, or {OFFLINE_HELP}") from None
+                    reason = str(e).removeprefix(f"{source.uri}: ")
+                    reason = reason if len(reason) <= 160 else reason[:157] + "..."
+                    raise GptlabError(f"{source.uri}: cannot be fetched ({reason}); convert.source={p.source} needs the internet once, or {OFFLINE_HELP}") from None
                 raise
             _link_or_copy(got.path, tmp / name)
             summary["files"][name] = {"uri": source.uri, "bytes": got.bytes, "sha256": got.sha256}
