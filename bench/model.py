@@ -45,8 +45,16 @@ def build_pair(preset: str, device: str) -> tuple[GPT, torch.nn.Module]:
     c = GPTConfig.preset(preset)
     hf = transformers.GPT2LMHeadModel(
         transformers.GPT2Config(
-            vocab_size=c.vocab_size, n_positions=c.context_length, n_embd=c.emb_dim, n_layer=c.n_layers, n_head=c.n_heads,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=50256, eos_token_id=50256,
+            vocab_size=c.vocab_size,
+            n_positions=c.context_length,
+            n_embd=c.emb_dim,
+            n_layer=c.n_layers,
+            n_head=c.n_heads,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=50256,
+            eos_token_id=50256,
         )  # fmt: skip
     )
     ours = gpt_from_hf(hf.state_dict(), hf.config.to_dict())

@@ -26,10 +26,7 @@ def test_bad_params_give_one_line_and_exit_2(tmp_path):
 
 
 def test_download_then_tokenize_from_the_command_line(corpus_dir, tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        f"download:\n  sources:\n    corpus: {{uri: '{corpus_dir.as_uri()}/a.txt'}}\n"
-        "tokenize: {val_fraction: 0.1}\n"
-    )
+    (tmp_path / "params.yaml").write_text(f"download:\n  sources:\n    corpus: {{uri: '{corpus_dir.as_uri()}/a.txt'}}\ntokenize: {{val_fraction: 0.1}}\n")
     r = run("download", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "download: 1 files" in r.stdout

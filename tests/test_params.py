@@ -42,9 +42,14 @@ def test_defaults_fill_missing_keys(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        (MINIMAL + "tokenise: {}\n", r"params.yaml: unknown key tokenise; allowed keys: download, tokenize, model, pretrain, convert, instructions, finetune, generate, score, litgpt, seed"),
-        (MINIMAL.replace("tokenizer: simple", "tokenizer: simple\n  shard_size: 5"),
-         r"unknown key tokenize.shard_size; allowed keys: tokenizer, corpus_glob, val_fraction, shard_tokens, workers, chunk_chars"),
+        (
+            MINIMAL + "tokenise: {}\n",
+            r"params.yaml: unknown key tokenise; allowed keys: download, tokenize, model, pretrain, convert, instructions, finetune, generate, score, litgpt, seed",
+        ),
+        (
+            MINIMAL.replace("tokenizer: simple", "tokenizer: simple\n  shard_size: 5"),
+            r"unknown key tokenize.shard_size; allowed keys: tokenizer, corpus_glob, val_fraction, shard_tokens, workers, chunk_chars",
+        ),
         (MINIMAL.replace("tokenizer: simple", "tokenizer: bpe"), r"tokenize.tokenizer='bpe' is not allowed; allowed values: 'gpt2', 'simple'"),
         (MINIMAL.replace("tokenizer: simple", "workers: two"), r"tokenize.workers='two' must be an integer"),
         (MINIMAL.replace("tokenizer: simple", "workers: true"), r"tokenize.workers=True must be an integer"),

@@ -21,7 +21,9 @@ def test_truncated_foreign_and_extended_files_are_refused(tmp_path):
     write_shard(path, np.arange(100), vocab_size=256, eot_token=0)
     raw = path.read_bytes()
     path.write_bytes(raw[:-10])
-    with pytest.raises(GptlabError, match=r"train-00000.bin: truncated: the header says 100 tokens \(264 bytes\) but the file has 254 bytes; re-run `dvc repro tokenize`"):
+    with pytest.raises(
+        GptlabError, match=r"train-00000.bin: truncated: the header says 100 tokens \(264 bytes\) but the file has 254 bytes; re-run `dvc repro tokenize`"
+    ):
         read_shard(path)
     path.write_bytes(raw + b"\0\0")
     with pytest.raises(GptlabError, match="longer than its header says"):

@@ -62,7 +62,9 @@ def fetch_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str | 
                 if source.uri.startswith(("https://", "http://")):
                     reason = str(e).removeprefix(f"{source.uri}: ")
                     reason = reason if len(reason) <= 160 else reason[:157] + "..."
-                    raise GptlabError(f"{source.uri}: cannot be fetched ({reason}); convert.source={p.source} needs the internet once, or {OFFLINE_HELP}") from None
+                    raise GptlabError(
+                        f"{source.uri}: cannot be fetched ({reason}); convert.source={p.source} needs the internet once, or {OFFLINE_HELP}"
+                    ) from None
                 raise
             _link_or_copy(got.path, tmp / name)
             summary["files"][name] = {"uri": source.uri, "bytes": got.bytes, "sha256": got.sha256}

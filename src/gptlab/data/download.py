@@ -146,9 +146,10 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, label: 
                     have = 0  # the server ignored the Range header: restart from zero
                 length = r.headers.get("Content-Length")
                 total = have + int(length) if length is not None else None
-                with open(part, "ab" if resuming else "wb") as f, progress(
-                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False
-                ) as bar:
+                with (
+                    open(part, "ab" if resuming else "wb") as f,
+                    progress(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False) as bar,
+                ):
                     for chunk in r.iter_content(CHUNK_BYTES):
                         f.write(chunk)
                         bar.update(len(chunk))
@@ -214,8 +215,7 @@ def extract(archive: Path, pattern: str, dest: Path, uri: str = "") -> list[Path
     if not chosen:
         example = ", ".join(sorted(names)[:3])
         raise GptlabError(
-            f"{uri or archive}: the glob '#{pattern}' matches none of the {len(names)} members "
-            f"(e.g. {example}); fix the #GLOB part of the uri in params.yaml"
+            f"{uri or archive}: the glob '#{pattern}' matches none of the {len(names)} members (e.g. {example}); fix the #GLOB part of the uri in params.yaml"
         )
     dest.mkdir(parents=True, exist_ok=True)
     written = []
