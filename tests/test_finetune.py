@@ -75,6 +75,7 @@ def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_sp
     ids = gpt2().encode_ordinary(prompt)
     want = gpt2().decode(generate(merged, [ids], SamplingConfig(max_new_tokens=4, temperature=0.0), [50256])[0])
     argv = ["generate", "--model", str(base_dir), "--adapter", str(out / "adapter"), "--prompt", prompt, "--max-new-tokens", "4", "--temperature", "0"]
+    capsys.readouterr()  # drop what fine-tuning printed
     assert main(argv) == 0
     assert capsys.readouterr().out == want + "\n"
 
