@@ -58,7 +58,7 @@ def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_sp
     for name, tensor in before.items():
         assert torch.equal(after[name], tensor), name
 
-    out = publish_finetuned(result, base_dir, tmp_path / "finetuned")
+    out = publish_finetuned(result, tmp_path / "finetuned")
     assert (out / "adapter" / "adapter.safetensors").exists() and (out / "model.safetensors").exists()
     merged, _ = load_model(out)
     # the merged model == base + adapter loaded again

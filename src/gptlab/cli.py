@@ -83,9 +83,10 @@ def _generate(args: argparse.Namespace) -> None:
     import codecs
 
     from gptlab.generate import SamplingConfig, stream
+    from gptlab.lora import load_merged
     from gptlab.tokenizer import token_bytes
 
-    model, tok = _load_for_inference(args.model, args.adapter, args.device)
+    model, tok = load_merged(args.model, args.adapter, args.device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     prompt = tok.encode(args.prompt, allowed_special="all")
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
@@ -96,13 +97,6 @@ def _generate(args: argparse.Namespace) -> None:
         sys.stdout.write(utf8.decode(token_bytes(tok, token)))
         sys.stdout.flush()
     sys.stdout.write(utf8.decode(b"", final=True) + "\n")
-
-
-def _load_for_inference(model_dir: str, adapter_dir: str | None, device: str = "cpu"):
-    """Return ``(model, tokenizer)``: ``model_dir`` with the LoRA adapter in ``adapter_dir`` merged in."""
-    from gptlab.lora import load_merged
-
-    return load_merged(model_dir, adapter_dir, device)
 
 
 def _instructions(args: argparse.Namespace) -> None:
@@ -141,7 +135,9 @@ def _convert(args: argparse.Namespace) -> None:
 
         if not args.to or not args.out:
             raise GptlabError("convert --model DIR needs --to {gptlab,hf,openai-tf} and --out DIR")
-        model, _ = _load_for_inference(args.model, args.adapter)
+        from gptlab.lora import load_merged
+
+        model, _ = load_merged(args.model, args.adapter)
         if args.to == "hf":
             from gptlab.convert.hf import export_hf
 
@@ -170,7 +166,7 @@ def _finetune(args: argparse.Namespace) -> None:
     p = _loop_params(params.finetune, args.max_steps)
     result = finetune(args.base, args.splits, p, params.seed, live_dir=args.metrics_dir)
     if int(os.environ.get("RANK", "0")) == 0:
-        publish_finetuned(result, args.base, args.out)
+        publish_finetuned(result, args.out)
         s = result.train.summary
         print(f"finetune: {s['method']}, {s['steps']} steps, val loss {s['base_val_loss']} -> {s['val_loss']} -> {args.out}")
 
@@ -184,7 +180,9 @@ def _respond(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     device = pick_device(params.generate.device, Distributed())
-    model, tok = _load_for_inference(args.model, args.adapter, str(device))
+    from gptlab.lora import load_merged
+
+    model, tok = load_merged(args.model, args.adapter, str(device))
     records = load_records(args.test)
     out = respond(model, tok, records, sampling_config(params.generate, params.seed), params.generate.batch_size, params.finetune.prompt_style)
     write_json(args.out, out)

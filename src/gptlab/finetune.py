@@ -32,12 +32,14 @@ from gptlab.train import LoopRun, TrainResult, pick_device, setup_distributed, t
 
 @dataclasses.dataclass
 class FinetuneResult:
-    """A finished fine-tuning run: the loop's result, the tuned model (LoRA still unmerged) and its tokenizer spec."""
+    """A finished fine-tuning run: the loop's result, the tuned model (LoRA still unmerged), its
+    tokenizer spec, the LoRA config (None for full fine-tuning) and the base weights' sha256."""
 
     train: TrainResult
     model: GPT
     tokenizer_spec: str
     lora: object | None
+    base_sha256: str
 
 
 class InstructionSource:
@@ -173,20 +175,20 @@ def finetune(
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
-    return FinetuneResult(result, model, tokenizer_spec, lora_cfg)
+    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha)
 
 
-def publish_finetuned(result: FinetuneResult, base_dir: str | Path, out: str | Path) -> Path:
+def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
     """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
     checkpoint any stage can load) and, for LoRA, ``out/adapter/`` (adapter weights + JSON).
     Replaces ``out`` once complete; returns it."""
-    from gptlab.lora import merge_lora, model_hash, save_adapter
+    from gptlab.lora import merge_lora, save_adapter
 
     out = Path(out)
     with atomic_dir(out) as tmp:
         model = result.model
         if result.lora is not None:
-            save_adapter(model, result.lora, tmp / "adapter", model_hash(base_dir))
+            save_adapter(model, result.lora, tmp / "adapter", result.base_sha256)
             model = merge_lora(model)
         staged = save_model(
             tmp / "merged", model, result.tokenizer_spec, {"finetune": {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}}

@@ -63,7 +63,7 @@ class LitgptFinetuneParams:
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ParamsError:
-            return ParamsError(f"params.yaml: finetune.{name}={getattr(self, name)!r} {why}")
+            return ParamsError(f"litgpt finetune_lora: {name}={getattr(self, name)!r} {why}")
 
         for name in ("steps", "micro_batch_size", "global_batch_size", "epochs", "max_seq_length", "lora_r", "lora_alpha", "eval_max_iters"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gptlab.data.instructions import format_prompt
+from gptlab.data.instructions import collate, format_prompt
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.progress import progress
@@ -134,7 +134,8 @@ def reference_loss(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], st
     Teacher forcing on ``format_prompt(instruction, input) + output + <|endoftext|>``: the
     prompt tokens are masked out, the reference tokens and the end-of-text token are scored.
     ``exp`` of a value is that record's perplexity. Records are batched ``batch_size`` at a
-    time, right-padded (padding only follows the scored tokens, so causal attention ignores it).
+    time through :func:`gptlab.data.instructions.collate` (right-padded: padding only follows the
+    scored tokens, so causal attention ignores it).
     """
     if batch_size < 1:
         raise GptlabError(f"batch_size={batch_size} is impossible: must be >= 1")
@@ -144,14 +145,7 @@ def reference_loss(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], st
     seqs = [_reference_ids(r, tokenizer, style, context, i) for i, r in enumerate(records)]
     losses: list[float] = []
     for start in progress(range(0, len(seqs), batch_size), desc="reference loss", unit="batch"):
-        batch = seqs[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch) - 1
-        inputs = torch.zeros((len(batch), width), dtype=torch.long)
-        targets = torch.full((len(batch), width), -100, dtype=torch.long)
-        for row, (ids, n_prompt) in enumerate(batch):
-            ids_t = torch.as_tensor(ids, dtype=torch.long)
-            inputs[row, : len(ids) - 1] = ids_t[:-1]
-            targets[row, n_prompt - 1 : len(ids) - 1] = ids_t[n_prompt:]
+        inputs, targets = collate(seqs[start : start + batch_size], pad_id=tokenizer.eot_token, mask_prompt=True)
         logits, _ = model(inputs.to(device))
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), ignore_index=-100, reduction="none")
         scored = (targets != -100).to(device)
