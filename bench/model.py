@@ -33,8 +33,8 @@ import torch
 import transformers
 
 from gptlab.convert.hf import gpt_from_hf
-from gptlab.generate import SamplingConfig, generate
 from gptlab.model import GPT, GPTConfig
+from gptlab.sampling import SamplingConfig, generate
 
 PROMPT_TOKENS = 16
 SHAPES = {"124M": ("gpt2-124M", 4, 256), "small": ("gpt-mini", 8, 256)}  # small: the default pretraining config

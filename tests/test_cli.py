@@ -41,8 +41,8 @@ def test_generate_streams_the_same_text_as_the_library(tmp_path):
     import torch
 
     from gptlab.checkpoint import save_model
-    from gptlab.generate import SamplingConfig, generate
     from gptlab.model import GPT, GPTConfig
+    from gptlab.sampling import SamplingConfig, generate
     from gptlab.tokenizer import gpt2
 
     torch.manual_seed(0)

@@ -7,7 +7,8 @@ import torch
 
 from gptlab.checkpoint import load_model, save_model
 from gptlab.cli import main
-from gptlab.convert.base import build_base, checkpoint_sources, fetch_checkpoint
+from gptlab.convert.base import build_base
+from gptlab.convert.download_checkpoint import checkpoint_sources, download_checkpoint
 from gptlab.convert.hf import export_hf
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
@@ -32,7 +33,7 @@ def test_pretrained_source_is_copied_as_is(tmp_path):
     save_model(tmp_path / "pretrained", model)
     p = ConvertParams(source="pretrained")
     assert checkpoint_sources(p) == {}
-    summary = fetch_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
+    summary = download_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
     assert summary == {"source": "pretrained", "files": {}}
     m = build_base(p, tmp_path / "checkpoint", tmp_path / "pretrained", tmp_path / "base", tmp_path / "convert.json")
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == (tmp_path / "pretrained" / "model.safetensors").read_bytes()
@@ -52,7 +53,7 @@ def test_gpt2_source_from_a_file_mirror(tmp_path):
     p = ConvertParams(source="gpt2-124M", mirror=(tmp_path / "mirror").as_uri())
     urls = [s.uri for s in checkpoint_sources(p).values()]
     assert len(urls) == 7 and all(u.startswith((tmp_path / "mirror" / "124M").as_uri()) for u in urls)
-    summary = fetch_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
+    summary = download_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
     assert sorted(summary["files"]) == sorted(f.name for f in (tmp_path / "mirror" / "124M").iterdir())
     m = build_base(p, tmp_path / "checkpoint", tmp_path / "missing", tmp_path / "base")
     base, _ = load_model(tmp_path / "base")
@@ -65,7 +66,7 @@ def test_hf_source(tmp_path):
     model = GPT(TINY)
     export_hf(model, tmp_path / "hf")
     p = ConvertParams(source=f"hf:{tmp_path / 'hf'}")
-    fetch_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
+    download_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
     build_base(p, tmp_path / "checkpoint", tmp_path / "missing", tmp_path / "base")
     base, _ = load_model(tmp_path / "base")
     assert same_logits(model, base)
@@ -75,7 +76,7 @@ def test_gpt2_source_without_network_fails_naming_the_url(tmp_path, capsys):
     """No route to the server: one line naming the URL, the need for the internet and the mirror."""
     p = ConvertParams(source="gpt2-355M", mirror="http://127.0.0.1:9/gpt-2/models")  # port 9: nothing listens
     with pytest.raises(GptlabError) as e:
-        fetch_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
+        download_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("http://127.0.0.1:9/gpt-2/models/355M/") and "needs the internet" in msg and "convert.mirror" in msg and "file://" in msg

@@ -8,8 +8,8 @@ import torch
 from gptlab.checkpoint import load_model
 from gptlab.convert.hf import config_from_hf, export_hf, from_hf_state_dict, gpt_from_hf, load_hf_dir
 from gptlab.errors import GptlabError
-from gptlab.generate import SamplingConfig, generate
 from gptlab.model import GPT
+from gptlab.sampling import SamplingConfig, generate
 
 transformers = pytest.importorskip("transformers")
 

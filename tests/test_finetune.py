@@ -8,13 +8,13 @@ from safetensors.torch import load_file
 
 from gptlab.checkpoint import load_model, save_model
 from gptlab.data.instructions import write_splits
-from gptlab.finetune import finetune, publish_finetuned
-from gptlab.generate import SamplingConfig, generate
+from gptlab.generate import respond
 from gptlab.lora import base_state, load_adapter, merge_lora, model_hash
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import FinetuneParams, LoraParams
-from gptlab.responses import respond
+from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import gpt2
+from gptlab.train.finetune import finetune, publish_finetuned
 
 RECORDS = [
     {"instruction": "Name a primary colour.", "input": "", "output": "Red."},

@@ -15,7 +15,8 @@ from gptlab.data.corpus import tokenize_corpus
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import PretrainParams, TokenizeParams
-from gptlab.train import lr_at, make_optimizer, pretrain, publish
+from gptlab.train.loop import lr_at, make_optimizer, publish
+from gptlab.train.pretrain import pretrain
 
 LINES = [
     "ROMEO: But soft, what light through yonder window breaks?",

@@ -62,7 +62,8 @@ def _loop_params(p, max_steps: int | None):
 
 def _pretrain(args: argparse.Namespace) -> None:
     from gptlab.params import load_params
-    from gptlab.train import pretrain, publish
+    from gptlab.train.loop import publish
+    from gptlab.train.pretrain import pretrain
 
     params = load_params(args.params)
     p = _loop_params(params.pretrain, args.max_steps)
@@ -82,8 +83,8 @@ def _encode(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import codecs
 
-    from gptlab.generate import SamplingConfig, stream
     from gptlab.lora import load_merged
+    from gptlab.sampling import SamplingConfig, stream
     from gptlab.tokenizer import token_bytes
 
     model, tok = load_merged(args.model, args.adapter, args.device)
@@ -121,11 +122,11 @@ def _instructions(args: argparse.Namespace) -> None:
 
 
 def _fetch_checkpoint(args: argparse.Namespace) -> None:
-    from gptlab.convert.base import fetch_checkpoint
+    from gptlab.convert.download_checkpoint import download_checkpoint
     from gptlab.params import load_params
 
     params = load_params(args.params)
-    s = fetch_checkpoint(params.convert, params.download, args.out)
+    s = download_checkpoint(params.convert, params.download, args.out)
     print(f"download_checkpoint: {params.convert.source}: {len(s['files'])} files, {sum(f['bytes'] for f in s['files'].values()):,} bytes -> {args.out}")
 
 
@@ -159,8 +160,8 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from gptlab.finetune import finetune, publish_finetuned
     from gptlab.params import load_params
+    from gptlab.train.finetune import finetune, publish_finetuned
 
     params = load_params(args.params)
     p = _loop_params(params.finetune, args.max_steps)
@@ -173,10 +174,10 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _respond(args: argparse.Namespace) -> None:
     from gptlab.data.instructions import load_records
+    from gptlab.generate import respond, sampling_config
     from gptlab.io import write_json
     from gptlab.params import load_params
-    from gptlab.responses import respond, sampling_config
-    from gptlab.train import Distributed, pick_device
+    from gptlab.train.runtime import Distributed, pick_device
 
     params = load_params(args.params)
     device = pick_device(params.generate.device, Distributed())
@@ -207,7 +208,7 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _litgpt(args: argparse.Namespace) -> None:
-    from gptlab.litgpt_pipeline import run_litgpt_track
+    from gptlab.litgpt.track import run_litgpt_track
     from gptlab.params import load_params
 
     params = load_params(args.params)

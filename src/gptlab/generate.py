@@ -1,164 +1,43 @@
-"""Text generation: temperature, top-k, top-p, greedy, stop tokens, a KV cache, batches.
+"""Responses of a model to held-out instructions (the generate stage).
 
-The one sampling function of gptlab: the CLI, the generate stage and the server all call
-:func:`generate` (or :func:`stream` to see tokens as they come).
-
-Prompts of different lengths are left-padded; each row's positions start at 0 at its first
-real token and padded keys are masked, so a prompt gives the same tokens alone or in a batch.
-With the cache each step feeds one position; once a sequence outgrows ``context_length`` the
-window slides and is recomputed in full (learned absolute positions cannot be shifted), exactly
-as uncached generation crops it.
+Prompts are formatted in the fine-tuning prompt style, sampled with the one sampling function
+(:func:`gptlab.sampling.generate`) in batches (sorted by length so little padding is fed),
+stopped at end-of-text, and returned without the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-import torch
-
-from gptlab.errors import GptlabError
-from gptlab.model import GPT, KVCache
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to pick each next token. ``temperature`` 0 is greedy; ``top_k``/``top_p`` None is off."""
-
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise GptlabError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
-        if self.temperature < 0:
-            raise GptlabError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise GptlabError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GptlabError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
+from gptlab.data.instructions import format_prompt
+from gptlab.model import GPT
+from gptlab.params import GenerateParams
+from gptlab.progress import progress
+from gptlab.sampling import SamplingConfig, generate
+from gptlab.tokenizer import Tokenizer
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row. ``logits``: (batch, vocab) -> (batch,) int64."""
-    if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k is not None and cfg.top_k < logits.size(-1):
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p
-        drop = probs.cumsum(dim=-1) - probs >= cfg.top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def sampling_config(p: GenerateParams, seed: int) -> SamplingConfig:
+    """The SamplingConfig of the ``generate`` params (``seed`` null: the global seed)."""
+    return SamplingConfig(p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed if p.seed is not None else seed)
 
 
-def _positions(valid: torch.Tensor) -> torch.Tensor:
-    """Per-row position ids of a window: (batch, width) bool -> (batch, width) int64."""
-    return (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+def respond(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], cfg: SamplingConfig, batch_size: int = 16, style: str = "alpaca") -> list[dict]:
+    """Return one record per input record: ``instruction``, ``input``, ``output`` (the
+    reference) and ``response`` (the model's text, prompt stripped, end-of-text excluded).
 
-
-def _mask(valid: torch.Tensor, n_queries: int) -> torch.Tensor | None:
-    """Attention mask for the last ``n_queries`` columns of a window over all its columns.
-
-    ``valid``: (batch, keys) bool -> (batch, 1, n_queries, keys) bool, or None when nothing is
-    padded (plain causal attention). Each query may always see itself, so no row is empty.
+    A prompt longer than the context keeps its last ``context_length - max_new_tokens`` tokens.
     """
-    if bool(valid.all()):
-        return None
-    keys = valid.size(1)
-    q_cols = torch.arange(keys - n_queries, keys, device=valid.device)[:, None]
-    k_cols = torch.arange(keys, device=valid.device)[None, :]
-    allowed = (k_cols <= q_cols) & valid[:, None, :]
-    return (allowed | (k_cols == q_cols)).unsqueeze(1)
-
-
-@torch.inference_mode()
-def stream(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    cfg: SamplingConfig,
-    stop_tokens: Iterable[int] = (),
-    use_cache: bool = True,
-    pad_token: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(tokens, active)`` per step: the next token of each row, (batch,) int64, and
-    which rows were still generating, (batch,) bool. A row stops after a stop token (which is
-    yielded with ``active`` True); later steps yield ``pad_token`` for it with ``active`` False.
-    """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise GptlabError("generate: every prompt needs at least one token")
-    model.eval()
-    device = next(model.parameters()).device
-    ctx = model.config.context_length
-    B, width = len(prompts), max(len(p) for p in prompts)
-    # preallocated: columns [0, n) hold prompt + generated tokens; valid marks real tokens
-    buf = torch.full((B, width + cfg.max_new_tokens), pad_token, dtype=torch.long, device=device)
-    valid = torch.zeros(buf.shape, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        buf[i, width - len(p) : width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
-        valid[i, width - len(p) : width] = True
-    stops = torch.as_tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    cache: KVCache | None = None
-    dtype = next(model.parameters()).dtype
-    count = torch.zeros(B, dtype=torch.long, device=device)  # valid tokens in the current window
-
-    n = width
-    for step in range(cfg.max_new_tokens):
-        if use_cache and cache is not None and n <= ctx:
-            lo = n - cache.length - 1
-            position = (count - 1).clamp(min=0)[:, None]
-            logits, _ = model(buf[:, n - 1 : n], cache=cache, position_ids=position, mask=_mask(valid[:, lo:n], 1))
-        else:
-            lo = max(0, n - ctx)
-            window, win_valid = buf[:, lo:n], valid[:, lo:n]
-            if use_cache:
-                cache = KVCache(model.config, B, min(ctx, window.size(1) + cfg.max_new_tokens - step), device, dtype)
-            mask = _mask(win_valid, window.size(1))
-            logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
-            count = win_valid.sum(dim=1)
-        nxt = sample_next(logits[:, -1], cfg, generator)
-        nxt = torch.where(active, nxt, torch.full_like(nxt, pad_token))
-        yield nxt, active.clone()
-        buf[:, n] = nxt
-        valid[:, n] = active
-        count += active
-        n += 1
-        if stops.numel():
-            active &= ~torch.isin(nxt, stops)
-            if not bool(active.any()):
-                break
-
-
-def generate(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    cfg: SamplingConfig,
-    stop_tokens: Iterable[int] = (),
-    use_cache: bool = True,
-    pad_token: int = 0,
-) -> list[list[int]]:
-    """Return the new tokens of each prompt (stop token and what follows excluded).
-
-    ``prompts``: token id lists, any lengths. At most ``cfg.max_new_tokens`` tokens each.
-    """
-    stops = set(stop_tokens)
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for tokens, active in stream(model, prompts, cfg, stops, use_cache, pad_token):
-        for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
-            if a and not done[i]:
-                if t in stops:
-                    done[i] = True
-                else:
-                    out[i].append(t)
-    return out
+    eot = tokenizer.eot_token
+    keep = max(1, model.config.context_length - cfg.max_new_tokens)
+    prompts = [tokenizer.encode_ordinary(format_prompt(r["instruction"], r.get("input") or "", style))[-keep:] for r in records]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    with progress(total=len(prompts), desc="generate", unit="response") as bar:
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            outs = generate(model, [prompts[i] for i in chosen], cfg, stop_tokens=[eot], pad_token=eot)
+            for i, ids in zip(chosen, outs):
+                texts[i] = tokenizer.decode(ids).strip()
+            bar.update(len(chosen))
+    return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"], "response": t} for r, t in zip(records, texts)]

@@ -55,8 +55,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gptlab import __version__
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
-from gptlab.generate import SamplingConfig, stream
 from gptlab.model import GPT
+from gptlab.sampling import SamplingConfig, stream
 from gptlab.tokenizer import Tokenizer, token_bytes
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt fits in the context

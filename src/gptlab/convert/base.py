@@ -3,13 +3,12 @@
 ``convert.source`` names it: ``pretrained`` (our ``models/pretrained/``, copied as is),
 ``gpt2-124M`` ... ``gpt2-1558M`` (OpenAI's TensorFlow checkpoints, fetched with the download
 stage's https/file source and its cache) or ``hf:<dir>`` (a Hugging Face GPT-2 folder).
-:func:`fetch_checkpoint` puts the source's files in ``data/checkpoint/`` (so DVC hashes what
+:func:`gptlab.convert.download_checkpoint.download_checkpoint` puts the source's files in ``data/checkpoint/`` (so DVC hashes what
 the conversion reads); :func:`build_base` converts them.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import sys
@@ -17,67 +16,10 @@ import time
 from pathlib import Path
 
 from gptlab.checkpoint import load_model, save_model
-from gptlab.data.download import fetch, sha256_file
+from gptlab.data.download import sha256_file
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
-from gptlab.params import ConvertParams, DownloadParams, SourceParams
-
-HF_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
-OFFLINE_HELP = "set convert.mirror to a file:// copy of OpenAI's files (README: 'GPT-2 weights without internet')"
-
-
-def checkpoint_sources(p: ConvertParams) -> dict[str, SourceParams]:
-    """Return the files to fetch for ``p.source``: name -> source (empty for ``pretrained``)."""
-    from gptlab.convert.openai_tf import OPENAI_BASE_URL, OPENAI_FILES, OPENAI_SIZES
-
-    if p.source == "pretrained":
-        return {}
-    if p.source.startswith("hf:"):
-        folder = Path(p.source[3:]).expanduser().resolve()
-        if not (folder / "config.json").is_file():
-            raise GptlabError(f"convert.source={p.source}: {folder / 'config.json'} not found; point hf: at a Hugging Face GPT-2 folder")
-        files = [n for n in HF_FILES if (folder / n).is_file()]
-        if files == ["config.json"]:
-            raise GptlabError(f"convert.source={p.source}: {folder} has neither model.safetensors nor pytorch_model.bin")
-        return {n: SourceParams(uri=(folder / n).as_uri()) for n in files}
-    base = (p.mirror or OPENAI_BASE_URL).rstrip("/")
-    size = OPENAI_SIZES[p.source]
-    return {n: SourceParams(uri=f"{base}/{size}/{n}") for n in OPENAI_FILES}
-
-
-def fetch_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str | Path = "data/checkpoint") -> dict:
-    """Fetch the files of ``p.source`` into ``out_dir`` (replaced once complete); return a summary
-    (source, files with bytes and sha256). Without network a ``gpt2-*`` source fails with one
-    line naming the URL and the way out (a ``file://`` mirror)."""
-    from gptlab.data.download import cache_root
-
-    sources = checkpoint_sources(p)
-    cache = cache_root(download.cache_dir)
-    summary: dict = {"source": p.source, "files": {}}
-    with atomic_dir(out_dir) as tmp:
-        for name, source in sources.items():
-            try:
-                got = fetch(source, cache, download.timeout_s, download.retries, label=name)
-            except GptlabError as e:
-                if source.uri.startswith(("https://", "http://")):
-                    reason = str(e).removeprefix(f"{source.uri}: ")
-                    reason = reason if len(reason) <= 160 else reason[:157] + "..."
-                    raise GptlabError(
-                        f"{source.uri}: cannot be fetched ({reason}); convert.source={p.source} needs the internet once, or {OFFLINE_HELP}"
-                    ) from None
-                raise
-            _link_or_copy(got.path, tmp / name)
-            summary["files"][name] = {"uri": source.uri, "bytes": got.bytes, "sha256": got.sha256}
-        write_json(tmp / "SOURCE.json", summary)
-    return summary
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (a GPT-2 checkpoint is up to 6 GB), copying across file systems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+from gptlab.params import ConvertParams
 
 
 def peak_rss_bytes() -> int:

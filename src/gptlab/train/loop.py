@@ -17,11 +17,8 @@ bit for bit.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -30,87 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from gptlab.checkpoint import load_training_state, load_weights, read_config, save_model
-from gptlab.data.shards import TokenShards
 from gptlab.errors import GptlabError
-from gptlab.generate import SamplingConfig, generate
 from gptlab.io import atomic_dir
 from gptlab.model import GPT, GPTConfig
-from gptlab.params import LoopParams, PretrainParams
+from gptlab.params import LoopParams
 from gptlab.progress import progress
-from gptlab.tokenizer import load_tokenizer
-
-# Dense bf16 peak FLOP/s of common accelerators, for model FLOPs utilisation (MFU).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
-
-
-@dataclass
-class Distributed:
-    """Where this process stands: rank, world size, local rank, and whether it writes outputs."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """True on the process that writes checkpoints, metrics and logs (rank 0)."""
-        return self.rank == 0
-
-
-def setup_distributed(device_hint: str) -> Distributed:
-    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1); return the layout."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_hint in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return Distributed(rank, world, local)
-
-
-def pick_device(hint: str, ddp: Distributed) -> torch.device:
-    """Return the device: ``auto`` takes CUDA (this rank's GPU) when present, else the CPU."""
-    if hint == "auto":
-        return torch.device(f"cuda:{ddp.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if hint == "cuda" and ddp.world > 1:
-        return torch.device(f"cuda:{ddp.local_rank}")
-    if hint.startswith("cuda") and not torch.cuda.is_available():
-        raise GptlabError(f"pretrain.device={hint!r} but no CUDA device is visible; use device: auto or cpu")
-    return torch.device(hint)
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Return the autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 support and on
-    CPUs with native bf16, else fp32. ``fp16`` is CUDA-only (it needs a grad scaler)."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise GptlabError("pretrain.precision=fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+from gptlab.train.runtime import Distributed, peak_flops, pick_precision
 
 
 def lr_at(step: int, p: LoopParams) -> float:
@@ -132,41 +59,9 @@ def make_optimizer(model: GPT, p: LoopParams, device: torch.device) -> torch.opt
     return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), **extra)
 
 
-def flops_per_token(config: GPTConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6 N for the weights plus 12 L d T for attention (PaLM appendix B)."""
-    return 6 * n_params + 12 * config.n_layers * config.emb_dim * config.context_length
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """The bf16 peak of this GPU if known, else None."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> str:
-    """A short hash of everything that determines the training trajectory (resume key)."""
-    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens")}
-    blob = json.dumps({"model": config.to_dict(), "pretrain": keep, "seed": seed, "data": data_meta}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def config_differences(a: GPTConfig, b: GPTConfig) -> list[str]:
     """Return ``field: a -> b`` for each differing field."""
     return [f"{f}: {getattr(a, f)} -> {getattr(b, f)}" for f in a.to_dict() if getattr(a, f) != getattr(b, f)]
-
-
-@torch.no_grad()
-def mean_loss(model: GPT, shards: TokenShards, context: int, batch: int, windows: int, device: torch.device, autocast) -> float:
-    """Mean next-token loss (nats/token) over the first ``windows`` sequential windows of ``shards``."""
-    total, count = 0.0, 0
-    for x, y in shards.sequential_windows(batch, context, max_windows=windows):
-        with autocast:
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * x.size(0)
-        count += x.size(0)
-    return total / count
 
 
 @dataclass
@@ -215,107 +110,6 @@ class LoopRun:
     extra: dict = dataclasses.field(default_factory=dict)
     flops_per_token: float | None = None
     summary: dict = dataclasses.field(default_factory=dict)
-
-
-def pretrain(
-    config: GPTConfig,
-    p: PretrainParams,
-    shards_dir: str | Path,
-    seed: int,
-    live_dir: str | Path | None = None,
-    stop_after_steps: int | None = None,
-    on_eval: Callable[[dict], None] | None = None,
-) -> TrainResult:
-    """Train a GPT on the shards in ``shards_dir``; return the summary and checkpoint paths.
-
-    Checkpoints go to ``p.checkpoint_dir/<run id>/{latest,best}``; with ``p.resume`` a run with
-    the same id continues from ``latest``. ``stop_after_steps`` ends early (after saving), as an
-    interruption would. ``live_dir``: DVCLive folder for metrics and plots (rank 0).
-    """
-    ddp = setup_distributed(p.device)
-    device = pick_device(p.device, ddp)
-
-    shards_dir = Path(shards_dir)
-    meta_path = shards_dir / "meta.json"
-    if not meta_path.exists():
-        raise GptlabError(f"{meta_path}: missing; run `dvc repro tokenize` first")
-    meta = json.loads(meta_path.read_text())
-    train_data = TokenShards.from_folder(shards_dir, "train")
-    val_data = TokenShards.from_folder(shards_dir, "val")
-    if train_data.vocab_size > config.vocab_size:
-        raise GptlabError(f"model.vocab_size={config.vocab_size} is smaller than the shards' vocabulary ({train_data.vocab_size}); raise it")
-    ctx = config.context_length
-    per_micro = p.batch_size * ctx * ddp.world
-    if p.tokens_per_step % per_micro:
-        raise GptlabError(
-            f"pretrain.tokens_per_step={p.tokens_per_step} is not a multiple of batch_size x context_length x processes "
-            f"= {p.batch_size} x {ctx} x {ddp.world} = {per_micro}; pick a multiple (e.g. {per_micro * max(1, round(p.tokens_per_step / per_micro))})"
-        )
-    train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
-    val_data.check_context(ctx)
-
-    rid = run_id(config, p, seed, {"tokenizer": meta["tokenizer"], "train_tokens": meta["splits"]["train"]["tokens"]})
-    tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
-    tokenizer = load_tokenizer(tokenizer_spec)
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    model = GPT(config).to(device)
-    source = ShardBatches(train_data, p.batch_size, ctx, p.tokens_per_step // ctx, seed)
-    split = meta["splits"]["val"]
-
-    def evaluate(m: GPT, autocast) -> dict:
-        val = mean_loss(m, val_data, ctx, p.batch_size, p.eval_windows, device, autocast)
-        train = mean_loss(m, train_data, ctx, p.batch_size, p.eval_windows, device, autocast)
-        return {
-            "train_loss": round(train, 5),
-            "val_loss": round(val, 5),
-            "val_perplexity": round(math.exp(min(val, 50)), 3),
-            "val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5),
-        }
-
-    prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []
-
-    def sample(m: GPT) -> str:
-        out = generate(m, [prompt_ids], SamplingConfig(p.sample_tokens, temperature=0.8, top_k=50, seed=seed), [tokenizer.eot_token])
-        return p.sample_prompt + tokenizer.decode(out[0])
-
-    run = LoopRun(
-        name="pretrain",
-        run_id=rid,
-        run_dir=Path(p.checkpoint_dir) / rid,
-        tokenizer_spec=tokenizer_spec,
-        source=source,
-        evaluate=evaluate,
-        accum=p.tokens_per_step // per_micro,
-        sample=sample if prompt_ids and p.sample_tokens else None,
-        flops_per_token=flops_per_token(config, model.num_parameters()),
-    )
-    return train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
-
-
-class ShardBatches:
-    """Random windows of token shards: each step's global batch of ``windows_per_step`` windows
-    comes from one numpy generator every rank holds; rank ``r`` gathers its micro-batches."""
-
-    def __init__(self, shards: TokenShards, batch_size: int, context: int, windows_per_step: int, seed: int):
-        self.shards, self.batch_size, self.context, self.windows_per_step = shards, batch_size, context, windows_per_step
-        self.rng = np.random.default_rng(seed)
-
-    def step_batches(self, accum: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield this rank's ``accum`` micro-batches of the next step: (batch_size, context) int64 each."""
-        shard_idx, offsets = self.shards.draw(self.windows_per_step, self.context, self.rng)
-        for micro in range(accum):
-            first = (micro * world + rank) * self.batch_size
-            yield self.shards.gather(shard_idx[first : first + self.batch_size], offsets[first : first + self.batch_size], self.context)
-
-    def state(self) -> dict:
-        """The numpy generator's state (JSON-able)."""
-        return self.rng.bit_generator.state
-
-    def restore(self, state: dict) -> None:
-        """Continue the window sequence from ``state``."""
-        self.rng.bit_generator.state = state
 
 
 def train_loop(

@@ -19,7 +19,7 @@ pytest.importorskip("litgpt")
 from gptlab.convert.gguf import GGUFVocab, build_tokenizer, tokenizer_config  # noqa: E402
 from gptlab.data.instructions import format_prompt  # noqa: E402
 from gptlab.errors import GptlabError, ParamsError  # noqa: E402
-from gptlab.litgpt_track import (  # noqa: E402
+from gptlab.litgpt.runner import (  # noqa: E402
     LitgptFinetuneParams,
     finetune_lora,
     generate_responses,

@@ -46,7 +46,7 @@ def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str 
 
     from gptlab.convert.gguf import gguf_to_litgpt
     from gptlab.data.instructions import load_records
-    from gptlab.litgpt_track import LitgptFinetuneParams, finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
+    from gptlab.litgpt.runner import LitgptFinetuneParams, finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
 
     summary: dict = {"enabled": True, "config_name": p.config_name}
     with atomic_dir(models_dir) as tmp:

@@ -1,6 +1,6 @@
 """Instruction fine-tuning: LoRA adapters (default) or all weights, on Alpaca-format splits.
 
-It is the pretraining loop (:func:`gptlab.train.train_loop`) with another batch source:
+It is the pretraining loop (:func:`gptlab.train.loop.train_loop`) with another batch source:
 shuffled, padded instruction batches (:class:`gptlab.data.instructions.InstructionBatches`),
 so optimizer, schedule, clipping, AMP, checkpoints, exact resume and DVCLive logs are shared.
 The base model's val loss on the same split is measured first, so the gain is a number.
@@ -23,11 +23,12 @@ import torch
 from gptlab.checkpoint import load_model, read_config, save_model
 from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, format_prompt, load_records
 from gptlab.errors import GptlabError
-from gptlab.generate import SamplingConfig, generate
 from gptlab.io import atomic_dir
 from gptlab.model import GPT
 from gptlab.params import FinetuneParams
-from gptlab.train import LoopRun, TrainResult, pick_device, setup_distributed, train_loop
+from gptlab.sampling import SamplingConfig, generate
+from gptlab.train.loop import LoopRun, TrainResult, train_loop
+from gptlab.train.runtime import pick_device, setup_distributed
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class FinetuneResult:
 
 
 class InstructionSource:
-    """Training batches for :func:`gptlab.train.train_loop`: each micro-step every rank draws
+    """Training batches for :func:`gptlab.train.loop.train_loop`: each micro-step every rank draws
     ``world`` batches from the same shuffled sequence and keeps its own."""
 
     def __init__(self, batches: InstructionBatches):

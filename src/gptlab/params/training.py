@@ -1,0 +1,157 @@
+"""Params of the model and the training stages: model, pretrain, convert, finetune (LoRA)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The ``model`` section: a GPT shape. ``preset`` (e.g. ``gpt2-124M``) supplies every field
+    left null; without a preset a null field takes GPTConfig's default."""
+
+    preset: str | None = None
+    vocab_size: int | None = None
+    context_length: int | None = None
+    emb_dim: int | None = None
+    n_heads: int | None = None
+    n_layers: int | None = None
+    drop_rate: float | None = None
+    qkv_bias: bool | None = None
+    tie_embeddings: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.to_config()  # an impossible shape fails here, naming the fields
+
+    def to_config(self):
+        """Return the GPTConfig these params describe."""
+        from gptlab.model import GPTConfig
+
+        given = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
+        return GPTConfig.preset(self.preset, **given) if self.preset else GPTConfig(**given)
+
+
+@dataclass(frozen=True)
+class LoopParams:
+    """What every training loop (pretrain, finetune) shares: schedule, optimizer, precision, resume."""
+
+    max_steps: int = 500
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    checkpoint_dir: str = "checkpoints/pretrain"
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "eval_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} is impossible: must be >= 0")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"lr={self.lr}, min_lr={self.min_lr} are impossible: need lr > 0 and 0 <= min_lr <= lr")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds max_steps={self.max_steps}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 0 and < 1")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
+            raise ValueError(f"device={self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N, mps")
+
+
+@dataclass(frozen=True)
+class PretrainParams(LoopParams):
+    """The ``pretrain`` section: the training loop's settings plus how batches are drawn from shards."""
+
+    batch_size: int = 16
+    tokens_per_step: int = 8192
+    eval_windows: int = 64
+    sample_prompt: str = "ROMEO:"
+    sample_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "tokens_per_step", "eval_windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.sample_tokens < 0:
+            raise ValueError(f"sample_tokens={self.sample_tokens} is impossible: must be >= 0")
+
+
+CONVERT_SOURCES = ("pretrained", "gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M")
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """The ``convert`` section: which model fine-tuning starts from.
+
+    ``source``: ``pretrained`` (our models/pretrained), ``gpt2-124M`` ... ``gpt2-1558M`` (OpenAI's
+    TensorFlow checkpoints, downloaded once), or ``hf:<dir>`` (a local Hugging Face GPT-2 folder).
+    ``mirror``: a base URL (``https://...`` or ``file:///...``) that replaces OpenAI's
+    ``https://openaipublic.blob.core.windows.net/gpt-2/models`` (it must hold ``<size>/<file>``).
+    """
+
+    source: str = "pretrained"
+    mirror: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in CONVERT_SOURCES and not (self.source.startswith("hf:") and len(self.source) > 3):
+            raise ValueError(f"source={self.source!r} is unknown; choose one of {', '.join(CONVERT_SOURCES)} or hf:<folder of a Hugging Face GPT-2>")
+        if self.mirror is not None and not self.mirror.startswith(("https://", "http://", "file://")):
+            raise ValueError(f"mirror={self.mirror!r} must be an https://, http:// or file:// base URL (or null for OpenAI's)")
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """LoRA adapters: rank, scale ``alpha / r``, dropout and which linear layers get one."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "mlp_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r={self.r} is impossible: must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} is impossible: must be >= 0 and < 1")
+        if not self.targets:
+            raise ValueError("targets is empty; name at least one of qkv, proj, fc, mlp_proj, head")
+
+
+@dataclass(frozen=True)
+class FinetuneParams(LoopParams):
+    """The ``finetune`` section: instruction fine-tuning with LoRA (default) or all weights."""
+
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraParams = field(default_factory=LoraParams)
+    prompt_style: Literal["alpaca"] = "alpaca"
+    mask_prompt: bool = False
+    allowed_max_length: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    eval_batches: int | None = None
+    checkpoint_dir: str = "checkpoints/finetune"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.allowed_max_length is not None and self.allowed_max_length < 8:
+            raise ValueError(f"allowed_max_length={self.allowed_max_length} is impossible: must be >= 8 tokens (or null for the context length)")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ValueError(f"eval_batches={self.eval_batches} is impossible: must be >= 1 (or null for the whole split)")

@@ -1,0 +1,143 @@
+"""The pretrain recipe: a GPT from token shards on the one training loop (see :mod:`gptlab.train.loop`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab.data.shards import TokenShards
+from gptlab.errors import GptlabError
+from gptlab.model import GPT, GPTConfig
+from gptlab.params import PretrainParams
+from gptlab.sampling import SamplingConfig, generate
+from gptlab.tokenizer import load_tokenizer
+from gptlab.train.loop import LoopRun, TrainResult, train_loop
+from gptlab.train.runtime import flops_per_token, pick_device, setup_distributed
+
+
+def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> str:
+    """A short hash of everything that determines the training trajectory (resume key)."""
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens")}
+    blob = json.dumps({"model": config.to_dict(), "pretrain": keep, "seed": seed, "data": data_meta}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@torch.no_grad()
+def mean_loss(model: GPT, shards: TokenShards, context: int, batch: int, windows: int, device: torch.device, autocast) -> float:
+    """Mean next-token loss (nats/token) over the first ``windows`` sequential windows of ``shards``."""
+    total, count = 0.0, 0
+    for x, y in shards.sequential_windows(batch, context, max_windows=windows):
+        with autocast:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * x.size(0)
+        count += x.size(0)
+    return total / count
+
+
+def pretrain(
+    config: GPTConfig,
+    p: PretrainParams,
+    shards_dir: str | Path,
+    seed: int,
+    live_dir: str | Path | None = None,
+    stop_after_steps: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train a GPT on the shards in ``shards_dir``; return the summary and checkpoint paths.
+
+    Checkpoints go to ``p.checkpoint_dir/<run id>/{latest,best}``; with ``p.resume`` a run with
+    the same id continues from ``latest``. ``stop_after_steps`` ends early (after saving), as an
+    interruption would. ``live_dir``: DVCLive folder for metrics and plots (rank 0).
+    """
+    ddp = setup_distributed(p.device)
+    device = pick_device(p.device, ddp)
+
+    shards_dir = Path(shards_dir)
+    meta_path = shards_dir / "meta.json"
+    if not meta_path.exists():
+        raise GptlabError(f"{meta_path}: missing; run `dvc repro tokenize` first")
+    meta = json.loads(meta_path.read_text())
+    train_data = TokenShards.from_folder(shards_dir, "train")
+    val_data = TokenShards.from_folder(shards_dir, "val")
+    if train_data.vocab_size > config.vocab_size:
+        raise GptlabError(f"model.vocab_size={config.vocab_size} is smaller than the shards' vocabulary ({train_data.vocab_size}); raise it")
+    ctx = config.context_length
+    per_micro = p.batch_size * ctx * ddp.world
+    if p.tokens_per_step % per_micro:
+        raise GptlabError(
+            f"pretrain.tokens_per_step={p.tokens_per_step} is not a multiple of batch_size x context_length x processes "
+            f"= {p.batch_size} x {ctx} x {ddp.world} = {per_micro}; pick a multiple (e.g. {per_micro * max(1, round(p.tokens_per_step / per_micro))})"
+        )
+    train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
+    val_data.check_context(ctx)
+
+    rid = run_id(config, p, seed, {"tokenizer": meta["tokenizer"], "train_tokens": meta["splits"]["train"]["tokens"]})
+    tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
+    tokenizer = load_tokenizer(tokenizer_spec)
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model = GPT(config).to(device)
+    source = ShardBatches(train_data, p.batch_size, ctx, p.tokens_per_step // ctx, seed)
+    split = meta["splits"]["val"]
+
+    def evaluate(m: GPT, autocast) -> dict:
+        val = mean_loss(m, val_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        train = mean_loss(m, train_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        return {
+            "train_loss": round(train, 5),
+            "val_loss": round(val, 5),
+            "val_perplexity": round(math.exp(min(val, 50)), 3),
+            "val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5),
+        }
+
+    prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []
+
+    def sample(m: GPT) -> str:
+        out = generate(m, [prompt_ids], SamplingConfig(p.sample_tokens, temperature=0.8, top_k=50, seed=seed), [tokenizer.eot_token])
+        return p.sample_prompt + tokenizer.decode(out[0])
+
+    run = LoopRun(
+        name="pretrain",
+        run_id=rid,
+        run_dir=Path(p.checkpoint_dir) / rid,
+        tokenizer_spec=tokenizer_spec,
+        source=source,
+        evaluate=evaluate,
+        accum=p.tokens_per_step // per_micro,
+        sample=sample if prompt_ids and p.sample_tokens else None,
+        flops_per_token=flops_per_token(config, model.num_parameters()),
+    )
+    return train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
+
+
+class ShardBatches:
+    """Random windows of token shards: each step's global batch of ``windows_per_step`` windows
+    comes from one numpy generator every rank holds; rank ``r`` gathers its micro-batches."""
+
+    def __init__(self, shards: TokenShards, batch_size: int, context: int, windows_per_step: int, seed: int):
+        self.shards, self.batch_size, self.context, self.windows_per_step = shards, batch_size, context, windows_per_step
+        self.rng = np.random.default_rng(seed)
+
+    def step_batches(self, accum: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's ``accum`` micro-batches of the next step: (batch_size, context) int64 each."""
+        shard_idx, offsets = self.shards.draw(self.windows_per_step, self.context, self.rng)
+        for micro in range(accum):
+            first = (micro * world + rank) * self.batch_size
+            yield self.shards.gather(shard_idx[first : first + self.batch_size], offsets[first : first + self.batch_size], self.context)
+
+    def state(self) -> dict:
+        """The numpy generator's state (JSON-able)."""
+        return self.rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        """Continue the window sequence from ``state``."""
+        self.rng.bit_generator.state = state

@@ -1,0 +1,93 @@
+"""Where and how a training process runs: device, precision, torchrun process group, FLOPs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gptlab.errors import GptlabError
+from gptlab.model import GPTConfig
+
+# Dense bf16 peak FLOP/s of common accelerators, for model FLOPs utilisation (MFU).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+@dataclass
+class Distributed:
+    """Where this process stands: rank, world size, local rank, and whether it writes outputs."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes checkpoints, metrics and logs (rank 0)."""
+        return self.rank == 0
+
+
+def setup_distributed(device_hint: str) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1); return the layout."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_hint in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return Distributed(rank, world, local)
+
+
+def pick_device(hint: str, ddp: Distributed) -> torch.device:
+    """Return the device: ``auto`` takes CUDA (this rank's GPU) when present, else the CPU."""
+    if hint == "auto":
+        return torch.device(f"cuda:{ddp.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if hint == "cuda" and ddp.world > 1:
+        return torch.device(f"cuda:{ddp.local_rank}")
+    if hint.startswith("cuda") and not torch.cuda.is_available():
+        raise GptlabError(f"pretrain.device={hint!r} but no CUDA device is visible; use device: auto or cpu")
+    return torch.device(hint)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 support and on
+    CPUs with native bf16, else fp32. ``fp16`` is CUDA-only (it needs a grad scaler)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise GptlabError("pretrain.precision=fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+
+
+def flops_per_token(config: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 N for the weights plus 12 L d T for attention (PaLM appendix B)."""
+    return 6 * n_params + 12 * config.n_layers * config.emb_dim * config.context_length
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The bf16 peak of this GPU if known, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
