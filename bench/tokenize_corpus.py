@@ -19,7 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("GPTLAB_QUIET", "1")
 
-from gptlab.data.corpus import encode_documents, read_corpus, tokenize_corpus
+from gptlab.data.corpus import read_corpus
+from gptlab.data.tokenize import encode_documents, tokenize_corpus
 from gptlab.params import TokenizeParams
 from gptlab.tokenizer import gpt2
 

@@ -1,9 +1,17 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 GPTLAB = str(Path(sys.executable).parent / "gptlab")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project(folder: Path) -> Path:
+    """``folder`` with the project's stage files, as a clone has them."""
+    shutil.copytree(ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
 
 
 def run(*args, cwd=None):
@@ -18,7 +26,7 @@ def test_encode_prints_gpt2_ids():
 
 def test_bad_params_give_one_line_and_exit_2(tmp_path):
     (tmp_path / "params.yaml").write_text("download: {sources: {c: {uri: 'file:///x'}}}\ntokenize: {workers: -3}\n")
-    r = run("tokenize", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path)
+    r = run("tokenize", "--params", str(tmp_path / "params.yaml"), cwd=project(tmp_path))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"gptlab: error: {tmp_path / 'params.yaml'}: tokenize.workers=-3 is impossible: 0 means one per CPU core, else >= 1"
@@ -27,6 +35,7 @@ def test_bad_params_give_one_line_and_exit_2(tmp_path):
 
 def test_download_then_tokenize_from_the_command_line(corpus_dir, tmp_path):
     (tmp_path / "params.yaml").write_text(f"download:\n  sources:\n    corpus: {{uri: '{corpus_dir.as_uri()}/a.txt'}}\ntokenize: {{val_fraction: 0.1}}\n")
+    project(tmp_path)
     r = run("download", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "download: 1 files" in r.stdout
@@ -37,7 +46,7 @@ def test_download_then_tokenize_from_the_command_line(corpus_dir, tmp_path):
     assert metrics["documents"] == {"train": 1, "val": 1} and metrics["tokens"]["train"] > 5
 
 
-def test_generate_streams_the_same_text_as_the_library(tmp_path):
+def test_sample_streams_the_same_text_as_the_library(tmp_path):
     import torch
 
     from gptlab.checkpoint import save_model
@@ -50,8 +59,38 @@ def test_generate_streams_the_same_text_as_the_library(tmp_path):
     save_model(tmp_path / "m", model)
     enc = gpt2()
     expected = generate(model, [enc.encode("To be, or not")], SamplingConfig(max_new_tokens=12, temperature=0), stop_tokens=[enc.eot_token])[0]
-    r = run("generate", "--model", str(tmp_path / "m"), "--prompt", "To be, or not", "--max-new-tokens", "12", "--temperature", "0")
+    r = run("sample", "--model", str(tmp_path / "m"), "--prompt", "To be, or not", "--max-new-tokens", "12", "--temperature", "0")
     assert r.returncode == 0, r.stderr
     assert r.stdout == enc.decode(expected) + "\n"
-    r = run("generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
+    r = run("sample", "--model", str(tmp_path / "nope"), "--prompt", "x")
     assert r.returncode == 2 and "config.json: not found" in r.stderr
+
+
+def test_a_stage_outside_a_project_says_where_to_run_it(tmp_path):
+    r = run("pretrain", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"gptlab: error: `gptlab pretrain` runs the stage of the project in the current folder, but {tmp_path}/stages/pretrain.py is missing; cd to the project root (with dvc.yaml)"
+    ]
+
+
+def test_overrides_and_help_show_defaults(tmp_path):
+    (tmp_path / "params.yaml").write_text("download: {sources: {c: {uri: 'file:///x'}}}\n")
+    r = run("tokenize", "-S", "tokenize.workers=-3", cwd=project(tmp_path))
+    assert r.returncode == 2 and "tokenize.workers=-3 is impossible" in r.stderr
+    r = run("tokenize", "-S", "tokenize.nope=1", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown key tokenize.nope" in r.stderr
+    r = run("pretrain", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "(default: params.yaml)" in r.stdout and "reads   data/shards/" in r.stdout
+    r = run("sample", "--help")
+    assert "(default: 64)" in r.stdout and "0 = greedy (default: 0.8)" in r.stdout
+
+
+def test_every_option_has_help():
+    from gptlab.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help" or action.dest in ("text",):
+                assert action.help, f"gptlab {name} {action.option_strings or action.dest} has no help"

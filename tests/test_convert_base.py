@@ -35,10 +35,12 @@ def test_pretrained_source_is_copied_as_is(tmp_path):
     assert checkpoint_sources(p) == {}
     summary = download_checkpoint(p, download_params(tmp_path), tmp_path / "checkpoint")
     assert summary == {"source": "pretrained", "files": {}}
-    m = build_base(p, tmp_path / "checkpoint", tmp_path / "pretrained", tmp_path / "base", tmp_path / "convert.json")
+    m = build_base(p, tmp_path / "checkpoint", tmp_path / "pretrained", tmp_path / "base", tmp_path / "convert.json", tmp_path / "provenance.json")
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == (tmp_path / "pretrained" / "model.safetensors").read_bytes()
-    written = json.loads((tmp_path / "convert.json").read_text())
-    assert written == m and m["parameters"] == model.num_parameters() and len(m["sha256"]) == 64 and m["peak_memory_mib"] > 0
+    # metrics: the figure to compare; provenance: the rest (hash, time, memory, which weights)
+    assert json.loads((tmp_path / "convert.json").read_text()) == {"parameters": model.num_parameters()}
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert provenance["sha256"] == m["sha256"] and len(m["sha256"]) == 64 and m["peak_memory_mib"] > 0 and provenance["weights"] == "final"
 
 
 @pytest.mark.slow
@@ -106,4 +108,26 @@ def test_cli_converts_one_model_to_hf_and_back(tmp_path, capsys):
     back, _ = load_model(tmp_path / "back")
     assert same_logits(model, back)
     assert main(["convert", "--model", str(tmp_path / "ours"), "--to", "hf"]) == 2
-    assert "needs --to" in capsys.readouterr().err
+    assert "needs --out" in capsys.readouterr().err
+
+
+def test_pretrained_weights_best_or_final(tmp_path, capsys):
+    torch.manual_seed(0)
+    final, best = GPT(TINY), GPT(TINY)
+    save_model(tmp_path / "pre", final, extra={"pretrain": {"step": 30}})
+    save_model(tmp_path / "pre" / "best", best, extra={"pretrain": {"step": 20, "val_loss": 1.5}})
+    default = build_base(ConvertParams(), tmp_path / "ck", tmp_path / "pre", tmp_path / "base", provenance_path=tmp_path / "prov.json")
+    assert (tmp_path / "base" / "model.safetensors").read_bytes() == (tmp_path / "pre" / "best" / "model.safetensors").read_bytes()
+    prov = json.loads((tmp_path / "prov.json").read_text())
+    assert prov["weights"] == "best" and prov["step"] == 20 and prov["val_loss"] == 1.5 and prov["sha256"] == default["sha256"]
+    assert "weights" not in default  # provenance, not a metric
+    assert "the best pretrained weights (step 20)" in capsys.readouterr().out
+    build_base(ConvertParams(weights="final"), tmp_path / "ck", tmp_path / "pre", tmp_path / "base2")
+    assert (tmp_path / "base2" / "model.safetensors").read_bytes() == (tmp_path / "pre" / "model.safetensors").read_bytes()
+    # best == final: models/base is the final folder's copy, byte for byte as before
+    save_model(tmp_path / "pre" / "best", final, extra={"pretrain": {"step": 30, "val_loss": 1.2}})
+    build_base(ConvertParams(), tmp_path / "ck", tmp_path / "pre", tmp_path / "base3")
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "base3" / name).read_bytes() == (tmp_path / "pre" / name).read_bytes()
+    with pytest.raises(ValueError, match="weights='last' is unknown"):
+        ConvertParams(weights="last")

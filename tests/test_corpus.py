@@ -5,8 +5,9 @@ import random
 import numpy as np
 import pytest
 
-from gptlab.data.corpus import Document, chunk_bounds, encode_documents, read_corpus, split_documents, tokenize_corpus
+from gptlab.data.corpus import Document, chunk_bounds, read_corpus, split_documents
 from gptlab.data.shards import TokenShards, read_shard
+from gptlab.data.tokenize import encode_documents, tokenize_corpus
 from gptlab.errors import GptlabError
 from gptlab.params import TokenizeParams
 from gptlab.tokenizer import SimpleTokenizer, gpt2
@@ -92,7 +93,12 @@ def test_tokenize_corpus_end_to_end(corpus_dir, tmp_path):
         assert summary["tokens"][split] == len(expected)
         assert summary["bytes"][split] == sum(len(t.encode()) for t in texts)
     assert summary["documents"] == {"train": 4, "val": 1}
-    assert json.loads(metrics.read_text()) == summary
+    saved = json.loads(metrics.read_text())
+    # metrics hold comparable figures only; file names, checksums and the tokenizer are in meta.json
+    assert set(saved) == {"documents", "tokens", "tokens_per_s"}
+    assert all(saved[k] == summary[k] for k in saved)
+    assert set(meta["files"]) == {n for s in meta["splits"].values() for n in s["shards"]}
+    assert all(len(f["crc32"]) == 8 for f in meta["files"].values())
     assert TokenShards.from_folder(out, "train").vocab_size == 50257
 
 
@@ -112,3 +118,28 @@ def test_a_bad_file_leaves_no_output(corpus_dir, tmp_path):
     with pytest.raises(GptlabError, match="zz.txt: not UTF-8"):
         tokenize_corpus(TokenizeParams(), corpus_dir, out, seed=1)
     assert sorted(os.listdir(tmp_path)) == ["corpus"]
+
+
+def short_story(n_paragraphs: int = 82) -> str:
+    """~20 KB of prose: one-line paragraphs separated by blank lines (no newline between two non-space characters)."""
+    rng = random.Random(0)
+    words = ["the", "old", "house", "stood", "on", "a", "hill", "and", "she", "walked", "slowly", "towards", "it,", "thinking."]
+    return "".join(" ".join(rng.choice(words) for _ in range(45)).capitalize() + ".\n\n" for _ in range(n_paragraphs))
+
+
+def test_a_short_story_of_paragraphs_splits_at_a_blank_line(tmp_path):
+    story = short_story()
+    assert 15_000 < len(story) < 25_000 and story.count("\n") == 164
+    train, val = split_documents([Document("story.txt", story)], 0.1, seed=0)
+    assert train[0].text + val[0].text == story
+    assert train[0].text.endswith(".\n\n") and val[0].text[0].isupper()  # cut at a paragraph break
+    assert 0.05 < len(val[0].text) / len(story) < 0.15
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "story.txt").write_text(story)
+    summary = tokenize_corpus(TokenizeParams(workers=1), tmp_path / "corpus", tmp_path / "shards", seed=0)
+    assert summary["documents"] == {"train": 1, "val": 1} and summary["tokens"]["val"] > 100
+
+
+def test_one_document_without_an_inner_line_break_names_the_problem():
+    with pytest.raises(GptlabError, match=r"one.txt: one document with no line break inside its text to split train from val"):
+        split_documents([Document("one.txt", "\n\nJust one long line of text.\n\n")], 0.1, seed=0)

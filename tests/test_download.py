@@ -184,6 +184,18 @@ def test_extract_tar_below_top_folder_and_zip(tmp_path):
         extract(tmp_path / "out" / "a_gut.txt", "*", tmp_path / "x")
 
 
+def test_a_member_that_names_no_file_is_refused_in_one_line(tmp_path):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name, data in (("x/good.txt", b"ok"), ("x/..", b"boom")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(GptlabError, match=r"archive member 'x/\.\.' matches '#\*' but names no file .*narrow the glob"):
+        extract(archive, "*", tmp_path / "out", uri="file:///evil.tar#*")
+    assert [p.name for p in extract(archive, "*.txt", tmp_path / "ok")] == ["good.txt"]  # a narrower glob still works
+
+
 def make_wheel(folder: Path) -> Path:
     """A minimal valid wheel of the package `gptlabfixture` 1.0 holding data/sample.json."""
     folder.mkdir()
@@ -228,9 +240,11 @@ def test_download_sources_writes_outputs_and_metrics(tmp_path, server):
     assert files_in(out) == ["MANIFEST.json", "a_gut.txt", "b_gut.txt", "good.bin"]
     assert (out / "blob" / "good.bin").read_bytes() == PAYLOAD
     saved = json.loads(metrics.read_text())
-    assert saved == summary and saved["files"] == 3 and saved["bytes"] == 5 + 4 + len(PAYLOAD)
-    assert saved["sources"]["blob"]["sha256"] == SHA
+    # counts only: hashes and URIs are provenance, kept in the MANIFEST.json out
+    assert saved == summary == {"sources": 2, "files": 3, "bytes": 5 + 4 + len(PAYLOAD)}
     manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["blob"]["uri"] == f"{server.url}/good.bin" and manifest["blob"]["sha256"] == SHA
+    assert manifest["blob"]["fetched_bytes"] == len(PAYLOAD) and manifest["blob"]["license"] == "test"
     assert manifest["corpus"]["files"][0] == {"path": "corpus/a_gut.txt", "bytes": 5, "sha256": hashlib.sha256(b"alpha").hexdigest()}
 
 

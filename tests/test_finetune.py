@@ -46,7 +46,7 @@ def params(tmp_path, **overrides) -> FinetuneParams:
 def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_splits, tmp_path, capsys):
     base_dir, splits = base_and_splits
     before = load_file(base_dir / "model.safetensors")
-    result = finetune(base_dir, splits, params(tmp_path), seed=0, live_dir=tmp_path / "live")
+    result = finetune(base_dir, splits / "train.json", splits / "val.json", params(tmp_path), seed=0, live_dir=tmp_path / "live")
     s = result.train.summary
     history_losses = [row["train_loss"] for row in load_history(result)]
     assert history_losses[-1] < history_losses[0]
@@ -74,7 +74,7 @@ def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_sp
     prompt = "Name a colour."
     ids = gpt2().encode_ordinary(prompt)
     want = gpt2().decode(generate(merged, [ids], SamplingConfig(max_new_tokens=4, temperature=0.0), [50256])[0])
-    argv = ["generate", "--model", str(base_dir), "--adapter", str(out / "adapter"), "--prompt", prompt, "--max-new-tokens", "4", "--temperature", "0"]
+    argv = ["sample", "--model", str(base_dir), "--adapter", str(out / "adapter"), "--prompt", prompt, "--max-new-tokens", "4", "--temperature", "0"]
     capsys.readouterr()  # drop what fine-tuning printed
     assert main(argv) == 0
     assert capsys.readouterr().out == want + "\n"
@@ -83,7 +83,7 @@ def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_sp
 def test_full_finetune_changes_every_weight(base_and_splits, tmp_path):
     base_dir, splits = base_and_splits
     before = load_file(base_dir / "model.safetensors")
-    result = finetune(base_dir, splits, params(tmp_path, method="full", max_steps=4, eval_interval=4), seed=0)
+    result = finetune(base_dir, splits / "train.json", splits / "val.json", params(tmp_path, method="full", max_steps=4, eval_interval=4), seed=0)
     assert result.lora is None
     assert result.train.summary.get("trainable_parameters") is None  # all of them
     after = result.model.state_dict()
@@ -92,10 +92,10 @@ def test_full_finetune_changes_every_weight(base_and_splits, tmp_path):
 
 def test_finetune_resumes_exactly(base_and_splits, tmp_path):
     base_dir, splits = base_and_splits
-    straight = finetune(base_dir, splits, params(tmp_path / "a", max_steps=6, eval_interval=3), seed=1)
+    straight = finetune(base_dir, splits / "train.json", splits / "val.json", params(tmp_path / "a", max_steps=6, eval_interval=3), seed=1)
     p = params(tmp_path / "b", max_steps=6, eval_interval=3)
-    finetune(base_dir, splits, p, seed=1, stop_after_steps=3)
-    resumed = finetune(base_dir, splits, p, seed=1)
+    finetune(base_dir, splits / "train.json", splits / "val.json", p, seed=1, stop_after_steps=3)
+    resumed = finetune(base_dir, splits / "train.json", splits / "val.json", p, seed=1)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert straight.train.summary["val_loss"] == resumed.train.summary["val_loss"]
@@ -138,3 +138,20 @@ def test_respond_stops_at_end_of_text():
 def test_finetune_params_reject_bad_values():
     with pytest.raises(ValueError, match="batch_size=0"):
         dataclasses.replace(FinetuneParams(), batch_size=0)
+
+
+FT = dict(max_steps=8, lr=1e-2, min_lr=1e-3, warmup_steps=2, weight_decay=0.0, eval_interval=3, batch_size=3, device="cpu", precision="fp32",
+          lora={"r": 4, "alpha": 8, "dropout": 0.0})  # fmt: skip
+
+
+@pytest.mark.slow
+def test_finetune_survives_kill_9_and_sigterm_bit_identical(base_and_splits, tmp_path):
+    """Fine-tuning's fault tests (as pretrain's): a SIGTERM mid-step, then random kills."""
+    from faults import interrupted_equals_straight, random_faults, stage_spec
+
+    base_dir, splits = base_and_splits
+    straight = stage_spec(tmp_path / "a", "finetune", FT, splits, seed=3, base=base_dir)
+    faulted = stage_spec(tmp_path / "b", "finetune", FT, splits, seed=3, base=base_dir)
+    faults = ["mid_step#4=TERM", *random_faults(11, 8, n=2, signals=("KILL",))]
+    a, b, codes = interrupted_equals_straight(straight, faulted, faults)
+    assert codes[0] == 130 and a == b and a["out"]

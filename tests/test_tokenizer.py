@@ -111,3 +111,26 @@ def test_simple_bad_inputs(tmp_path):
         SimpleTokenizer.load(bad)
     with pytest.raises(GptlabError, match="unknown tokenizer 'nope'"):
         load_tokenizer("nope")
+
+
+def test_hf_tokenizer_json_loads_plain_and_wrapped(tmp_path):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from gptlab.tokenizer import HFTokenizer, load_tokenizer, token_bytes
+
+    vocab = {c: i for i, c in enumerate(["<|endoftext|>", "<|im_end|>", "h", "i", "Ġ", "hi", "Ã", "©"])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "i")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|endoftext|>", "<|im_end|>")])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|im_end|>", "chat_template": "{{ x }}"}')
+    plain = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(plain, HFTokenizer) and plain.eot_token == 1 and plain.chat_template == "{{ x }}"
+    assert plain.encode("hi<|im_end|>") == [5, 1] and plain.decode([5, 4, 3, 1]) == "hi i<|im_end|>"
+    assert plain.encode("hi<|im_end|>", allowed_special=set()) != [5, 1] and plain.n_vocab == 8
+    assert token_bytes(plain, 6) == b"\xc3" and plain.decode([6, 7]) == "é"
+    wrapped = HFTokenizer(tok, "tmpl", 0, [1])
+    wrapped.save(tmp_path / "w.json")
+    back = load_tokenizer(tmp_path / "w.json")
+    assert (back.eot_token, back.stop_tokens, back.chat_template) == (0, [0, 1], "tmpl")

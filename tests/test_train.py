@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from gptlab.data.corpus import tokenize_corpus
+from gptlab.data.tokenize import tokenize_corpus
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import PretrainParams, TokenizeParams
@@ -206,3 +206,69 @@ def test_compiled_model_trains_like_the_eager_one(shards, tmp_path):
     assert compiled.summary["val_loss"] == pytest.approx(eager.summary["val_loss"], abs=1e-4)
     a, b = weights(eager.latest), weights(compiled.latest)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_warmup_is_clipped_to_a_tenth_of_max_steps_however_max_steps_is_set():
+    from gptlab.params import FinetuneParams
+
+    p = FinetuneParams(max_steps=10, warmup_steps=10, lr=1.0, min_lr=0.0)  # `-S finetune.max_steps=10`
+    assert p.effective_warmup == 1 and lr_at(0, p) == 1.0 and lr_at(5, p) < 1.0
+    assert FinetuneParams(warmup_steps=10).with_max_steps(10).effective_warmup == 1  # `--max-steps 10`: the same rule
+    assert "warmup_steps=10 clipped to 1" in p.warmup_note()
+    assert PretrainParams(max_steps=5, warmup_steps=20).effective_warmup == 0  # no longer an error
+    # the defaults of params.yaml are not clipped
+    assert PretrainParams(max_steps=280, warmup_steps=20).warmup_note() is None
+    assert FinetuneParams(max_steps=120, warmup_steps=10).warmup_note() is None
+
+
+def test_clipped_warmup_is_printed_once(shards, tmp_path, capsys):
+    pretrain(tiny_config(shards), params(tmp_path, max_steps=8, warmup_steps=4), shards, seed=0, stop_after_steps=1)
+    assert capsys.readouterr().out.count("pretrain: warmup_steps=4 clipped to 0") == 1
+
+
+def test_rising_val_loss_warns_and_is_counted(tmp_path, capsys):
+    from gptlab.train.loop import LoopRun, rising_evals, train_loop
+    from gptlab.train.runtime import Distributed
+
+    class Batches:
+        def step_batches(self, accum, rank, world):
+            yield torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long)
+
+        def state(self):
+            return {}
+
+        def restore(self, state):
+            pass
+
+    losses = iter([3.0, 2.0, 2.1, 2.2, 2.3, 2.4])
+    run = LoopRun("pretrain", "x", tmp_path / "run", "gpt2", Batches(), lambda m, a: {"train_loss": 1.0, "val_loss": next(losses)})
+    model = GPT(GPTConfig(vocab_size=16, context_length=8, emb_dim=8, n_heads=2, n_layers=1))
+    p = params(tmp_path, max_steps=6, eval_interval=1)
+    result = train_loop(model, p, run, Distributed(), torch.device("cpu"), live_dir=tmp_path / "live")
+    out = capsys.readouterr().out
+    assert out.count("val loss rose 3 evaluations in a row (2.0000 at step 2 -> 2.3000 at step 5): overfitting?") == 1
+    assert result.summary["val_loss_rising_evals"] == 4 and result.summary["best_val_loss"] == 2.0
+    assert json.loads((tmp_path / "live" / "summary.json").read_text())["val_loss_rising_evals"] == 4  # provenance, not a metric
+    assert rising_evals([{"val_loss": 1.0}]) == 0
+
+
+def test_clean_checkpoints_keeps_the_most_recently_used_runs(tmp_path):
+    from gptlab.train.retention import clean_checkpoints
+
+    for i, name in enumerate(["old", "mid", "new", "cur"]):
+        (tmp_path / name / "latest").mkdir(parents=True)
+        os.utime(tmp_path / name / "latest", (1000 + i, 1000 + i))
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    (tmp_path / "notes").mkdir()  # not a run folder: never touched
+    os.utime(tmp_path / "cur", (10, 10))  # the current run is kept however old
+    removed = clean_checkpoints(tmp_path, keep=2, current=tmp_path / "cur")
+    assert [p.name for p in removed] == ["old", "mid"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cur", "new", "notes"]
+    assert clean_checkpoints(tmp_path, keep=0) == []
+
+
+def test_a_run_keeps_only_keep_runs_run_folders(shards, tmp_path):
+    for seed in range(3):
+        pretrain(tiny_config(shards), params(tmp_path, keep_runs=2), shards, seed=seed, stop_after_steps=1)
+    runs = [p for p in (tmp_path / "ckpt").iterdir()]
+    assert len(runs) == 2

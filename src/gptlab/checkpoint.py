@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from gptlab.errors import GptlabError
@@ -130,7 +132,11 @@ def read_config(folder: str | Path) -> dict:
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
     """Return ``(model, tokenizer)`` from a gptlab checkpoint folder, a Hugging Face GPT-2
     folder (``config.json`` with ``model_type: gpt2``) or an OpenAI TensorFlow GPT-2 folder
-    (``hparams.json`` + ``model.ckpt.*``). The model is in eval mode on ``device``."""
+    (``hparams.json`` + ``model.ckpt.*``). The model is in eval mode on ``device``.
+
+    The weights' header (names and shapes) is checked against ``config.json`` before the
+    model is built, so an absurd config (a million layers) fails at once, naming the key.
+    """
     folder = Path(folder)
     if (folder / "hparams.json").exists() and not (folder / "config.json").exists():
         from gptlab.convert.openai_tf import load_openai_tf
@@ -143,7 +149,12 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         return load_hf_dir(folder).to(device).eval(), load_tokenizer("gpt2")
     if data.get("format") != FORMAT:
         raise GptlabError(f"{folder / 'config.json'}: neither a gptlab checkpoint (format: gptlab) nor a Hugging Face GPT-2 config")
-    model = GPT(GPTConfig.from_dict(data["model"]))
+    if not isinstance(data.get("model"), dict):
+        raise GptlabError(f"{folder / 'config.json'}: key 'model' (the model config) is missing or not an object; save the checkpoint again")
+    config = GPTConfig.from_dict(data["model"])
+    weights = folder / "model.safetensors"
+    check_shapes(config, read_shapes(weights), str(weights), folder / "config.json")
+    model = GPT(config)
     load_weights(model, folder)
     spec = data.get("tokenizer", "gpt2")
     return model.to(device).eval(), load_tokenizer(spec if spec == "gpt2" else folder / spec)
@@ -152,19 +163,73 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
 def load_weights(model: GPT, folder: str | Path) -> None:
     """Load ``folder/model.safetensors`` into ``model`` (names and shapes checked)."""
     weights = Path(folder) / "model.safetensors"
-    if not weights.exists():
-        raise GptlabError(f"{weights}: not found; the checkpoint is incomplete")
-    load_state(model, load_file(weights), str(weights))
+    load_state(model, load_tensors(weights), str(weights))
+
+
+_DAMAGED = "is truncated or not a safetensors file ({}); copy, download or convert it again"
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Return ``{tensor name: shape}`` from a safetensors file's header, reading no tensor data.
+
+    GptlabError names the file when it is missing, truncated or not safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GptlabError(f"{path}: not found; the checkpoint is incomplete")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise GptlabError(f"{path}: {_DAMAGED.format(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Return every tensor of a safetensors file (CPU); GptlabError names a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptlabError(f"{path}: not found; the checkpoint is incomplete")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise GptlabError(f"{path}: {_DAMAGED.format(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+
+
+_BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
+
+
+def check_shapes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], source: str, config_path: str | Path = "config.json") -> None:
+    """Check gptlab tensor ``shapes`` (name -> shape, e.g. from :func:`read_shapes`) against
+    ``config`` without allocating the model; GptlabError names the file and the mismatch.
+
+    First the number of layers (``config_path``'s ``n_layers`` against the ``blocks.N``
+    indices in ``source``), so an absurd config fails before anything grows with it; then
+    every name and shape against a model built on the meta device (no memory).
+    """
+    layers = {int(m.group(1)) for name in shapes if (m := _BLOCK_INDEX.match(name))}
+    if len(layers) != config.n_layers:
+        raise GptlabError(
+            f"{config_path}: n_layers={config.n_layers} but {source} holds {len(layers)} layers; "
+            "fix n_layers in the config or pair it with the weights it was saved with"
+        )
+    with torch.device("meta"):
+        meta = GPT(config)
+    _check_state(meta, shapes, source)
+
+
+def _check_state(model: GPT, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """GptlabError naming ``source`` and the first missing / unexpected tensor or wrong shape."""
+    expected = {k: tuple(v.shape) for k, v in model_state(model).items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected) - {"head.weight"})
+    if missing or unexpected:
+        raise GptlabError(f"{source}: tensors do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise GptlabError(f"{source}: {name} has shape {tuple(shapes[name])}, the config needs {shape}; the config and the weights disagree")
 
 
 def load_state(model: GPT, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``state`` into ``model``, checking names and shapes; GptlabError names any mismatch."""
-    expected = model_state(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected) - {"head.weight"})
-    if missing or unexpected:
-        raise GptlabError(f"{source}: tensors do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise GptlabError(f"{source}: {name} has shape {tuple(state[name].shape)}, the config needs {tuple(tensor.shape)}")
+    _check_state(model, {k: tuple(v.shape) for k, v in state.items()}, source)
     model.load_state_dict({**state, "head.weight": state.get("head.weight", state["tok_emb.weight"])} if model.config.tie_embeddings else state)

@@ -1,4 +1,4 @@
-"""Responses of a model to held-out instructions (the generate stage).
+"""The ``generate`` stage: a model's responses to held-out instructions.
 
 Prompts are formatted in the fine-tuning prompt style, sampled with the one sampling function
 (:func:`gptlab.sampling.generate`) in batches (sorted by length so little padding is fed),
@@ -7,9 +7,12 @@ stopped at end-of-text, and returned without the prompt.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
-from gptlab.data.instructions import format_prompt
+from gptlab.data.instructions import format_prompt, load_records, response_text
+from gptlab.io import write_json
 from gptlab.model import GPT
 from gptlab.params import GenerateParams
 from gptlab.progress import progress
@@ -18,8 +21,29 @@ from gptlab.tokenizer import Tokenizer
 
 
 def sampling_config(p: GenerateParams, seed: int) -> SamplingConfig:
-    """The SamplingConfig of the ``generate`` params (``seed`` null: the global seed)."""
-    return SamplingConfig(p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed if p.seed is not None else seed)
+    """The ``generate`` params with ``seed`` null replaced by the global ``seed``."""
+    return p if p.seed is not None else dataclasses.replace(p, seed=seed)
+
+
+def answer_file(
+    model_dir: str | Path,
+    test_path: str | Path,
+    out_path: str | Path,
+    p: GenerateParams,
+    seed: int,
+    style: str = "alpaca",
+    adapter_dir: str | Path | None = None,
+) -> list[dict]:
+    """Answer every record of ``test_path`` with the model in ``model_dir`` (plus a LoRA adapter);
+    write the records with their ``response`` to ``out_path`` (JSON) and return them."""
+    from gptlab.lora import load_merged
+    from gptlab.train.runtime import Distributed, pick_device
+
+    device = pick_device(p.device, Distributed())
+    model, tok = load_merged(model_dir, adapter_dir, str(device))
+    out = respond(model, tok, load_records(test_path), sampling_config(p, seed), p.batch_size, style)
+    write_json(out_path, out)
+    return out
 
 
 def respond(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], cfg: SamplingConfig, batch_size: int = 16, style: str = "alpaca") -> list[dict]:
@@ -38,6 +62,6 @@ def respond(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], cfg: Samp
             chosen = order[start : start + batch_size]
             outs = generate(model, [prompts[i] for i in chosen], cfg, stop_tokens=[eot], pad_token=eot)
             for i, ids in zip(chosen, outs):
-                texts[i] = tokenizer.decode(ids).strip()
+                texts[i] = response_text(tokenizer.decode(ids), style)
             bar.update(len(chosen))
     return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"], "response": t} for r, t in zip(records, texts)]

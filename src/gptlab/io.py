@@ -1,4 +1,12 @@
-"""Crash-safe file output: whole folders and JSON files appear complete or not at all."""
+"""Crash-safe file output: whole folders and JSON files appear complete or not at all.
+
+A folder is written as ``.tmp-<name>-<pid>-*`` beside its target and swapped in with two
+renames (target -> ``.old-<name>-<pid>``, temp -> target). A process killed at any moment
+leaves either the target or its ``.old-`` copy; :func:`recover_dir` (run by every
+:func:`atomic_dir` and at the start of a training run) puts a lost target back and removes
+what dead writers left. ``GPTLAB_FAULT`` (see :func:`fault_point`) kills the process at a named
+point, for the fault-injection tests.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,73 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test hook: when ``GPTLAB_FAULT`` is ``<name>[#<n>][=<signal>]`` send this process the
+    signal (default KILL) the ``n``-th time (default 1st) it reaches ``name``. No-op otherwise."""
+    spec = os.environ.get("GPTLAB_FAULT")
+    if not spec:
+        return
+    point, _, sig = spec.partition("=")
+    point, _, nth = point.partition("#")
+    if point != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(nth or 1):
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(target: Path, kind: str) -> list[tuple[Path, int | None]]:
+    """``(path, writer pid or None)`` of the ``.tmp-``/``.old-`` entries of ``target``: named
+    ``<pid>[-<random>]``, or ``<8 random>`` as written before pids were recorded."""
+    out = []
+    for path in target.parent.glob(f".{kind}-{target.name}-*"):
+        rest = path.name[len(f".{kind}-{target.name}-") :]
+        pid = rest.split("-", 1)[0]
+        if pid.isdigit():
+            out.append((path, int(pid)))
+        elif "-" not in rest and len(rest) == 8:
+            out.append((path, None))
+    return out
+
+
+def recover_dir(target: str | Path) -> list[Path]:
+    """Undo what a killed :func:`atomic_dir` left beside ``target``: restore ``target`` from its
+    newest ``.old-`` copy when a kill fell between the two renames, then delete the temporary
+    and old folders of writers no longer alive. Returns the paths removed or restored."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    touched: list[Path] = []
+    olds = sorted((p for p, pid in _leftovers(target, "old") if pid is None or not _pid_alive(pid)), key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+        touched.append(target)
+    stale = olds + [p for p, pid in _leftovers(target, "tmp") if pid is None or not _pid_alive(pid)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        touched.append(path)
+    return touched
 
 
 @contextlib.contextmanager
@@ -17,13 +88,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it replaces ``target``.
 
     On an exception the temporary folder is removed and ``target`` is left as it was, so a
-    crash never leaves a half-written output behind.
+    crash never leaves a half-written output behind (a kill is undone by :func:`recover_dir`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
+        fault_point(f"atomic_dir:{target.name}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -31,20 +104,44 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     if target.exists():
         old = target.with_name(f".old-{target.name}-{os.getpid()}")
         os.replace(target, old)
+    fault_point(f"atomic_swap:{target.name}")
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def readable_mode(directory: bool = False) -> int:
+    """The permission bits a new file (0o666) or folder (0o777) gets under the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")
+        os.chmod(tmp, readable_mode())  # mkstemp makes 0600; honour the umask like open() does
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, readable_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

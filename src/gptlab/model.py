@@ -1,9 +1,18 @@
-"""The GPT model: GPT-2's architecture, config-driven, with a KV cache for generation.
+"""The GPT model: one decoder-only class for GPT-2 and the Llama family, with a KV cache.
 
-Token + learned position embeddings, pre-LayerNorm blocks of causal multi-head attention
-(``scaled_dot_product_attention``) and a 4x GELU(tanh) MLP, a final LayerNorm and an output
-head optionally tied to the token embedding. Module names (``qkv``, ``proj``, ``fc``,
-``head``) are what LoRA targets and the converters map.
+A :class:`GPTConfig` chooses the parts. GPT-2 (the defaults): token + learned position
+embeddings, pre-LayerNorm blocks of causal multi-head attention and a 4x GELU(tanh) MLP, biases
+everywhere, a final LayerNorm and a head tied to the embedding. The Llama family: RMSNorm
+(``norm``), rotary positions (``positions="rope"``, ``rope_base``), a SwiGLU MLP
+(``mlp="swiglu"``, ``mlp_hidden``), grouped key/value heads (``n_kv_heads``) and per-projection
+biases (``qkv_bias`` for Qwen2, ``proj_bias``, ``mlp_bias``).
+
+Module names are the same in both families and are what LoRA targets and the converters map:
+``attn.qkv`` (one fused Linear, rows ``[q (n_heads*hd) | k (n_kv*hd) | v (n_kv*hd)]``),
+``attn.proj``, ``mlp.fc`` (GELU: the up projection; SwiGLU: ``[gate | up]`` fused, 2 x
+``mlp_hidden`` rows), ``mlp.proj``, ``head``. RoPE follows Hugging Face's Llama (rotate-half,
+not interleaved) and is computed from ``position_ids``, so left-padded rows get their own
+positions.
 """
 
 from __future__ import annotations
@@ -24,9 +33,19 @@ class ConfigError(GptlabError, ValueError):
     """An impossible GPTConfig; the message names the fields."""
 
 
+_CHOICES = {"norm": ("layernorm", "rmsnorm"), "positions": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+
+
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape of a GPT. ``emb_dim`` must divide by ``n_heads``; every size must be >= 1."""
+    """Shape and family of a GPT. ``emb_dim`` must divide by ``n_heads``, ``n_heads`` by
+    ``n_kv_heads``; every size must be >= 1. The defaults are GPT-2.
+
+    ``norm``: layernorm | rmsnorm (``norm_eps``); ``positions``: learned | rope (``rope_base``);
+    ``mlp``: gelu | swiglu with ``mlp_hidden`` units (None: 4 x emb_dim); ``n_kv_heads``: key/value
+    heads (None: n_heads); ``qkv_bias`` / ``proj_bias`` / ``mlp_bias``: biases of the qkv,
+    attention output and MLP projections; ``tie_embeddings``: head shares the token embedding.
+    """
 
     vocab_size: int = 50257
     context_length: int = 1024
@@ -36,6 +55,15 @@ class GPTConfig:
     drop_rate: float = 0.0
     qkv_bias: bool = True
     tie_embeddings: bool = True
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    positions: str = "learned"
+    rope_base: float = 10000.0
+    mlp: str = "gelu"
+    mlp_hidden: int | None = None
+    n_kv_heads: int | None = None
+    proj_bias: bool = True
+    mlp_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -45,11 +73,33 @@ class GPTConfig:
             raise ConfigError(f"n_heads={self.n_heads} does not divide emb_dim={self.emb_dim}; pick n_heads among the divisors of emb_dim")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"drop_rate={self.drop_rate} is impossible: must be >= 0 and < 1")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(allowed)}")
+        for name in ("mlp_hidden", "n_kv_heads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} is impossible: must be >= 1 (or null for the default)")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; pick a divisor of n_heads")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"positions=rope needs an even head_dim, got emb_dim/n_heads={self.head_dim}; change emb_dim or n_heads")
+        if self.norm_eps <= 0 or self.rope_base <= 0:
+            raise ConfigError(f"norm_eps={self.norm_eps} and rope_base={self.rope_base} must be > 0")
 
     @property
     def head_dim(self) -> int:
         """Width of one attention head: ``emb_dim // n_heads``."""
         return self.emb_dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads: ``n_kv_heads``, or ``n_heads`` when None."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the MLP's hidden layer: ``mlp_hidden``, or 4 x emb_dim when None."""
+        return self.mlp_hidden or 4 * self.emb_dim
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GPTConfig:
@@ -82,93 +132,153 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt-tiny": GPTConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=2),
     "gpt-small": GPTConfig(context_length=256, emb_dim=256, n_heads=8, n_layers=4),
 }
+_LLAMA = {"norm": "rmsnorm", "positions": "rope", "mlp": "swiglu", "qkv_bias": False, "proj_bias": False, "mlp_bias": False}
+# HuggingFaceTB/SmolLM2-135M(-Instruct): the Llama architecture, 134.5M parameters
+PRESETS["smollm2-135m"] = GPTConfig(
+    vocab_size=49152, context_length=8192, emb_dim=576, n_heads=9, n_kv_heads=3, n_layers=30, mlp_hidden=1536, rope_base=100000.0, **_LLAMA
+)
+# Qwen2's shape (qkv biases, RoPE base 1e6, RMSNorm 1e-6): Qwen2-0.5B, and a CPU-sized one with GPT-2's vocabulary
+_QWEN2 = {**_LLAMA, "qkv_bias": True, "rope_base": 1000000.0, "norm_eps": 1e-6}
+PRESETS["qwen2-0.5b"] = GPTConfig(vocab_size=151936, context_length=32768, emb_dim=896, n_heads=14, n_kv_heads=2, n_layers=24, mlp_hidden=4864, **_QWEN2)
+PRESETS["qwen2-tiny"] = GPTConfig(context_length=256, emb_dim=128, n_heads=4, n_kv_heads=2, n_layers=4, mlp_hidden=352, **_QWEN2)
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far.
+    """Keys and values of every layer for the positions seen so far, per key/value head.
 
-    ``k``/``v``: (n_layers, batch, n_heads, max_len, head_dim); ``length`` positions are filled.
+    ``k``/``v``: (n_layers, batch, kv_heads, max_len, head_dim); ``length`` positions are filled.
+    With RoPE the stored keys are already rotated.
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
-        shape = (config.n_layers, batch, config.n_heads, max_len, config.head_dim)
+        shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
 
 
+def rope_cos_sin(config: GPTConfig, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for ``position_ids``: (batch or 1, seq) int64 -> cos, sin: (batch or 1, 1, seq, head_dim).
+
+    As Hugging Face's Llama: ``inv_freq = base ** -(2i / head_dim)``, angles computed in fp32 and
+    repeated for both halves of a head (rotate-half layout).
+    """
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, hd, 2, dtype=torch.int64, device=position_ids.device).float() / hd))
+    freqs = position_ids[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x``: (batch, heads, seq, head_dim) by the tables of :func:`rope_cos_sin`; same shape."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with a fused qkv projection."""
+    """Causal self-attention with a fused qkv projection, grouped key/value heads and optional RoPE."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_heads, self.head_dim = config.n_heads, config.head_dim
-        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.qkv = nn.Linear(config.emb_dim, (config.n_heads + 2 * self.n_kv) * config.head_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.emb_dim, config.emb_dim, bias=config.proj_bias)
         self.drop_rate = config.drop_rate
         self.resid_drop = nn.Dropout(config.drop_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """``x``: (batch, seq, emb) -> (batch, seq, emb). With ``cache``, keys/values of the new
         positions are stored at ``cache.length`` onwards and attention covers all stored positions.
-        ``mask``: (batch, 1, seq, keys) bool, True where attention is allowed (None: causal)."""
+        ``mask``: (batch, 1, seq, keys) bool, True where attention is allowed (None: causal).
+        ``rope``: (cos, sin) of :func:`rope_cos_sin` for these positions (None: no rotation)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.n_kv == self.n_heads:
+            q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = self.qkv(x).split([C, self.n_kv * self.head_dim, self.n_kv * self.head_dim], dim=-1)
+            q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             start = cache.length
             cache.k[layer, :, :, start : start + T] = k
             cache.v[layer, :, :, start : start + T] = v
             k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
         dropout = self.drop_rate if self.training else 0.0
+        gqa = {"enable_gqa": True} if self.n_kv != self.n_heads else {}
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1, **gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear(4x) -> GELU(tanh) -> Linear."""
+    """Position-wise feed-forward: GELU(tanh) ``proj(gelu(fc(x)))`` or SwiGLU
+    ``proj(silu(gate) * up)`` with ``fc`` = ``[gate | up]`` fused."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
-        self.proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.swiglu = config.mlp == "swiglu"
+        hidden = config.hidden_dim
+        self.fc = nn.Linear(config.emb_dim, 2 * hidden if self.swiglu else hidden, bias=config.mlp_bias)
+        self.proj = nn.Linear(hidden, config.emb_dim, bias=config.mlp_bias)
         self.drop = nn.Dropout(config.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., emb) -> (..., emb)."""
+        if self.swiglu:
+            gate, up = self.fc(x).chunk(2, dim=-1)
+            return self.drop(self.proj(F.silu(gate) * up))
         return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
 
 
+def make_norm(config: GPTConfig) -> nn.Module:
+    """Return the config's normalisation over ``emb_dim``: LayerNorm (with bias) or RMSNorm."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.emb_dim, eps=config.norm_eps)
+    return nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.emb_dim)
+        self.norm1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.norm2 = nn.LayerNorm(config.emb_dim)
+        self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None, rope=None) -> torch.Tensor:
         """(batch, seq, emb) -> (batch, seq, emb)."""
-        x = x + self.attn(self.norm1(x), cache, layer, mask)
+        x = x + self.attn(self.norm1(x), cache, layer, mask, rope)
         return x + self.mlp(self.norm2(x))
 
 
 class GPT(nn.Module):
-    """A GPT-2-style decoder-only transformer."""
+    """A decoder-only transformer: GPT-2 or a Llama-family model, as ``config`` says."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
-        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop = nn.Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.emb_dim)
+        self.final_norm = make_norm(config)
         self.head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight
@@ -231,9 +341,14 @@ class GPT(nn.Module):
             )
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
+        rope = None
+        if self.config.positions == "rope":
+            x = self.drop(self.tok_emb(idx))
+            rope = rope_cos_sin(self.config, position_ids, x.dtype)
+        else:
+            x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, mask)
+            x = block(x, cache, i, mask, rope)
         if cache is not None:
             cache.length += T
         x = self.final_norm(x[:, -1:] if last_only else x)

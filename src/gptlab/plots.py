@@ -25,6 +25,7 @@ def loss_figure(history: list[dict], title: str = "pretraining") -> Figure:
     lines = ax.get_lines() + lr_ax.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
     last = history[-1]
-    ax.set_title(f"{title}: val {last['val_loss']:.3f} nats/token, {last.get('val_bits_per_byte', float('nan')):.3f} bits/byte")
+    bpb = f", {last['val_bits_per_byte']:.3f} bits/byte" if last.get("val_bits_per_byte") is not None else ""
+    ax.set_title(f"{title}: val {last['val_loss']:.3f} nats/token{bpb}")
     fig.tight_layout()
     return fig

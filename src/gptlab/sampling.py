@@ -6,40 +6,23 @@ The one sampling function of gptlab: the CLI, the generate stage and the server 
 Prompts of different lengths are left-padded; each row's positions start at 0 at its first
 real token and padded keys are masked, so a prompt gives the same tokens alone or in a batch.
 With the cache each step feeds one position; once a sequence outgrows ``context_length`` the
-window slides and is recomputed in full (learned absolute positions cannot be shifted), exactly
-as uncached generation crops it.
+window slides and is recomputed in full, exactly as uncached generation crops it (learned
+absolute positions cannot be shifted; RoPE models get the same per-row positions through
+``position_ids`` and the same recompute, which keeps cached == uncached exact; a rolling RoPE
+cache would avoid it but is not implemented).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, KVCache
+from gptlab.params.evaluation import SamplingConfig
 
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to pick each next token. ``temperature`` 0 is greedy; ``top_k``/``top_p`` None is off."""
-
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise GptlabError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
-        if self.temperature < 0:
-            raise GptlabError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise GptlabError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GptlabError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
+__all__ = ["SamplingConfig", "generate", "sample_next", "stream"]
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:

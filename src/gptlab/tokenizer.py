@@ -1,9 +1,12 @@
-"""Tokenizers: GPT-2 BPE through tiktoken (offline), and a regex word-level tokenizer.
+"""Tokenizers: GPT-2 BPE through tiktoken (offline), a regex word-level tokenizer, and any
+Hugging Face ``tokenizers`` tokenizer (e.g. SmolLM2's, rebuilt from its GGUF).
 
-Both offer the same small interface the pipeline uses: ``encode_ordinary(text) -> list[int]``
+All offer the same small interface the pipeline uses: ``encode_ordinary(text) -> list[int]``
 (special-token text is plain text), ``encode(text, allowed_special=...)``, ``decode(ids)``,
-``eot_token`` and ``n_vocab``. :func:`load_tokenizer` turns a name (``"gpt2"``) or a
-``tokenizer.json`` path into one.
+``eot_token`` and ``n_vocab``; :class:`HFTokenizer` adds ``chat_template`` (Jinja, or None)
+and ``stop_tokens`` (end-of-turn ids such as ``<|im_end|>``). :func:`load_tokenizer` turns a
+name (``"gpt2"``) or a ``tokenizer.json`` path (SimpleTokenizer, gptlab's HF wrapper, or a plain
+Hugging Face ``tokenizer.json``) into one.
 """
 
 from __future__ import annotations
@@ -194,21 +197,141 @@ class SimpleTokenizer:
         return cls(data["vocab"])
 
 
-Tokenizer = tiktoken.Encoding | SimpleTokenizer
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable character standing for each byte -> the byte."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + n)] = b
+            n += 1
+    return out
+
+
+_BYTE_DECODER = _byte_decoder()
+HF_FORMAT = "gptlab-hf-tokenizer"
+_EOT_CANDIDATES = ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>")
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizers.Tokenizer`` behind gptlab's tokenizer interface.
+
+    ``eot_token``: the end-of-text/turn id generation stops at (default: the first of
+    ``<|im_end|>``, ``<|endoftext|>``, ``</s>`` ... present); ``stop_tokens``: every end-of-turn
+    id (``eot_token`` included); ``chat_template``: the Jinja chat template or None.
+    Saved as gptlab's ``tokenizer.json`` wrapper ``{"type": "gptlab-hf-tokenizer", "tokenizer":
+    <the Hugging Face tokenizer.json>, "chat_template", "eot_token", "stop_tokens"}``.
+    """
+
+    name = "hf"
+
+    def __init__(self, tokenizer, chat_template: str | None = None, eot_token: int | None = None, stop_tokens: Iterable[int] = ()):
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        if eot_token is None:
+            eot_token = next((vocab[t] for t in _EOT_CANDIDATES if t in vocab), None)
+        if eot_token is None:
+            raise GptlabError(f"HFTokenizer: no end-of-text token among {', '.join(_EOT_CANDIDATES)}; pass eot_token")
+        self.eot_token = int(eot_token)
+        self.stop_tokens = sorted({self.eot_token, *map(int, stop_tokens)})
+        self.special_tokens = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids, added tokens included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Return token ids of ``text``, treating special-token text as ordinary text."""
+        self.tokenizer.encode_special_tokens = True
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=False).ids
+        finally:
+            self.tokenizer.encode_special_tokens = False
+
+    def encode(self, text: str, allowed_special: set[str] | str = "all") -> list[int]:
+        """Return token ids of ``text``; the allowed special tokens become their own ids."""
+        specials = set(self.special_tokens) if allowed_special == "all" else set(allowed_special) & set(self.special_tokens)
+        if not specials:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for part in re.split("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")", text):
+            if part in specials:
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Return the text of token ids (special tokens included)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """Return the bytes of one token (a byte-level token may hold part of a character)."""
+        piece = self.tokenizer.id_to_token(token)
+        if piece is None:
+            raise GptlabError(f"HFTokenizer: token id {token} is outside the vocabulary (size {self.n_vocab})")
+        if piece in self.special_tokens or not all(c in _BYTE_DECODER for c in piece):
+            return self.decode([token]).encode("utf-8")
+        return bytes(_BYTE_DECODER[c] for c in piece)
+
+    def to_json(self) -> dict:
+        """Return gptlab's JSON wrapper of this tokenizer."""
+        return {
+            "type": HF_FORMAT,
+            "version": 1,
+            "tokenizer": json.loads(self.tokenizer.to_str()),
+            "chat_template": self.chat_template,
+            "eot_token": self.eot_token,
+            "stop_tokens": self.stop_tokens,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write gptlab's ``tokenizer.json`` wrapper to ``path``."""
+        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, data: dict, path: str | Path = "tokenizer.json") -> HFTokenizer:
+        """Build from :meth:`to_json` output, or from a plain Hugging Face ``tokenizer.json`` dict
+        (then ``tokenizer_config.json`` beside ``path``, if any, gives chat template and eos)."""
+        from tokenizers import Tokenizer as _HF
+
+        if data.get("type") == HF_FORMAT:
+            tok = _HF.from_str(json.dumps(data["tokenizer"]))
+            return cls(tok, data.get("chat_template"), data.get("eot_token"), data.get("stop_tokens", ()))
+        tok = _HF.from_str(json.dumps(data))
+        side = Path(path).with_name("tokenizer_config.json")
+        extra = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+        eos = extra.get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        return cls(tok, extra.get("chat_template"), tok.token_to_id(eos) if eos else None)
+
+
+Tokenizer = tiktoken.Encoding | SimpleTokenizer | HFTokenizer
 
 
 def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
     """Return the UTF-8 bytes of one token (a GPT-2 token may hold part of a character)."""
-    if isinstance(tokenizer, tiktoken.Encoding):
+    if isinstance(tokenizer, (tiktoken.Encoding, HFTokenizer)):
         return tokenizer.decode_single_token_bytes(token)
     return tokenizer.decode([token]).encode("utf-8")
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:
-    """Return the tokenizer named by ``spec``: ``"gpt2"`` or a SimpleTokenizer JSON path."""
+    """Return the tokenizer named by ``spec``: ``"gpt2"``, or the path of a ``tokenizer.json``
+    (SimpleTokenizer, gptlab's HF wrapper, or a Hugging Face ``tokenizer.json``)."""
     if str(spec) == "gpt2":
         return gpt2()
     path = Path(spec)
     if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise GptlabError(f"{path}: cannot read a tokenizer: {e}; write it again") from None
+        if isinstance(data, dict) and (data.get("type") == HF_FORMAT or isinstance(data.get("model"), dict)):
+            return HFTokenizer.from_json(data, path)
         return SimpleTokenizer.load(path)
-    raise GptlabError(f"unknown tokenizer {str(spec)!r}: use 'gpt2' or the path of a tokenizer.json written by SimpleTokenizer.save")
+    raise GptlabError(f"unknown tokenizer {str(spec)!r}: use 'gpt2' or the path of a tokenizer.json (SimpleTokenizer or Hugging Face)")

@@ -1,6 +1,7 @@
 """The base model fine-tuning starts from: fetch its source, convert it to ``models/base/``.
 
-``convert.source`` names it: ``pretrained`` (our ``models/pretrained/``, copied as is),
+``convert.source`` names it: ``pretrained`` (our ``models/pretrained/``, copied as is: its best
+weights, ``best/``, or the final ones, by ``convert.weights``),
 ``gpt2-124M`` ... ``gpt2-1558M`` (OpenAI's TensorFlow checkpoints, fetched with the download
 stage's https/file source and its cache) or ``hf:<dir>`` (a Hugging Face GPT-2 folder).
 :func:`gptlab.convert.download_checkpoint.download_checkpoint` puts the source's files in ``data/checkpoint/`` (so DVC hashes what
@@ -9,6 +10,7 @@ the conversion reads); :func:`build_base` converts them.
 
 from __future__ import annotations
 
+import json
 import resource
 import shutil
 import sys
@@ -28,15 +30,49 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def build_base(p: ConvertParams, checkpoint_dir: str | Path, pretrained_dir: str | Path, out_dir: str | Path, metrics_path: str | Path | None = None) -> dict:
-    """Write the base model to ``out_dir`` (a gptlab checkpoint) and return the metrics: source,
-    parameters, sha256 of ``model.safetensors``, seconds, peak memory (MiB) and source bytes."""
+def pick_pretrained(pretrained_dir: Path, weights: str) -> tuple[Path, dict]:
+    """Return the folder to copy for ``convert.weights`` (``best``: ``best/`` when it exists and its
+    weights differ from the final ones, else the top folder) and provenance: which weights, the
+    folder, its training step and sha256."""
+    final_sha = sha256_file(pretrained_dir / "model.safetensors")
+    src, sha, used = pretrained_dir, final_sha, "final"
+    best = pretrained_dir / "best"
+    if weights == "best" and (best / "model.safetensors").exists():
+        best_sha = sha256_file(best / "model.safetensors")
+        used = "best"
+        if best_sha != final_sha:  # equal weights: the final folder, so models/base stays as it was
+            src, sha = best, best_sha
+    info = json.loads((src / "config.json").read_text()).get("pretrain", {}) if (src / "config.json").exists() else {}
+    provenance = {"source": "pretrained", "weights": used, "requested": weights, "folder": str(src), "step": info.get("step"), "sha256": sha}
+    if "val_loss" in info:
+        provenance["val_loss"] = info["val_loss"]
+    return src, provenance
+
+
+def build_base(
+    p: ConvertParams,
+    checkpoint_dir: str | Path,
+    pretrained_dir: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path | None = None,
+    provenance_path: str | Path | None = None,
+) -> dict:
+    """Write the base model to ``out_dir`` (a gptlab checkpoint) and return the summary: source,
+    parameters, sha256 of ``model.safetensors``, seconds, peak memory (MiB) and source bytes.
+    ``metrics_path`` gets the parameter count; ``provenance_path`` the whole summary.
+
+    For ``source: pretrained`` ``p.weights`` picks the best or the final pretrained weights; which
+    were used is printed and written to ``provenance_path`` (JSON) when given."""
     start = time.perf_counter()
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    provenance: dict = {"source": p.source}
     if p.source == "pretrained":
         src = Path(pretrained_dir)
         if not (src / "model.safetensors").exists():
             raise GptlabError(f"{src}: no model.safetensors; run `dvc repro pretrain` first (convert.source: pretrained)")
+        src, provenance = pick_pretrained(src, p.weights)
+        step = f" (step {provenance['step']})" if provenance["step"] is not None else ""
+        print(f"convert: base = the {provenance['weights']} pretrained weights{step} from {src}")
         with atomic_dir(out_dir) as tmp:
             for name in ("model.safetensors", "config.json", "tokenizer.json"):
                 if (src / name).exists():
@@ -56,7 +92,7 @@ def build_base(p: ConvertParams, checkpoint_dir: str | Path, pretrained_dir: str
             model = load_openai_tf(checkpoint_dir)
         source_bytes = sum(f.stat().st_size for f in checkpoint_dir.iterdir() if f.is_file())
         save_model(out_dir, model, "gpt2", {"source": p.source})
-    metrics = {
+    summary = {
         "source": p.source,
         "parameters": model.num_parameters(),
         "layers": model.config.n_layers,
@@ -66,6 +102,8 @@ def build_base(p: ConvertParams, checkpoint_dir: str | Path, pretrained_dir: str
         "peak_memory_mib": round(peak_rss_bytes() / 2**20, 1),
         "source_bytes": source_bytes,
     }
-    if metrics_path is not None:
-        write_json(metrics_path, metrics)
-    return metrics
+    if metrics_path is not None:  # the one figure worth comparing across experiments
+        write_json(metrics_path, {"parameters": summary["parameters"]})
+    if provenance_path is not None:  # what was converted, from where, how fast
+        write_json(provenance_path, {**provenance, **summary})
+    return summary

@@ -1,10 +1,13 @@
-"""GGUF (llama.cpp) to litgpt: dequantise a Llama-architecture GGUF file into a litgpt checkpoint.
+"""GGUF (llama.cpp) in: dequantise a Llama-architecture GGUF file into a gptlab checkpoint.
 
 The GGUF file is read with the ``gguf`` package (``GGUFReader``), every tensor is dequantised
 with ``gguf.quants.dequantize`` to float32, llama.cpp's row permutation of the query and key
-weights is undone, names are mapped onto litgpt's Llama layout (fused, concatenated
-``attn.qkv``), and the tokenizer is rebuilt from the GGUF metadata with the ``tokenizers``
-library. The result is a directory ``litgpt generate``/``finetune_lora``/``serve`` accept.
+weights is undone (giving Hugging Face's Llama layout, which :mod:`gptlab.convert.hf_llama`
+maps onto gptlab's), the model config is read from the ``llama.*`` metadata, and the tokenizer
+is rebuilt from the ``tokenizer.ggml.*`` metadata with the ``tokenizers`` library.
+
+:func:`gguf_to_gptlab` writes a gptlab checkpoint; the litgpt layout lives in
+:mod:`gptlab.litgpt.checkpoint` (``gguf_to_litgpt``), built on the same readers.
 """
 
 from __future__ import annotations
@@ -17,34 +20,34 @@ import numpy as np
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.model import GPT, GPTConfig
 from gptlab.progress import progress
-
-DEFAULT_CONFIG = "SmolLM2-135M-Instruct"
 
 # llama.cpp's pre-tokenizer names (``tokenizer.ggml.pre``) -> does it split digits one by one
 # before the GPT-2 byte-level regex? (llama.cpp's llama-vocab.cpp: SMOLLM/STARCODER use
 # "\p{N}" first; "gpt-2"/"default" use the GPT-2 regex alone.)
 _PRE_TOKENIZERS = {"smollm": True, "starcoder": True, "refact": True, "gpt-2": False, "default": False}
 
-# GGUF tensor (per block, gguf.MODEL_TENSOR) -> litgpt parameter name
-_BLOCK_MAP = {
-    gguf.MODEL_TENSOR.ATTN_NORM: "transformer.h.{bid}.norm_1.weight",
-    gguf.MODEL_TENSOR.ATTN_OUT: "transformer.h.{bid}.attn.proj.weight",
-    gguf.MODEL_TENSOR.FFN_NORM: "transformer.h.{bid}.norm_2.weight",
-    gguf.MODEL_TENSOR.FFN_GATE: "transformer.h.{bid}.mlp.fc_1.weight",
-    gguf.MODEL_TENSOR.FFN_UP: "transformer.h.{bid}.mlp.fc_2.weight",
-    gguf.MODEL_TENSOR.FFN_DOWN: "transformer.h.{bid}.mlp.proj.weight",
+# GGUF tensor (gguf.MODEL_TENSOR) -> Hugging Face Llama parameter name ({bid}: the block)
+HF_BLOCK_MAP = {
+    gguf.MODEL_TENSOR.ATTN_NORM: "model.layers.{bid}.input_layernorm",
+    gguf.MODEL_TENSOR.ATTN_Q: "model.layers.{bid}.self_attn.q_proj",
+    gguf.MODEL_TENSOR.ATTN_K: "model.layers.{bid}.self_attn.k_proj",
+    gguf.MODEL_TENSOR.ATTN_V: "model.layers.{bid}.self_attn.v_proj",
+    gguf.MODEL_TENSOR.ATTN_OUT: "model.layers.{bid}.self_attn.o_proj",
+    gguf.MODEL_TENSOR.FFN_NORM: "model.layers.{bid}.post_attention_layernorm",
+    gguf.MODEL_TENSOR.FFN_GATE: "model.layers.{bid}.mlp.gate_proj",
+    gguf.MODEL_TENSOR.FFN_UP: "model.layers.{bid}.mlp.up_proj",
+    gguf.MODEL_TENSOR.FFN_DOWN: "model.layers.{bid}.mlp.down_proj",
 }
-_QKV = (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V)
-_TOP_MAP = {
-    gguf.MODEL_TENSOR.TOKEN_EMBD: "transformer.wte.weight",
-    gguf.MODEL_TENSOR.OUTPUT_NORM: "transformer.ln_f.weight",
-    gguf.MODEL_TENSOR.OUTPUT: "lm_head.weight",
+HF_TOP_MAP = {
+    gguf.MODEL_TENSOR.TOKEN_EMBD: "model.embed_tokens",
+    gguf.MODEL_TENSOR.OUTPUT_NORM: "model.norm",
+    gguf.MODEL_TENSOR.OUTPUT: "lm_head",
 }
 
 
-def _tensor_name(kind: gguf.MODEL_TENSOR, bid: int | None = None) -> str:
+def tensor_name(kind: gguf.MODEL_TENSOR, bid: int | None = None) -> str:
     """Return the GGUF name of a weight, e.g. ``blk.3.attn_q.weight``."""
     return gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
 
@@ -75,7 +78,8 @@ class GGUFVocab:
         return None if idx is None else self.tokens[idx]
 
 
-def _field(reader: gguf.GGUFReader, key: str, path: Path, required: bool = True):
+def field_value(reader: gguf.GGUFReader, key: str, path: Path, required: bool = True):
+    """Return the value of GGUF metadata ``key`` (None when absent and not ``required``)."""
     f = reader.fields.get(key)
     if f is None:
         if required:
@@ -103,13 +107,13 @@ def read_gguf_vocab(path: str | Path | gguf.GGUFReader) -> GGUFVocab:
     reader = path if isinstance(path, gguf.GGUFReader) else open_gguf(path)
     where = Path(getattr(reader.data, "filename", None) or str(path))
     keys = gguf.Keys.Tokenizer
-    model = _field(reader, keys.MODEL, where)
+    model = field_value(reader, keys.MODEL, where)
     if model != "gpt2":
         raise GptlabError(f"{where}: tokenizer.ggml.model={model!r}; only byte-level BPE ('gpt2') tokenizers can be rebuilt")
-    tokens = _field(reader, keys.LIST, where)
-    types = [int(t) for t in _field(reader, keys.TOKEN_TYPE, where)]
+    tokens = field_value(reader, keys.LIST, where)
+    types = [int(t) for t in field_value(reader, keys.TOKEN_TYPE, where)]
     merges = []
-    for m in _field(reader, keys.MERGES, where):
+    for m in field_value(reader, keys.MERGES, where):
         a, sep, b = m.partition(" ")
         if not sep or " " in b:
             raise GptlabError(f"{where}: tokenizer.ggml.merges entry {m!r} is not two tokens separated by one space")
@@ -118,10 +122,10 @@ def read_gguf_vocab(path: str | Path | gguf.GGUFReader) -> GGUFVocab:
     special = {tok: i for i, (tok, t) in enumerate(zip(tokens, types)) if t in special_types}
 
     def opt_id(key: str) -> int | None:
-        v = _field(reader, key, where, required=False)
+        v = field_value(reader, key, where, required=False)
         return None if v is None else int(v)
 
-    add_bos = _field(reader, keys.ADD_BOS, where, required=False)
+    add_bos = field_value(reader, keys.ADD_BOS, where, required=False)
     return GGUFVocab(
         tokens=list(tokens),
         merges=merges,
@@ -131,9 +135,9 @@ def read_gguf_vocab(path: str | Path | gguf.GGUFReader) -> GGUFVocab:
         eos_id=opt_id(keys.EOS_ID),
         unk_id=opt_id(keys.UNK_ID),
         pad_id=opt_id(keys.PAD_ID),
-        pre=str(_field(reader, keys.PRE, where, required=False) or "default"),
+        pre=str(field_value(reader, keys.PRE, where, required=False) or "default"),
         add_bos=bool(add_bos) if add_bos is not None else False,
-        chat_template=_field(reader, keys.CHAT_TEMPLATE, where, required=False),
+        chat_template=field_value(reader, keys.CHAT_TEMPLATE, where, required=False),
     )
 
 
@@ -195,177 +199,104 @@ def dequantize_tensor(t) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(shape)  # a copy: the reader memory-maps the file
 
 
-def _check_config(reader: gguf.GGUFReader, config, path: Path) -> None:
-    """Raise GptlabError where the GGUF hyperparameters disagree with the litgpt ``config``."""
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE, path)
-    if arch != "llama":
-        raise GptlabError(f"{path}: general.architecture={arch!r}; only 'llama' GGUF files map onto litgpt's Llama layout")
-    if config.mlp_class_name != "LLaMAMLP" or config.norm_class_name != "RMSNorm" or config.bias:
-        raise GptlabError(f"litgpt config {config.name!r} is not a plain Llama (LLaMAMLP, RMSNorm, no bias); choose a Llama-architecture config_name")
-    L, A = gguf.Keys.LLM, gguf.Keys.Attention
-    checks = [
-        (L.BLOCK_COUNT, "n_layer", config.n_layer),
-        (L.EMBEDDING_LENGTH, "n_embd", config.n_embd),
-        (L.FEED_FORWARD_LENGTH, "intermediate_size", config.intermediate_size),
-        (A.HEAD_COUNT, "n_head", config.n_head),
-        (A.HEAD_COUNT_KV, "n_query_groups", config.n_query_groups),
-    ]
-    for key, name, want in checks:
-        got = _field(reader, key.format(arch=arch), path)
-        if int(got) != int(want):
-            raise GptlabError(
-                f"{path}: {key.format(arch=arch)}={got} but litgpt config {config.name!r} has {name}={want}; pick the config_name matching this GGUF"
-            )
-    base = _field(reader, gguf.Keys.Rope.FREQ_BASE.format(arch=arch), path, required=False)
-    if base is not None and not np.isclose(float(base), float(config.rope_base)):
-        raise GptlabError(f"{path}: {arch}.rope.freq_base={base} but litgpt config {config.name!r} has rope_base={config.rope_base}")
-    eps = _field(reader, A.LAYERNORM_RMS_EPS.format(arch=arch), path, required=False)
-    if eps is not None and not np.isclose(float(eps), float(config.norm_eps), rtol=1e-3):
-        raise GptlabError(f"{path}: {A.LAYERNORM_RMS_EPS.format(arch=arch)}={eps} but litgpt config {config.name!r} has norm_eps={config.norm_eps}")
+def gguf_config(reader: gguf.GGUFReader, path: Path | None = None) -> GPTConfig:
+    """Return the GPTConfig of a Llama or Qwen2 GGUF file from its ``<arch>.*`` metadata.
 
-
-def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Return litgpt parameter name -> shape for a plain Llama ``config`` (what ``GPT(config)`` holds)."""
-    e, hs = config.n_embd, config.head_size
-    qkv_rows = (config.n_head + 2 * config.n_query_groups) * hs
-    shapes = {
-        "transformer.wte.weight": (config.padded_vocab_size, e),
-        "transformer.ln_f.weight": (e,),
-        "lm_head.weight": (config.padded_vocab_size, e),
-    }
-    for i in range(config.n_layer):
-        shapes |= {
-            f"transformer.h.{i}.norm_1.weight": (e,),
-            f"transformer.h.{i}.attn.qkv.weight": (qkv_rows, e),
-            f"transformer.h.{i}.attn.proj.weight": (e, config.n_head * hs),
-            f"transformer.h.{i}.norm_2.weight": (e,),
-            f"transformer.h.{i}.mlp.fc_1.weight": (config.intermediate_size, e),
-            f"transformer.h.{i}.mlp.fc_2.weight": (config.intermediate_size, e),
-            f"transformer.h.{i}.mlp.proj.weight": (e, config.intermediate_size),
-        }
-    return shapes
-
-
-def gguf_state_dict(reader: gguf.GGUFReader, config, dtype: torch.dtype = torch.float32, path: Path | None = None) -> dict[str, torch.Tensor]:
-    """Return the litgpt state dict (name -> tensor of ``dtype``) of a Llama GGUF file.
-
-    Every GGUF tensor is dequantised to float32, Q/K rows are un-permuted, and Q, K, V are
-    concatenated into ``attn.qkv.weight`` ((n_head + 2 * n_query_groups) * head_size, n_embd), as
-    litgpt 0.5.13's ``copy_weights_hf_llama`` does. Without an ``output.weight`` (tied
-    embeddings) ``lm_head.weight`` is the embedding. Raises GptlabError on a shape mismatch, a
-    missing tensor or a GGUF tensor left unused.
+    Tied embeddings when the file has no ``output.weight``; the vocabulary size is the number
+    of ``tokenizer.ggml.tokens``.
     """
     path = path or Path("<gguf>")
-    _check_config(reader, config, path)
-    tensors = {t.name: t for t in reader.tensors}
-    used: set[str] = set()
-    expected = _expected_shapes(config)
-    sd: dict[str, torch.Tensor] = {}
+    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE, path)
+    if arch not in ("llama", "qwen2"):
+        raise GptlabError(f"{path}: general.architecture={arch!r}; gptlab reads 'llama' and 'qwen2' GGUF files")
+    L, A = gguf.Keys.LLM, gguf.Keys.Attention
 
-    def take(name: str, want: tuple[int, ...], target: str) -> torch.Tensor:
-        t = tensors.get(name)
-        if t is None:
-            raise GptlabError(f"{path}: GGUF tensor {name} is missing; needed for litgpt {target}")
-        w = dequantize_tensor(t)
-        if tuple(w.shape) != want:
-            raise GptlabError(f"{path}: GGUF tensor {name} has shape {tuple(w.shape)} but litgpt config {config.name!r} needs {want} for {target}")
-        used.add(name)
-        bar.update(1)
-        return w
+    def get(key: str, default=None):
+        v = field_value(reader, key.format(arch=arch), path, required=default is None)
+        return default if v is None else v
 
-    hs, nq, nkv = config.head_size, config.n_head, config.n_query_groups
-    with progress(total=len(tensors), desc="dequantise GGUF", unit="tensor", leave=False) as bar:
-        for kind, target in _TOP_MAP.items():
-            name = _tensor_name(kind)
-            if kind == gguf.MODEL_TENSOR.OUTPUT and name not in tensors:
-                continue
-            sd[target] = take(name, expected[target], target).to(dtype)
-        if "lm_head.weight" not in sd:  # tied embeddings: llama.cpp omits output.weight
-            sd["lm_head.weight"] = sd["transformer.wte.weight"]
-        for i in range(config.n_layer):
-            for kind, target in _BLOCK_MAP.items():
-                target = target.format(bid=i)
-                sd[target] = take(_tensor_name(kind, i), expected[target], target).to(dtype)
-            target = f"transformer.h.{i}.attn.qkv.weight"
-            q = llama_unpermute(take(_tensor_name(_QKV[0], i), (nq * hs, config.n_embd), target), nq, nq)
-            k = llama_unpermute(take(_tensor_name(_QKV[1], i), (nkv * hs, config.n_embd), target), nq, nkv)
-            v = take(_tensor_name(_QKV[2], i), (nkv * hs, config.n_embd), target)
-            sd[target] = torch.cat((q, k, v)).to(dtype)
-    unused = sorted(set(tensors) - used)
-    if unused:
-        raise GptlabError(f"{path}: GGUF tensors {', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''} have no place in litgpt config {config.name!r}")
-    missing = set(expected) - set(sd)
-    if missing:
-        raise GptlabError(f"{path}: litgpt parameters {', '.join(sorted(missing)[:5])} got no GGUF tensor")
-    return sd
+    n_heads = int(get(A.HEAD_COUNT))
+    n_kv = int(get(A.HEAD_COUNT_KV, n_heads))
+    names = {t.name for t in reader.tensors}
+    family = {"qkv_bias": arch == "qwen2", "proj_bias": False, "mlp_bias": False}
+    return GPTConfig(
+        vocab_size=len(field_value(reader, gguf.Keys.Tokenizer.LIST, path)),
+        context_length=int(get(L.CONTEXT_LENGTH)),
+        emb_dim=int(get(L.EMBEDDING_LENGTH)),
+        n_heads=n_heads,
+        n_kv_heads=None if n_kv == n_heads else n_kv,
+        n_layers=int(get(L.BLOCK_COUNT)),
+        mlp_hidden=int(get(L.FEED_FORWARD_LENGTH)),
+        norm="rmsnorm",
+        norm_eps=float(get(A.LAYERNORM_RMS_EPS, 1e-5)),
+        positions="rope",
+        rope_base=float(get(gguf.Keys.Rope.FREQ_BASE, 10000.0)),
+        mlp="swiglu",
+        tie_embeddings=tensor_name(gguf.MODEL_TENSOR.OUTPUT) not in names,
+        **family,
+    )
 
 
-def tokenizer_config(vocab: GGUFVocab, model_max_length: int) -> dict:
-    """Return the ``tokenizer_config.json`` dict for the rebuilt tokenizer.
+def gguf_hf_state_dict(reader: gguf.GGUFReader, config: GPTConfig, path: Path | None = None) -> dict[str, torch.Tensor]:
+    """Return the GGUF tensors as a Hugging Face Llama/Qwen2 state dict (float32).
 
-    ``add_bos_token`` is True when the bos token is ChatML's ``<|im_start|>``: litgpt's Tokenizer
-    strips a leading bos from every encoded text when ``add_bos_token`` is false, which would cut
-    the first ``<|im_start|>`` off a ChatML prompt (litgpt itself forces it on for SmolLM2-Instruct).
+    Every tensor is dequantised; for ``llama`` files the Q/K rows are un-permuted (llama.cpp
+    permutes them for its interleaved RoPE; Qwen2 files are not permuted). Raises GptlabError on
+    a GGUF tensor with no Hugging Face name.
     """
-    bos, eos = vocab.token(vocab.bos_id), vocab.token(vocab.eos_id)
-    cfg = {
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_prefix_space": False,
-        "add_bos_token": vocab.add_bos or bos == "<|im_start|>",
-        "bos_token": bos,
-        "eos_token": eos,
-        "unk_token": vocab.token(vocab.unk_id),
-        "pad_token": vocab.token(vocab.pad_id),
-        "additional_special_tokens": [t for t in ("<|im_start|>", "<|im_end|>") if t in vocab.special],
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": model_max_length,
-        "vocab_size": len(vocab.tokens),
-    }
-    if vocab.chat_template:
-        cfg["chat_template"] = vocab.chat_template
-    return {k: v for k, v in cfg.items() if v is not None}
+    path = path or Path("<gguf>")
+    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE, path)
+    names: dict[str, tuple[str, gguf.MODEL_TENSOR | None]] = {}
+    for kind, hf in HF_TOP_MAP.items():
+        names[gguf.TENSOR_NAMES[kind]] = (hf, kind)
+    for i in range(config.n_layers):
+        for kind, hf in HF_BLOCK_MAP.items():
+            names[gguf.TENSOR_NAMES[kind].format(bid=i)] = (hf.format(bid=i), kind)
+    out: dict[str, torch.Tensor] = {}
+    with progress(total=len(reader.tensors), desc="dequantise GGUF", unit="tensor", leave=False) as bar:
+        for t in reader.tensors:
+            stem, _, suffix = t.name.rpartition(".")
+            if stem not in names or suffix not in ("weight", "bias"):
+                raise GptlabError(f"{path}: GGUF tensor {t.name} has no place in a {arch} model of {config.n_layers} layers; is the file a plain Llama/Qwen2?")
+            hf, kind = names[stem]
+            w = dequantize_tensor(t)
+            if arch == "llama" and kind == gguf.MODEL_TENSOR.ATTN_Q:
+                w = llama_unpermute(w, config.n_heads)
+            elif arch == "llama" and kind == gguf.MODEL_TENSOR.ATTN_K:
+                w = llama_unpermute(w, config.n_heads, config.kv_heads)
+            out[f"{hf}.{suffix}"] = w
+            bar.update(1)
+    return out
 
 
-def litgpt_config(config_name):
-    """Return ``litgpt.Config.from_name(config_name)``; a ``litgpt.Config`` passes through unchanged."""
-    from litgpt import Config
+def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Convert a Llama/Qwen2 GGUF file into a gptlab checkpoint folder; return ``out_dir``.
 
-    if isinstance(config_name, Config):
-        return config_name
-    try:
-        return Config.from_name(config_name)
-    except ValueError as e:
-        raise GptlabError(f"litgpt has no config named {config_name!r}; pass a name from `litgpt download list` matching the GGUF") from e
-
-
-def gguf_to_litgpt(gguf_path: str | Path, out_dir: str | Path, config_name: str = DEFAULT_CONFIG, dtype: torch.dtype = torch.float32) -> Path:
-    """Convert a Llama GGUF file into a litgpt checkpoint directory; return ``out_dir``.
-
-    ``config_name`` is a litgpt config name (or a ``litgpt.Config``, for tiny test models).
-    Writes ``lit_model.pth`` (``torch.save`` of the state dict: tensors only, litgpt's own
-    checkpoint format, which litgpt loads itself), ``model_config.yaml``
-    (``litgpt.Config.from_name(config_name)`` as ``litgpt.utils.save_config`` writes it),
-    ``tokenizer.json`` (rebuilt from the GGUF metadata), ``tokenizer_config.json``,
-    ``generation_config.json`` and ``gguf_source.json`` (provenance). The folder appears
-    complete or not at all. Takes about 15 s and 1.2 GB of memory for SmolLM2-135M on 2 cores.
+    Writes (via ``checkpoint.save_model``) ``model.safetensors`` (dequantised, ``dtype``),
+    ``config.json`` (the GPTConfig read from the metadata, plus a ``source`` entry) and
+    ``tokenizer.json`` (gptlab's :class:`~gptlab.tokenizer.HFTokenizer` wrapper: the rebuilt
+    byte-level BPE, the chat template, ``eot_token`` = the GGUF eos and ``stop_tokens`` =
+    eos + ``<|im_end|>``/``<|endoftext|>`` where present). The folder appears complete or not at all.
     """
-    from litgpt.utils import save_config
+    import tempfile
+
+    from gptlab.checkpoint import load_state, save_model
+    from gptlab.convert.hf_llama import from_hf_state_dict
+    from gptlab.tokenizer import HFTokenizer
 
     gguf_path = Path(gguf_path)
-    config = litgpt_config(config_name)
-    config_name = config.name
     reader = open_gguf(gguf_path)
     vocab = read_gguf_vocab(reader)
-    if len(vocab.tokens) != config.vocab_size:
-        raise GptlabError(f"{gguf_path}: {len(vocab.tokens)} tokens but litgpt config {config_name!r} has vocab_size={config.vocab_size}")
-    tokenizer = build_tokenizer(vocab)
-    sd = gguf_state_dict(reader, config, dtype=dtype, path=gguf_path)
-    with atomic_dir(out_dir) as tmp:
-        torch.save(sd, tmp / "lit_model.pth")
-        save_config(config, tmp)
-        tokenizer.save(str(tmp / "tokenizer.json"))
-        write_json(tmp / "tokenizer_config.json", tokenizer_config(vocab, config.block_size))
-        gen = {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id, "pad_token_id": vocab.pad_id}
-        write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
-        write_json(tmp / "gguf_source.json", {"gguf": gguf_path.name, "config_name": config_name, "dtype": str(dtype).removeprefix("torch.")})
+    config = gguf_config(reader, gguf_path)
+    state = from_hf_state_dict(gguf_hf_state_dict(reader, config, gguf_path), config)
+    model = GPT(config)
+    load_state(model, {k: v.to(dtype) for k, v in state.items()}, str(gguf_path))
+    model = model.to(dtype)
+    stops = [vocab.special[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab.special]
+    tokenizer = HFTokenizer(build_tokenizer(vocab), vocab.chat_template, vocab.eos_id, stops)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_path = Path(tmp) / "tokenizer.json"
+        tokenizer.save(tok_path)
+        source = {"gguf": gguf_path.name, "dtype": str(dtype).removeprefix("torch."), "bos_token": vocab.bos_id, "add_bos": vocab.add_bos}
+        save_model(out_dir, model, tokenizer=tok_path, extra={"source": source})
     return Path(out_dir)

@@ -8,10 +8,12 @@ only safetensors (``transformers`` itself is a test-only reference).
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
@@ -120,27 +122,95 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def gpt_from_hf(state: dict[str, torch.Tensor], hf_config: dict, source: str = "Hugging Face state dict") -> GPT:
-    """Return a GPT holding a ``transformers`` GPT-2 state dict, shaped by its ``config.json`` dict."""
+    """Return a GPT holding a ``transformers`` GPT-2 state dict, shaped by its ``config.json`` dict.
+
+    The tensors' names and shapes are checked against the config before the model is built."""
     from gptlab.checkpoint import load_state
 
     config = config_from_hf(hf_config)
+    check_hf_shapes({k: tuple(v.shape) for k, v in state.items()}, config, source)
     model = GPT(config)
     load_state(model, from_hf_state_dict(state, config), source)
     return model
 
 
+_LAYER_INDEX = re.compile(r"^(?:transformer\.)?h\.(\d+)\.")
+
+
+def check_hf_shapes(shapes: dict[str, tuple[int, ...]], config: GPTConfig, source: str, config_path: str | Path = "config.json") -> None:
+    """Check ``transformers`` GPT-2 tensor ``shapes`` (name -> shape, e.g. from a safetensors
+    header) against ``config`` without allocating the model; GptlabError names the mismatch.
+
+    The layer count (``n_layer`` of ``config_path`` against the ``h.N`` indices) comes first,
+    so an absurd config fails before anything grows with it; then names and shapes against a
+    model built on the meta device.
+    """
+    from gptlab.checkpoint import check_shapes
+
+    layers = {int(m.group(1)) for name in shapes if (m := _LAYER_INDEX.match(name))}
+    if len(layers) != config.n_layers:
+        raise GptlabError(
+            f"{config_path}: n_layer={config.n_layers} but {source} holds {len(layers)} layers; "
+            "fix n_layer in config.json or pair it with the weights it came with"
+        )
+    meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    ours = from_hf_state_dict(meta, config)
+    check_shapes(config, {k: tuple(v.shape) for k, v in ours.items()}, source, config_path)
+
+
 def load_hf_dir(folder: str | Path) -> GPT:
     """Return a GPT from a Hugging Face GPT-2 folder: ``config.json`` and ``model.safetensors``
-    (or ``pytorch_model.bin``, read with ``weights_only=True``)."""
+    (or ``pytorch_model.bin``, read with ``weights_only=True``).
+
+    A safetensors file's header is checked against ``config.json`` before any tensor is read
+    or the model built. GptlabError (one line) for a missing, truncated or foreign weights
+    file, a pickle holding more than tensors, or a config that does not fit the weights.
+    """
+    from gptlab.checkpoint import load_tensors, read_shapes
+
     folder = Path(folder)
-    hf_config = json.loads((folder / "config.json").read_text())
-    if (folder / "model.safetensors").exists():
-        state = load_file(folder / "model.safetensors")
+    config_path = folder / "config.json"
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise GptlabError(f"{config_path}: not found; a Hugging Face folder needs config.json beside the weights") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{config_path}: not valid JSON ({e}); fix or re-download it") from None
+    try:
+        config = config_from_hf(hf_config)
+    except KeyError as e:
+        raise GptlabError(f"{config_path}: key {e.args[0]!r} is missing; is this a GPT-2 config.json?") from None
+    except TypeError as e:
+        raise GptlabError(f"{config_path}: a shape key has the wrong type ({e}); fix config.json") from None
+    weights = folder / "model.safetensors"
+    if weights.exists():
+        check_hf_shapes(read_shapes(weights), config, str(weights), config_path)
+        state = load_tensors(weights)
     elif (folder / "pytorch_model.bin").exists():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = _load_pickled(folder / "pytorch_model.bin")
+        check_hf_shapes({k: tuple(v.shape) for k, v in state.items()}, config, str(folder / "pytorch_model.bin"), config_path)
     else:
         raise GptlabError(f"{folder}: neither model.safetensors nor pytorch_model.bin found")
     return gpt_from_hf(state, hf_config, str(folder))
+
+
+def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``pytorch_model.bin`` with ``weights_only=True``; GptlabError (one line) when torch
+    refuses the pickle (it holds more than tensors) or cannot read the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else "not a plain tensor pickle"
+        raise GptlabError(
+            f"{path}: refused: the pickle holds more than tensors (torch.load weights_only=True: {why[:160]}); "
+            "get model.safetensors for this model instead, or convert the .bin only if you trust its source"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GptlabError(f"{path}: not a readable PyTorch checkpoint ({why[:160]}); download it again or use model.safetensors") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GptlabError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors; use model.safetensors")
+    return state
 
 
 def export_hf(model: GPT, folder: str | Path) -> Path:

@@ -209,6 +209,11 @@ def extract(archive: Path, pattern: str, dest: Path, uri: str = "") -> list[Path
         rel = str(PurePosixPath(*PurePosixPath(name).parts[1:])) if strip else name
         if fnmatch.fnmatchcase(rel, pattern):
             base = PurePosixPath(rel).name
+            if base in ("", ".", ".."):
+                raise GptlabError(
+                    f"{uri or archive}: archive member {name!r} matches '#{pattern}' but names no file (it ends in {base or '/'!r}); "
+                    "narrow the glob to the files you want or fix the archive"
+                )
             if base in chosen:
                 raise GptlabError(f"{uri or archive}: '#{pattern}' matches two members named {base}; narrow the glob")
             chosen[base] = handle
@@ -228,15 +233,17 @@ def extract(archive: Path, pattern: str, dest: Path, uri: str = "") -> list[Path
 
 
 def download_sources(params: DownloadParams, out_dir: str | Path = "data/raw", metrics_path: str | Path | None = None) -> dict:
-    """Fetch every source into ``out_dir/<name>/`` and return the summary written to ``metrics_path``.
+    """Fetch every source into ``out_dir/<name>/``; return the counts ``{"sources", "files", "bytes"}``.
 
-    The summary holds per source: uri, sha256 of the fetched file, bytes fetched, files and
-    bytes written, whether the cache served it, seconds; plus totals. ``out_dir`` is replaced
-    only when every source succeeded, and holds ``MANIFEST.json`` with each file's sha256.
+    The provenance goes to ``out_dir/MANIFEST.json`` (a DVC out, the same bytes for the same
+    sources): per source its uri, sha256 and size of the fetched file, license, and each
+    written file's path, bytes and sha256. Whether the cache served a source and how long it
+    took are printed, not recorded. ``metrics_path``, when given, receives the counts only.
+    ``out_dir`` is replaced only when every source succeeded.
     """
     cache = cache_root(params.cache_dir)
     out_dir = Path(out_dir)
-    summary: dict = {"sources": {}, "files": 0, "bytes": 0}
+    summary: dict = {"sources": 0, "files": 0, "bytes": 0}
     manifest: dict = {}
     with atomic_dir(out_dir) as tmp:
         for name, source in params.sources.items():
@@ -250,19 +257,13 @@ def download_sources(params: DownloadParams, out_dir: str | Path = "data/raw", m
                 shutil.copyfile(got.path, dest / got.path.name)
                 files = [dest / got.path.name]
             entries = [{"path": f"{name}/{f.name}", "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
-            manifest[name] = {"uri": source.uri, "sha256": got.sha256, "license": source.license, "files": entries}
+            manifest[name] = {"uri": source.uri, "sha256": got.sha256, "fetched_bytes": got.bytes, "license": source.license, "files": entries}
             written = sum(e["bytes"] for e in entries)
-            summary["sources"][name] = {
-                "uri": source.uri,
-                "sha256": got.sha256,
-                "fetched_bytes": got.bytes,
-                "files": len(entries),
-                "bytes": written,
-                "cached": got.cached,
-                "seconds": round(time.perf_counter() - start, 3),
-            }
+            summary["sources"] += 1
             summary["files"] += len(entries)
             summary["bytes"] += written
+            how = "from the cache" if got.cached else "fetched"
+            print(f"download: {name}: {len(entries)} files, {written:,} bytes, {how} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         write_json(tmp / "MANIFEST.json", manifest)
     if metrics_path is not None:
         write_json(metrics_path, summary)

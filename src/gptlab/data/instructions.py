@@ -3,10 +3,12 @@
 A record is a dict with ``instruction`` (non-empty str), optional ``input`` (str; missing or
 null means ``""``) and ``output`` (str); extra keys are kept as they are.
 
-The pipeline: :func:`load_records` -> :func:`split_records` -> :func:`write_splits`, then per
-split :func:`encode_records` (token ids of prompt + response + ``<|endoftext|>``, and the
-prompt's length) -> :class:`InstructionBatches` (training, shuffled, resumable) or
-:func:`eval_batches` (in order) -> :func:`collate` -> ``(inputs, targets)`` for ``GPT.forward``.
+The pipeline: :func:`load_records` -> :func:`drop_duplicates` -> :func:`split_records` ->
+:func:`write_splits` (all four: :func:`split_instruction_files`, the stage), then per split
+:func:`encode_records` (token ids of prompt + response + ``<|endoftext|>``, and the prompt's
+length; the prompt styles live in :mod:`gptlab.data.prompts`) -> :class:`InstructionBatches`
+(training, shuffled, resumable) or :func:`eval_batches` (in order) -> :func:`collate` ->
+``(inputs, targets)`` for ``GPT.forward``.
 """
 
 from __future__ import annotations
@@ -19,38 +21,26 @@ from pathlib import Path
 
 import torch
 
+from gptlab.data.prompts import (  # noqa: F401  (re-exported: the styles' home is gptlab.data.prompts)
+    ALPACA_HEADER,
+    ALPACA_HEADER_WITH_INPUT,
+    PROMPT_STYLES,
+    PromptStyleError,
+    format_example,
+    format_prompt,
+    response_text,
+)
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
+from gptlab.params import InstructionsParams
 from gptlab.tokenizer import Tokenizer
 
-ALPACA_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-ALPACA_HEADER_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request."
-)
-PROMPT_STYLES = ("alpaca",)
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -100
 
 
-class PromptStyleError(GptlabError, ValueError):
-    """An unknown prompt style; the message lists the known ones."""
-
-
 Example = tuple[list[int], int]
 """One encoded record: (token ids of prompt + response + end-of-text, prompt length in tokens)."""
-
-
-def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> str:
-    """Return the prompt text for one instruction, ending just where the response begins.
-
-    ``alpaca``: header, ``### Instruction:``, optional ``### Input:``, then ``### Response:\\n``.
-    """
-    if style != "alpaca":
-        raise PromptStyleError(f"prompt style {style!r} is unknown; choose one of {', '.join(PROMPT_STYLES)}")
-    if input and input.strip():
-        return f"{ALPACA_HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-    return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 # ---------------------------------------------------------------------------- records
@@ -59,7 +49,8 @@ def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> s
 def load_records(path: str | Path) -> list[dict]:
     """Return the validated records of a JSON array file or a JSONL file (one object a line).
 
-    The format is told by the first non-blank character (``[``: JSON array, else JSONL).
+    The format is told by the first non-blank character (``[``: JSON array, else JSONL); a
+    file other than ``*.jsonl`` that is one JSON object as a whole is refused (wrap it in a list).
     Each record comes back as a new dict with ``input`` normalised to a str (missing/null ->
     ``""``) and extra keys kept. GptlabError names the file, the record index (0-based; and
     the line for JSONL), the field and the fix.
@@ -73,6 +64,16 @@ def load_records(path: str | Path) -> list[dict]:
         raise GptlabError(f"{path}: not UTF-8 text ({e}); save the file as UTF-8 JSON or JSONL") from None
     stripped = text.lstrip()
     items: list[tuple[object, str]] = []  # (record, where)
+    if stripped.startswith("{") and path.suffix != ".jsonl":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # not one object: read it as JSONL below
+        if isinstance(whole, dict):
+            raise GptlabError(
+                f"{path}: holds one JSON object, not a list of records; wrap the record(s) in a JSON array [ ... ] "
+                "(or name the file .jsonl for one record a line)"
+            )
     if stripped.startswith("["):
         try:
             data = json.loads(text)
@@ -117,6 +118,23 @@ def _validated(record: object, where: str) -> dict:
     out = dict(record)
     out["input"] = record.get("input") or ""
     return out
+
+
+def drop_duplicates(records: Sequence[dict]) -> tuple[list[dict], int]:
+    """Return ``(unique, dropped)``: the records with the same ``instruction``, ``input`` and
+    ``output`` as an earlier one removed (first occurrence kept, order kept), and how many went.
+
+    Compare validated records (``input`` normalised by :func:`load_records`): a duplicate left
+    in would land in two splits and leak test answers into training.
+    """
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for rec in records:
+        key = (rec["instruction"], rec.get("input") or "", rec["output"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(rec)
+    return unique, len(records) - len(unique)
 
 
 def split_records(records: Sequence[dict], fractions: Sequence[float] = (0.85, 0.05, 0.10), seed: int = 0) -> dict[str, list[dict]]:
@@ -175,13 +193,31 @@ def write_splits(splits: Mapping[str, list[dict]], out_dir: str | Path) -> Path:
     return out_dir
 
 
+def split_instruction_files(
+    params: InstructionsParams, raw_dir: str | Path, out_dir: str | Path, seed: int, metrics_path: str | Path | None = None
+) -> dict[str, int]:
+    """The instructions stage: read every ``params.file_glob`` file of ``raw_dir`` (sorted),
+    drop duplicate records, keep the first ``params.max_records``, split them with ``seed``
+    and write ``out_dir/{train,val,test}.json``.
+
+    Returns the counts ``{"records", "duplicates_dropped", "train", "val", "test"}`` (``records``
+    is the number split, after duplicates went); ``metrics_path`` gets all but ``records``.
+    """
+    files = sorted(p for p in Path(raw_dir).glob(params.file_glob) if p.is_file())
+    if not files:
+        raise GptlabError(f"{raw_dir}: no file matches instructions.file_glob={params.file_glob!r}; run `dvc repro download` or fix the glob")
+    records, dropped = drop_duplicates([r for f in files for r in load_records(f)])
+    if params.max_records is not None:
+        records = records[: params.max_records]
+    splits = split_records(records, (params.train_fraction, params.val_fraction, params.test_fraction), seed)
+    write_splits(splits, out_dir)
+    counts = {"records": len(records), "duplicates_dropped": dropped, **{k: len(v) for k, v in splits.items()}}
+    if metrics_path is not None:
+        write_json(metrics_path, {k: v for k, v in counts.items() if k != "records"})
+    return counts
+
+
 # ---------------------------------------------------------------------------- encoding
-
-
-def format_example(record: Mapping, style: str = "alpaca") -> tuple[str, str]:
-    """Return ``(prompt, response)`` texts of a record: the prompt ends where the response
-    begins, the response is the record's ``output`` (no end-of-text marker)."""
-    return format_prompt(record["instruction"], record.get("input") or "", style), record["output"]
 
 
 def encode_example(record: Mapping, tokenizer: Tokenizer, style: str = "alpaca", eot_id: int | None = None) -> Example:

@@ -6,12 +6,20 @@ A shard is a 64-byte little-endian header followed by the token ids as uint16::
 
 A reader refuses a file whose magic, version or item size is foreign, or whose length
 disagrees with ``n_tokens`` (a truncated copy), naming the file and the fix.
+
+The data bytes carry a CRC-32 recorded beside the shards in ``meta.json`` (``files`` ->
+name -> ``crc32``), so the shard files themselves keep format version 1. Opening shards
+(:class:`TokenShards`, :func:`read_shard`) checks, in one numpy pass each, that every id lies
+below the header's ``vocab_size`` and, where ``meta.json`` records one, that the CRC matches:
+a flipped byte is refused when the shard is opened, not as an IndexError mid-training.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +34,7 @@ HEADER_BYTES = 64
 _HEADER = struct.Struct("<8sIIQQq")
 DTYPE = np.dtype("<u2")
 MAX_VOCAB = 1 << 16
+_FIX = "re-run `dvc repro tokenize` (or `gptlab tokenize`) to rebuild the shards"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -53,28 +62,62 @@ def read_header(path: str | Path) -> dict:
     """Return a shard's header as a dict (n_tokens, vocab_size, eot_token, version), validated
     against the file's length. Raises GptlabError for a foreign, unsupported or truncated file."""
     path = Path(path)
-    fix = "re-run `dvc repro tokenize` (or `gptlab tokenize`) to rebuild the shards"
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
     except FileNotFoundError:
-        raise GptlabError(f"{path}: shard not found; {fix}") from None
+        raise GptlabError(f"{path}: shard not found; {_FIX}") from None
     if len(raw) < HEADER_BYTES or raw[:8] != MAGIC:
-        raise GptlabError(f"{path}: not a gptlab token shard (no {MAGIC.decode()} header); {fix}")
+        raise GptlabError(f"{path}: not a gptlab token shard (no {MAGIC.decode()} header); {_FIX}")
     magic, version, itemsize, n_tokens, vocab_size, eot = _HEADER.unpack(raw[: _HEADER.size])
     if version != VERSION or itemsize != DTYPE.itemsize:
-        raise GptlabError(f"{path}: shard format version {version} / item size {itemsize} is not supported (want {VERSION} / {DTYPE.itemsize}); {fix}")
+        raise GptlabError(f"{path}: shard format version {version} / item size {itemsize} is not supported (want {VERSION} / {DTYPE.itemsize}); {_FIX}")
     expected = HEADER_BYTES + n_tokens * itemsize
     if size != expected:
         state = "truncated" if size < expected else "longer than its header says"
-        raise GptlabError(f"{path}: {state}: the header says {n_tokens} tokens ({expected} bytes) but the file has {size} bytes; {fix}")
+        raise GptlabError(f"{path}: {state}: the header says {n_tokens} tokens ({expected} bytes) but the file has {size} bytes; {_FIX}")
     return {"version": version, "n_tokens": n_tokens, "vocab_size": vocab_size, "eot_token": eot}
 
 
-def read_shard(path: str | Path) -> np.ndarray:
-    """Return the tokens of a validated shard as a read-only uint16 memmap of shape (n_tokens,)."""
-    return _memmap(path, read_header(path)["n_tokens"])
+def data_checksum(tokens: np.ndarray) -> str:
+    """Return the CRC-32 of a shard's data bytes (``tokens`` as little-endian uint16) as 8 hex digits."""
+    return f"{zlib.crc32(np.ascontiguousarray(tokens, dtype=DTYPE)) & 0xFFFFFFFF:08x}"
+
+
+def recorded_checksums(folder: str | Path) -> dict[str, str]:
+    """Return ``{shard file name: crc32 hex}`` from ``folder/meta.json`` ({} when it records none)."""
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{path}: not valid JSON ({e}); {_FIX}") from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    return {name: entry["crc32"] for name, entry in (files or {}).items() if isinstance(entry, dict) and "crc32" in entry}
+
+
+def verify_shard(path: str | Path, data: np.ndarray, vocab_size: int, crc32: str | None = None) -> None:
+    """Check a shard's ``data`` (its ids): every id below ``vocab_size`` and, when given, the
+    CRC-32 of the data bytes equal to ``crc32``. Raises GptlabError naming the shard."""
+    if crc32 is not None and (actual := data_checksum(data)) != crc32:
+        raise GptlabError(f"{path}: data checksum crc32 {actual} does not match meta.json ({crc32}): the file is corrupt; {_FIX}")
+    if data.size and (top := int(data.max())) >= vocab_size:
+        where = int(np.argmax(data >= vocab_size))
+        raise GptlabError(f"{path}: token id {top} (first bad one at position {where}) is outside the header's vocab_size {vocab_size}; {_FIX}")
+
+
+def read_shard(path: str | Path, crc32: str | None = None) -> np.ndarray:
+    """Return the tokens of a validated shard as a read-only uint16 memmap of shape (n_tokens,).
+
+    Ids are checked against the header's vocab_size, and the data against ``crc32`` (8 hex
+    digits, e.g. from :func:`recorded_checksums`) when given.
+    """
+    header = read_header(path)
+    data = _memmap(path, header["n_tokens"])
+    verify_shard(path, data, header["vocab_size"], crc32)
+    return data
 
 
 def _memmap(path: str | Path, n_tokens: int) -> np.ndarray:
@@ -98,6 +141,7 @@ class ShardWriter:
         self.folder, self.split, self.max_tokens = Path(folder), split, max_tokens
         self.vocab_size, self.eot_token = vocab_size, eot_token
         self.paths: list[Path] = []
+        self.checksums: list[str] = []  # crc32 of each written shard's data, as data_checksum
         self.tokens = 0
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
@@ -124,13 +168,16 @@ class ShardWriter:
         path = self.folder / shard_name(self.split, len(self.paths))
         write_shard(path, tokens, self.vocab_size, self.eot_token)
         self.paths.append(path)
+        self.checksums.append(data_checksum(tokens))
 
 
 class TokenShards:
     """The shards of one split, memory-mapped, as one source of context windows.
 
     Windows never cross a shard boundary. ``x`` and ``y`` are ``(batch, context)`` int64
-    tensors with ``y`` the next token after each position of ``x``.
+    tensors with ``y`` the next token after each position of ``x``. Opening verifies each shard
+    (:func:`verify_shard`: ids within the vocabulary, CRC-32 against the folder's ``meta.json``
+    when it records one), so a corrupt shard fails here with one line.
     """
 
     def __init__(self, paths: Sequence[str | Path]):
@@ -139,6 +186,11 @@ class TokenShards:
         self.paths = [Path(p) for p in paths]
         headers = [read_header(p) for p in self.paths]
         self.arrays = [_memmap(p, h["n_tokens"]) for p, h in zip(self.paths, headers)]
+        checksums: dict[Path, dict[str, str]] = {}
+        for path, header, data in zip(self.paths, headers, self.arrays):
+            if path.parent not in checksums:
+                checksums[path.parent] = recorded_checksums(path.parent)
+            verify_shard(path, data, header["vocab_size"], checksums[path.parent].get(path.name))
         vocab_sizes = {h["vocab_size"] for h in headers}
         if len(vocab_sizes) != 1:
             raise GptlabError(f"{self.paths[0].parent}: shards disagree on vocab_size ({sorted(vocab_sizes)}); rebuild them")

@@ -44,8 +44,8 @@ def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str 
         write_json(responses_path, [])
         return {"enabled": False}
 
-    from gptlab.convert.gguf import gguf_to_litgpt
     from gptlab.data.instructions import load_records
+    from gptlab.litgpt.checkpoint import gguf_to_litgpt
     from gptlab.litgpt.runner import LitgptFinetuneParams, finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
 
     summary: dict = {"enabled": True, "config_name": p.config_name}

@@ -61,10 +61,15 @@ class Params:
     litgpt: LitgptParams = field(default_factory=LitgptParams)
     seed: int = 1337
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= 2**32 - 1:  # numpy's and torch's seeds are unsigned 32-bit
+            raise ValueError(f"seed={self.seed} is impossible: must be an integer from 0 to {2**32 - 1}")
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Return the typed contents of the params file at ``path``.
 
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Return the typed contents of the params file at ``path``, with ``overrides`` applied.
+
+    Each override is ``dotted.key=value`` (value parsed as YAML), as ``dvc exp run -S`` takes it.
     Raises ParamsError naming the file and the dotted key on any unknown key, wrong type
     or impossible value, and when the file is missing or not YAML.
     """
@@ -75,4 +80,26 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not found; run from the project root or pass --params FILE") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-    return from_dict(Params, data or {}, source=str(path))
+    data = data or {}
+    for item in overrides:
+        apply_override(data, item, str(path))
+    return from_dict(Params, data, source=str(path) + (" (with -S overrides)" if overrides else ""))
+
+
+def apply_override(data: dict, item: str, source: str = "params") -> None:
+    """Set ``data[a][b]... = value`` for an override ``a.b...=value`` (value parsed as YAML), in place."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"-S {item!r}: expected KEY=VALUE, e.g. -S pretrain.max_steps=50")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    *parents, last = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"{source}: -S {key}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[last] = value

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from gptlab.errors import ParamsError
+from gptlab.errors import GptlabError, ParamsError
 
 
 def from_dict(cls: type, data: Any, source: str = "params", where: str = "") -> Any:
@@ -101,5 +101,5 @@ def _build_dataclass(cls: type, value: Any, source: str, where: str) -> Any:
             raise ParamsError(f"{source}: missing key {prefix}{name} ({hints[name]})")
     try:
         return cls(**kwargs)
-    except ValueError as e:
+    except (ValueError, GptlabError) as e:  # a section's own check names the field
         raise ParamsError(f"{source}: {prefix}{e}") from None

@@ -36,7 +36,13 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class LoopParams:
-    """What every training loop (pretrain, finetune) shares: schedule, optimizer, precision, resume."""
+    """What every training loop (pretrain, finetune) shares: schedule, optimizer, precision, resume.
+
+    ``parallel`` (several processes under torchrun): ``ddp`` (a full copy per process) or
+    ``fsdp`` (FSDP2: weights, gradients and optimizer state sharded; sharded checkpoints that
+    resume on any process count); one process trains plainly either way.
+    ``activation_checkpointing``: recompute each block's activations in the backward pass
+    (less memory, ~a third more compute); the numbers are unchanged."""
 
     max_steps: int = 500
     lr: float = 3e-3
@@ -52,8 +58,15 @@ class LoopParams:
     device: str = "auto"
     checkpoint_dir: str = "checkpoints/pretrain"
     resume: bool = True
+    keep_runs: int = 3
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel={self.parallel!r} is unknown; choose ddp (a full copy per process) or fsdp (sharded weights, gradients and optimizer)")
+        if self.keep_runs < 0:
+            raise ValueError(f"keep_runs={self.keep_runs} is impossible: must be >= 0 (0 keeps every run folder)")
         for name in ("max_steps", "eval_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
@@ -61,8 +74,6 @@ class LoopParams:
             raise ValueError(f"warmup_steps={self.warmup_steps} is impossible: must be >= 0")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"lr={self.lr}, min_lr={self.min_lr} are impossible: need lr > 0 and 0 <= min_lr <= lr")
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds max_steps={self.max_steps}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 0 and < 1")
@@ -70,6 +81,22 @@ class LoopParams:
             raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
             raise ValueError(f"device={self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N, mps")
+
+    @property
+    def effective_warmup(self) -> int:
+        """Warmup steps the schedule uses: ``warmup_steps``, clipped to a tenth of ``max_steps``
+        so a short run (``-S x.max_steps=10`` or ``--max-steps 10``) is not all warmup."""
+        return min(self.warmup_steps, self.max_steps // 10)
+
+    def warmup_note(self) -> str | None:
+        """One line saying how warmup was clipped, or None when ``warmup_steps`` is used as set."""
+        if self.effective_warmup == self.warmup_steps:
+            return None
+        return f"warmup_steps={self.warmup_steps} clipped to {self.effective_warmup} (at most max_steps // 10 with max_steps={self.max_steps})"
+
+    def with_max_steps(self, max_steps: int | None):
+        """Return these params with ``max_steps`` replaced (None: unchanged); warmup clips itself."""
+        return self if max_steps is None else dataclasses.replace(self, max_steps=max_steps)
 
 
 @dataclass(frozen=True)
@@ -100,14 +127,19 @@ class ConvertParams:
 
     ``source``: ``pretrained`` (our models/pretrained), ``gpt2-124M`` ... ``gpt2-1558M`` (OpenAI's
     TensorFlow checkpoints, downloaded once), or ``hf:<dir>`` (a local Hugging Face GPT-2 folder).
+    ``weights`` (``source: pretrained`` only): ``best`` (the lowest val loss, ``best/``; the final
+    model when there is no ``best/``) or ``final`` (the last step).
     ``mirror``: a base URL (``https://...`` or ``file:///...``) that replaces OpenAI's
     ``https://openaipublic.blob.core.windows.net/gpt-2/models`` (it must hold ``<size>/<file>``).
     """
 
     source: str = "pretrained"
     mirror: str | None = None
+    weights: Literal["best", "final"] = "best"
 
     def __post_init__(self) -> None:
+        if self.weights not in ("best", "final"):
+            raise ValueError(f"weights={self.weights!r} is unknown; choose best (lowest val loss, models/pretrained/best) or final")
         if self.source not in CONVERT_SOURCES and not (self.source.startswith("hf:") and len(self.source) > 3):
             raise ValueError(f"source={self.source!r} is unknown; choose one of {', '.join(CONVERT_SOURCES)} or hf:<folder of a Hugging Face GPT-2>")
         if self.mirror is not None and not self.mirror.startswith(("https://", "http://", "file://")):
@@ -138,7 +170,7 @@ class FinetuneParams(LoopParams):
 
     method: Literal["lora", "full"] = "lora"
     lora: LoraParams = field(default_factory=LoraParams)
-    prompt_style: Literal["alpaca"] = "alpaca"
+    prompt_style: Literal["alpaca", "book"] = "alpaca"
     mask_prompt: bool = False
     allowed_max_length: int | None = None
     batch_size: int = 8

@@ -1,8 +1,12 @@
 """Offline metrics of generated responses against reference outputs.
 
-Text metrics (exact match, token F1, ROUGE-L F1) compare SQuAD-normalised word tokens;
-:func:`reference_loss` measures how likely the model finds the reference output (nats/token);
-:func:`summarise` turns a per-record table into the numbers of ``metrics/score.json``.
+Text metrics under the names the literature uses: SQuAD's exact match and token F1
+(``squad_exact_match``, ``squad_token_f1``: SQuAD-normalised word tokens, as the official
+SQuAD v1.1 script) and ROUGE-1/2/L F1 (``rouge1_f1``, ``rouge2_f1``, ``rougeL_f1``) from
+Google's maintained ``rouge-score`` package (its own tokenizer, no stemming: the default of
+``rouge-score`` and of Hugging Face ``evaluate``'s ``rouge``). :func:`reference_loss` measures
+how likely the model finds the reference output (nats/token); :func:`summarise` turns a
+per-record table into the figures of ``metrics/score.json``.
 
 A record is an Alpaca dict (``instruction``, ``input``, ``output``) plus the model's
 ``response`` (the LLMs-from-scratch key ``model_response`` is accepted too).
@@ -10,23 +14,25 @@ A record is an Alpaca dict (``instruction``, ``input``, ``output``) plus the mod
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from functools import cache
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from rouge_score import rouge_scorer
 
-from gptlab.data.instructions import collate, format_prompt
+from gptlab.data.instructions import collate, format_example
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.progress import progress
 from gptlab.tokenizer import Tokenizer
 
 RESPONSE_KEYS = ("response", "model_response")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
 
@@ -48,62 +54,52 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def _tokens(text: str) -> list[str]:
-    return normalise(text).split()
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    """Return 1.0 when the normalised texts are equal, else 0.0."""
+def squad_exact_match(prediction: str, reference: str) -> float:
+    """Return SQuAD exact match: 1.0 when the normalised texts are equal, else 0.0."""
     return float(normalise(prediction) == normalise(reference))
 
 
-def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
-    if n_pred == 0 or n_ref == 0:
-        return float(n_pred == n_ref)
+def squad_token_f1(prediction: str, reference: str) -> float:
+    """Return the SQuAD token-level F1 (0..1) of the normalised word bags; 1.0 if both are empty."""
+    pred, ref = normalise(prediction).split(), normalise(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
     if overlap == 0:
         return 0.0
-    precision, recall = overlap / n_pred, overlap / n_ref
+    precision, recall = overlap / len(pred), overlap / len(ref)
     return 2 * precision * recall / (precision + recall)
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """Return the SQuAD token-level F1 (0..1) of the normalised word bags; 1.0 if both are empty."""
-    pred, ref = _tokens(prediction), _tokens(reference)
-    overlap = sum((Counter(pred) & Counter(ref)).values())
-    return _f1(overlap, len(pred), len(ref))
+@cache
+def _rouge() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Return the length of the longest common subsequence of two token lists (O(len a * len b))."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+def rouge_f1(prediction: str, reference: str) -> dict[str, float]:
+    """Return ``{"rouge1_f1", "rouge2_f1", "rougeL_f1"}`` (0..1) from ``rouge_score.RougeScorer``.
 
-
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    """Return ROUGE-L F1 (0..1): the LCS of the normalised word tokens over their lengths."""
-    pred, ref = _tokens(prediction), _tokens(reference)
-    return _f1(lcs_length(pred, ref), len(pred), len(ref))
+    ``rougeL`` is sentence-level ROUGE-L (longest common subsequence); an empty text scores 0.
+    """
+    scores = _rouge().score(reference, prediction)  # rouge-score takes (target, prediction)
+    return {f"{name}_f1": float(scores[name].fmeasure) for name in ROUGE_TYPES}
 
 
 def record_metrics(record: dict) -> dict:
     """Return the text metrics of one record.
 
-    Keys: ``exact_match`` (0/1), ``token_f1`` and ``rouge_l_f1`` (0..1), ``response_words``
-    (whitespace-separated words), ``response_chars`` (characters) and ``empty`` (bool: the
-    response is blank).
+    Keys: ``squad_exact_match`` (0/1), ``squad_token_f1``, ``rougeL_f1``, ``rouge1_f1``,
+    ``rouge2_f1`` (0..1), ``response_words`` (whitespace-separated words), ``response_chars``
+    (characters) and ``empty`` (bool: the response is blank).
     """
     response, reference = response_of(record), str(record.get("output", ""))
+    rouge = rouge_f1(response, reference)
     return {
-        "exact_match": exact_match(response, reference),
-        "token_f1": token_f1(response, reference),
-        "rouge_l_f1": rouge_l_f1(response, reference),
+        "squad_exact_match": squad_exact_match(response, reference),
+        "squad_token_f1": squad_token_f1(response, reference),
+        "rougeL_f1": rouge["rougeL_f1"],
+        "rouge1_f1": rouge["rouge1_f1"],
+        "rouge2_f1": rouge["rouge2_f1"],
         "response_words": len(response.split()),
         "response_chars": len(response),
         "empty": not response.strip(),
@@ -118,8 +114,9 @@ def _reference_ids(record: dict, tokenizer: Tokenizer, style: str, context: int,
     """
     if "instruction" not in record or "output" not in record:
         raise GptlabError(f"record {index} lacks 'instruction' or 'output' (keys {list(record)[:6]}); reference_loss needs Alpaca records")
-    prompt = tokenizer.encode_ordinary(format_prompt(record["instruction"], record.get("input", "") or "", style=style))
-    target = tokenizer.encode_ordinary(str(record["output"])) + [tokenizer.eot_token]
+    prompt_text, response = format_example({**record, "output": str(record["output"])}, style)
+    prompt = tokenizer.encode_ordinary(prompt_text)
+    target = tokenizer.encode_ordinary(response) + [tokenizer.eot_token]
     excess = len(prompt) + len(target) - (context + 1)
     if excess > 0:
         prompt = prompt[min(excess, len(prompt) - 1) :]
@@ -131,7 +128,7 @@ def _reference_ids(record: dict, tokenizer: Tokenizer, style: str, context: int,
 def reference_loss(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], style: str = "alpaca", batch_size: int = 8) -> list[float]:
     """Return, per record, the mean cross-entropy (nats/token) of its reference output.
 
-    Teacher forcing on ``format_prompt(instruction, input) + output + <|endoftext|>``: the
+    Teacher forcing on the training text of ``style`` (prompt + response + <|endoftext|>): the
     prompt tokens are masked out, the reference tokens and the end-of-text token are scored.
     ``exp`` of a value is that record's perplexity. Records are batched ``batch_size`` at a
     time through :func:`gptlab.data.instructions.collate` (right-padded: padding only follows the
@@ -153,30 +150,54 @@ def reference_loss(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], st
     return losses
 
 
-def summarise(df: pd.DataFrame) -> dict:
-    """Return the means of a per-record score table, as plain floats/ints for JSON.
+MEAN_COLUMNS = ("squad_exact_match", "squad_token_f1", "rougeL_f1", "rouge2_f1", "response_words")
 
-    Uses the columns present: ``exact_match``, ``token_f1``, ``rouge_l_f1``,
-    ``response_words``, ``response_chars`` (means); ``empty`` -> ``empty_share`` (0..1);
-    ``loss`` -> ``loss`` (mean nats/token) and ``perplexity`` (exp of that mean);
-    ``judge_score`` -> ``judge_score`` (mean over scored records, None if none), ``judge_scored``
-    and ``judge_unscored`` (counts). Always ``records``.
+
+def summarise(df: pd.DataFrame) -> dict:
+    """Return the comparable figures of a per-record score table, as plain floats/ints for JSON.
+
+    Uses the columns present: the means of :data:`MEAN_COLUMNS`; ``empty`` -> ``empty_share``
+    (0..1); ``loss`` -> ``loss`` (mean nats/token; perplexity is its exp, so not repeated);
+    ``judge_score`` -> ``judge_mean`` (mean over scored records, None if none),
+    ``judge_scored`` and ``judge_unscored`` (counts; unscored includes failed), with
+    ``judge_error`` -> ``judge_failed`` (records whose request failed) and, with 3+ scored
+    records, ``judge_f1_spearman`` (:func:`spearman` of judge score and SQuAD token F1).
     """
-    out: dict = {"records": int(len(df))}
-    for col in ("exact_match", "token_f1", "rouge_l_f1", "response_words", "response_chars"):
+    out: dict = {}
+    if "loss" in df:
+        out["loss"] = _mean(df["loss"])
+    for col in MEAN_COLUMNS:
         if col in df:
             out[col] = _mean(df[col])
     if "empty" in df:
         out["empty_share"] = _mean(df["empty"].astype(float))
-    if "loss" in df:
-        out["loss"] = _mean(df["loss"])
-        out["perplexity"] = math.exp(out["loss"]) if out["loss"] is not None else None
     if "judge_score" in df:
-        scores = pd.to_numeric(df["judge_score"], errors="coerce")
-        out["judge_score"] = _mean(scores)
+        scores = pd.to_numeric(df["judge_score"], errors="coerce").astype(float)
+        out["judge_mean"] = _mean(scores)
         out["judge_scored"] = int(scores.notna().sum())
         out["judge_unscored"] = int(scores.isna().sum())
+        if "judge_error" in df:
+            out["judge_failed"] = int(_failed(df["judge_error"]).sum())
+        if "squad_token_f1" in df and scores.notna().sum() >= 3:
+            scored = scores.notna()
+            out["judge_f1_spearman"] = spearman(scores[scored], df.loc[scored, "squad_token_f1"])
     return out
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float | None:
+    """Return Spearman's rank correlation (-1..1) of two equally long series, or None if undefined.
+
+    Pearson correlation of the average ranks (ties share their mean rank), which is what
+    ``scipy.stats.spearmanr`` computes; None when either series is constant.
+    """
+    a_ranks = pd.Series(list(a), dtype=float).rank()
+    b_ranks = pd.Series(list(b), dtype=float).rank()
+    value = a_ranks.corr(b_ranks)
+    return None if pd.isna(value) else float(value)
+
+
+def _failed(errors: pd.Series) -> pd.Series:
+    return errors.fillna("").astype(str).str.len() > 0
 
 
 def _mean(series: pd.Series) -> float | None:

@@ -1,9 +1,10 @@
-"""The score stage: per-record scores of each engine's responses, and their means as DVC metrics.
+"""The score stage: per-record scores of each engine's responses, their figures as DVC metrics.
 
-Offline metrics always (exact match, token F1, ROUGE-L, lengths, the gptlab model's loss on the
-reference outputs); an LLM judge when ``score.judge.api`` is not ``none``. ``data/scores.csv``
-has one row per (engine, record); ``metrics/score.json`` one block of means per engine plus the
-judge's name and URL, so ``dvc metrics diff`` / ``dvc exp show`` compare runs.
+Offline metrics always (SQuAD exact match and token F1, ROUGE-1/2/L, lengths, the gptlab
+model's loss on the reference outputs); an LLM judge when ``score.judge.api`` is not ``none``.
+``data/scores.csv`` has one row per (engine, record); ``metrics/score.json`` holds only figures
+worth comparing, one block per engine, so ``dvc metrics diff`` / ``dvc exp show`` stay
+readable; where they came from (judge, files, record counts) goes to a provenance JSON.
 """
 
 from __future__ import annotations
@@ -15,26 +16,9 @@ import pandas as pd
 
 from gptlab.errors import GptlabError
 from gptlab.io import write_json
-from gptlab.params import JudgeParams, ScoreParams
-from gptlab.score.judge import JudgeConfig, judge_records
+from gptlab.params import ScoreParams
+from gptlab.score.judge import base_url, judge_records
 from gptlab.score.metrics import record_metrics, reference_loss, summarise
-
-
-def judge_config(p: JudgeParams) -> JudgeConfig:
-    """Return the judge client's config for the ``score.judge`` params."""
-    extra = {"prompt": p.prompt} if p.prompt else {}
-    return JudgeConfig(
-        api=p.api,
-        url=p.url,
-        model=p.model,
-        timeout_s=p.timeout_s,
-        retries=p.retries,
-        concurrency=p.concurrency,
-        num_ctx=p.num_ctx,
-        seed=p.seed,
-        max_tokens=p.max_tokens,
-        **extra,
-    )
 
 
 def load_responses(path: str | Path) -> list[dict]:
@@ -54,8 +38,9 @@ def load_responses(path: str | Path) -> list[dict]:
 
 def score_engine(records: list[dict], p: ScoreParams, model_dir: str | Path | None = None, style: str = "alpaca") -> pd.DataFrame:
     """Return one row per record: offline metrics, ``loss`` (nats/token of the reference output
-    under the gptlab model in ``model_dir``, when given), ``judge_score`` (0..100 or empty when
-    unscored) and ``judge_reply``."""
+    under the gptlab model in ``model_dir``, when given) and, with a judge, ``judge_score``
+    (0..100, empty when unscored), ``judge_reply``, ``judge_attempts`` and ``judge_error`` (why
+    the request failed; empty when it did not)."""
     df = pd.DataFrame([record_metrics(r) for r in records])
     df.insert(0, "record", range(len(records)))
     if model_dir is not None:
@@ -64,11 +49,23 @@ def score_engine(records: list[dict], p: ScoreParams, model_dir: str | Path | No
         model, tok = load_model(model_dir)
         df["loss"] = reference_loss(model, tok, records, style, p.loss_batch_size)
     if p.judge.api != "none":
-        results = judge_records(records, judge_config(p.judge))
+        results = judge_records(records, p.judge)
         df["judge_score"] = pd.array([r.score for r in results], dtype="Int64")
         df["judge_reply"] = [r.reply for r in results]
         df["judge_attempts"] = [r.attempts for r in results]
+        df["judge_error"] = [r.error for r in results]
     return df
+
+
+def provenance(engines: dict[str, tuple[str | Path, str | Path | None]], counts: dict[str, int], p: ScoreParams, csv_path: str | Path) -> dict:
+    """Return where the scores came from: the judge (api, model, URL), each engine's responses
+    file, model directory and record count, and the per-record CSV."""
+    judge = {"api": p.judge.api} if p.judge.api == "none" else {"api": p.judge.api, "model": p.judge.model, "url": base_url(p.judge)}
+    files = {
+        name: {"responses": str(responses), "model": None if model is None else str(model), "records": counts[name]}
+        for name, (responses, model) in engines.items()
+    }
+    return {"judge": judge, "engines": files, "scores": str(csv_path)}
 
 
 def score_responses(
@@ -77,22 +74,39 @@ def score_responses(
     csv_path: str | Path,
     metrics_path: str | Path,
     style: str = "alpaca",
+    provenance_path: str | Path | None = None,
 ) -> dict:
     """Score each engine's responses (``engines``: name -> (responses JSON, gptlab model dir or
-    None)); write the per-record CSV and the metrics JSON; return the metrics."""
-    tables, metrics = [], {}
+    None)); write the per-record CSV, the metrics JSON (see :func:`summarise`) and, when
+    ``provenance_path`` is given, :func:`provenance`; return the metrics.
+
+    Failed judge requests leave their records unscored (reason in the CSV's ``judge_error``).
+    With a judge configured that scored no record at all, the files are still written and
+    GptlabError says why.
+    """
+    tables, metrics, counts = [], {}, {}
     for engine, (responses, model_dir) in engines.items():
         df = score_engine(load_responses(responses), p, model_dir, style)
-        summary = summarise(df)
-        if "judge_score" in df and df["judge_score"].notna().sum() >= 3:
-            # how far the judge agrees with the offline metric (rank correlation, -1..1)
-            scored = df[df["judge_score"].notna()]
-            summary["judge_f1_spearman"] = float(scored["judge_score"].astype(float).corr(scored["token_f1"], method="spearman"))
-        metrics[engine] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()}
+        counts[engine] = len(df)
+        metrics[engine] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in summarise(df).items()}
         df.insert(0, "engine", engine)
         tables.append(df)
-    metrics["judge"] = {"api": p.judge.api} if p.judge.api == "none" else {"api": p.judge.api, "model": p.judge.model, "url": p.judge.url}
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-    pd.concat(tables, ignore_index=True).to_csv(csv_path, index=False)
+    table = pd.concat(tables, ignore_index=True)
+    table.to_csv(csv_path, index=False)
     write_json(metrics_path, metrics)
+    if provenance_path is not None:
+        write_json(provenance_path, provenance(engines, counts, p, csv_path))
+    if p.judge.api != "none" and len(table) and table["judge_score"].notna().sum() == 0:
+        raise GptlabError(_nothing_scored(table, p, csv_path))
     return metrics
+
+
+def _nothing_scored(table: pd.DataFrame, p: ScoreParams, csv_path: str | Path) -> str:
+    errors = table["judge_error"].fillna("").astype(str)
+    failed = errors[errors != ""]
+    why = f"{len(failed)} requests failed, first: {failed.iloc[0]}" if len(failed) else "no reply held a score 0..100"
+    return (
+        f"judge {base_url(p.judge)} scored none of {len(table)} records ({why}); "
+        f"see judge_reply/judge_error in {csv_path}, fix the judge (score.judge in params.yaml) or set score.judge.api: none"
+    )

@@ -96,36 +96,41 @@ def base_tokenizer_spec(base_dir: Path) -> str:
     return spec if spec == "gpt2" else str(base_dir / spec)
 
 
-def _run_id(base_sha: str, p: FinetuneParams, seed: int, train_records: list[dict]) -> str:
-    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device")}
+def _run_id(base_sha: str, p: FinetuneParams, seed: int, train_records: list[dict], val_records: list[dict] | None = None) -> str:
+    """A short hash of the base weights, the params, the seed and the records' content (resume key)."""
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")}
     data = hashlib.sha256(json.dumps(train_records, sort_keys=True).encode()).hexdigest()
-    blob = json.dumps({"base": base_sha, "finetune": keep, "seed": seed, "data": data}, sort_keys=True)
+    blob = {"base": base_sha, "finetune": keep, "seed": seed, "data": data}
+    if val_records:
+        blob["val"] = hashlib.sha256(json.dumps(val_records, sort_keys=True).encode()).hexdigest()
+    blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def finetune(
     base_dir: str | Path,
-    splits_dir: str | Path,
+    train_path: str | Path,
+    val_path: str | Path,
     p: FinetuneParams,
     seed: int,
     live_dir: str | Path | None = None,
     stop_after_steps: int | None = None,
     on_eval: Callable[[dict], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune the gptlab model in ``base_dir`` on ``splits_dir/{train,val}.json``.
+    """Fine-tune the gptlab model in ``base_dir`` on the records of ``train_path`` (JSON), measuring on ``val_path``.
 
     Returns the result with the summary (train/val loss, the base model's val loss on the same
     split, trainable and total parameters) and the tuned model in memory.
     """
     from gptlab.lora import LoRAConfig, inject_lora, lora_parameter_counts, mark_only_lora_trainable, model_hash
 
-    base_dir, splits_dir = Path(base_dir), Path(splits_dir)
+    base_dir = Path(base_dir)
     ddp = setup_distributed(p.device)
     device = pick_device(p.device, ddp)
     model, tokenizer = load_model(base_dir, device)
     tokenizer_spec = base_tokenizer_spec(base_dir)
-    train_records = load_records(splits_dir / "train.json")
-    val_records = load_records(splits_dir / "val.json")
+    train_records = load_records(train_path)
+    val_records = load_records(val_path)
     ctx = model.config.context_length
     max_len = min(p.allowed_max_length or ctx, ctx)
     collate_kwargs = {"pad_id": tokenizer.eot_token, "allowed_max_length": max_len, "mask_prompt": p.mask_prompt}
@@ -160,7 +165,7 @@ def finetune(
         out = generate(m, [sample_ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
         return sample_record["instruction"] + "\n-> " + tokenizer.decode(out[0])
 
-    rid = _run_id(base_sha, p, seed, train_records)
+    rid = _run_id(base_sha, p, seed, train_records, val_records)
     run = LoopRun(
         name="finetune",
         run_id=rid,

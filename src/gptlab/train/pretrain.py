@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab.data.shards import TokenShards
+from gptlab.data.shards import TokenShards, split_paths
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import PretrainParams
@@ -25,9 +25,34 @@ from gptlab.train.runtime import flops_per_token, pick_device, setup_distributed
 
 def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> str:
     """A short hash of everything that determines the training trajectory (resume key)."""
-    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens")}
+    skip = ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing")
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in skip}
     blob = json.dumps({"model": config.to_dict(), "pretrain": keep, "seed": seed, "data": data_meta}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Return the sha256 (hex) of a file, streamed; cached by (path, size, mtime) in this process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def shards_fingerprint(shards_dir: Path, meta: dict) -> dict:
+    """What the data is, for the resume key: the tokenizer and the sha256 of every shard file
+    (train and val, by name), so other shards with the same token count start a new run."""
+    files = sorted(p for split in ("train", "val") for p in split_paths(shards_dir, split))
+    tok = meta["tokenizer"]
+    return {"tokenizer": tok if tok == "gpt2" else file_sha256(shards_dir / tok), "shards": {p.name: file_sha256(p) for p in files}}
 
 
 @torch.no_grad()
@@ -79,7 +104,7 @@ def pretrain(
     train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
     val_data.check_context(ctx)
 
-    rid = run_id(config, p, seed, {"tokenizer": meta["tokenizer"], "train_tokens": meta["splits"]["train"]["tokens"]})
+    rid = run_id(config, p, seed, shards_fingerprint(shards_dir, meta))
     tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
     tokenizer = load_tokenizer(tokenizer_spec)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,42 @@ from gptlab.model import GPTConfig
 
 # Dense bf16 peak FLOP/s of common accelerators, for model FLOPs utilisation (MFU).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+class StopRequest:
+    """While active (a context manager, main thread only), SIGINT and SIGTERM set
+    :attr:`signum` instead of stopping the process, so a training loop can finish its step, save
+    and stop at a step boundary; a second signal raises KeyboardInterrupt at once (hard stop).
+    The previous handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, ddp: Distributed, device: torch.device) -> bool:
+        """True when a stop was asked for (on any rank: every rank then stops at the same step)."""
+        flag = self.signum is not None
+        if ddp.world > 1:
+            t = torch.tensor([int(flag)], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
 
 
 @dataclass
@@ -28,6 +66,11 @@ class Distributed:
     def main(self) -> bool:
         """True on the process that writes checkpoints, metrics and logs (rank 0)."""
         return self.rank == 0
+
+
+def is_main_process() -> bool:
+    """True in the process that writes outputs: rank 0 under torchrun, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup_distributed(device_hint: str) -> Distributed:

@@ -1,4 +1,5 @@
-import json
+"""`gptlab serve` over HTTP: both APIs, streaming, stop strings, errors, concurrency, cancellation."""
+
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -8,16 +9,14 @@ import openai
 import pytest
 import torch
 
-from gptlab.checkpoint import save_model
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
-from gptlab.serve import ApiError, build_app, chat_prompt, create_app, running_server
+from gptlab.serve import build_app, create_app, running_server
 from gptlab.tokenizer import gpt2
+from serve_helpers import CHAT, ndjson, sse, tiny_model_dir
 
-CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
 LIMIT = 16 * 1024
-CHAT = [{"role": "user", "content": "Name a colour."}]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,44 +26,13 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = GPT(CFG)
-    with torch.no_grad():  # sharper than the 0.02 init, so sampled and greedy texts vary
-        for p in model.parameters():
-            p.mul_(8.0)
-    return save_model(tmp_path_factory.mktemp("serve") / "tiny", model)
+    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def url(model_dir):
     with running_server(build_app(model_dir, model_name="tiny", max_body_bytes=LIMIT)) as base:
         yield base
-
-
-def ndjson(resp: httpx.Response) -> list[dict]:
-    return [json.loads(line) for line in resp.text.splitlines() if line.strip()]
-
-
-def sse(resp: httpx.Response) -> list:
-    events = [line.removeprefix("data: ") for line in resp.text.split("\n\n") if line.strip()]
-    assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
-
-
-def test_chat_prompt_folds_system_and_earlier_turns_into_input():
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]},
-        {"role": "user", "content": "Name a colour."},
-        {"role": "assistant", "content": "Blue"},
-    ]
-    assert chat_prompt(messages) == format_prompt("Name a colour.", "System: Be brief.\n\nUser: Hi\n\nAssistant: Hello.") + "Blue"
-    assert chat_prompt(CHAT) == format_prompt("Name a colour.")
-    for bad in ([], [{"role": "system", "content": "x"}], "hi", [{"content": "x"}]):
-        with pytest.raises(ApiError) as err:
-            chat_prompt(bad)
-        assert err.value.status == 400
 
 
 def test_listing_endpoints(url):
@@ -283,3 +251,28 @@ def test_a_failing_generation_is_a_json_500_or_an_in_band_error(model_dir):
         assert "generation failed: boom" in events[0] and events[1] == "data: [DONE]"
     with pytest.raises(GptlabError, match="prompt style 'chatml' is unknown"):
         create_app(app.state.engine.model, gpt2(), prompt_style="chatml")
+
+
+@pytest.mark.parametrize("path,body", [("/api/generate", {"stream": False, "options": {"num_predict": 1000}}), ("/v1/completions", {"max_tokens": 1000})])
+def test_a_client_leaving_a_non_streaming_request_frees_the_model(model_dir, path, body):
+    app = build_app(model_dir, model_name="tiny")
+    engine, finished = app.state.engine, []
+    original_complete, original_forward = engine.complete, engine.model.forward
+
+    def spy(*args, **kwargs):
+        finished.append(original_complete(*args, **kwargs))
+        return finished[-1]
+
+    def slow_forward(*args, **kwargs):  # 1,000 tokens take 5 s or more
+        time.sleep(0.005)
+        return original_forward(*args, **kwargs)
+
+    engine.complete, engine.model.forward = spy, slow_forward
+    with running_server(app) as base:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + path, json={"prompt": "hi", "raw": True, **body}, timeout=0.5)
+        start = time.perf_counter()
+        r = httpx.post(f"{base}/api/generate", json={"prompt": "hi", "stream": False, "options": {"num_predict": 2}}, timeout=30)
+        waited = time.perf_counter() - start
+    assert r.json()["eval_count"] == 2 and waited < 3, f"the next request waited {waited:.2f} s"
+    assert finished[0].finish_reason == "cancelled" and finished[0].completion_tokens < 400

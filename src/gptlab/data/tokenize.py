@@ -1,0 +1,165 @@
+"""The tokenize stage: corpus documents -> train/val token shards, ``meta.json`` and metrics.
+
+Documents come from :mod:`gptlab.data.corpus` (read, split train/val, chunked at safe line
+breaks); each is encoded followed by ``<|endoftext|>``. Encoding runs in worker processes
+over the chunks, so the ids are exactly those of encoding each document whole.
+
+Outputs are split by kind: ``meta.json`` beside the shards holds the provenance (tokenizer,
+document names per split, shard files with their token counts and CRC-32), the metrics file
+only comparable figures (documents, tokens and UTF-8 bytes per split, tokens/s).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+
+from gptlab.data.corpus import Document, chunk_bounds, read_corpus, split_documents
+from gptlab.data.shards import MAX_VOCAB, ShardWriter, read_header
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_dir, write_json
+from gptlab.params import TokenizeParams
+from gptlab.progress import progress
+from gptlab.tokenizer import SimpleTokenizer, Tokenizer, gpt2
+
+# Set before the worker processes fork, so they read the text and tokenizer from inherited
+# memory and only (doc, start, end) triples and the resulting ids cross process boundaries.
+_WORKER_STATE: tuple[Tokenizer, list[str]] | None = None
+
+
+def encode_ordinary_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """Return ``tokenizer.encode_ordinary(text)`` as a uint16 array of shape (tokens,).
+
+    For tiktoken it takes the numpy fast path (no Python list of ints); special-token text
+    stays ordinary text either way.
+    """
+    if isinstance(tokenizer, tiktoken.Encoding):
+        ids = tokenizer.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        return ids.astype(np.uint16)
+    return np.asarray(tokenizer.encode_ordinary(text), dtype=np.uint16)
+
+
+def _encode_group(spans: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    tokenizer, texts = _WORKER_STATE
+    return [encode_ordinary_array(tokenizer, texts[doc][start:end]) for doc, start, end in spans]
+
+
+def _balanced_groups(spans: list[tuple[int, int, int]], n: int) -> list[list[tuple[int, int, int]]]:
+    """Cut ``spans`` into ``n`` contiguous groups of about equal characters (some may be empty)."""
+    total = sum(end - start for _, start, end in spans)
+    groups: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+    done = 0
+    for span in spans:
+        groups[min(n - 1, done * n // max(total, 1))].append(span)
+        done += span[2] - span[1]
+    return groups
+
+
+def encode_documents(docs: Sequence[Document], tokenizer: Tokenizer, workers: int = 0, chunk_chars: int = 1 << 16) -> Iterator[np.ndarray]:
+    """Yield, for each document in order, its token ids followed by ``<|endoftext|>`` (uint16 arrays).
+
+    The text is cut into spans of about ``chunk_chars`` characters at safe line breaks; the
+    spans are dealt into ``workers`` contiguous groups of equal size (0: one per CPU core).
+    ``workers - 1`` forked processes encode one group each (reading the inherited text) while
+    this process encodes the last, so no core waits on a dispatcher.
+    """
+    global _WORKER_STATE
+    if tokenizer.n_vocab > MAX_VOCAB:
+        raise GptlabError(f"tokenizer {getattr(tokenizer, 'name', '?')} has {tokenizer.n_vocab} ids; uint16 shards hold at most {MAX_VOCAB}")
+    workers = workers or os.cpu_count() or 1
+    spans = [(i, a, b) for i, d in enumerate(docs) for a, b in chunk_bounds(d.text, chunk_chars)]
+    groups = _balanced_groups(spans, workers)
+    eot = np.array([tokenizer.eot_token], dtype=np.uint16)
+    _WORKER_STATE = (tokenizer, [d.text for d in docs])
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork")) if workers > 1 else None
+    try:
+        futures = [pool.submit(_encode_group, g) for g in groups[:-1]] if pool else []
+        with progress(total=len(groups), unit="part", desc="tokenize", leave=False) as bar:
+            own = _encode_group(groups[-1])
+            bar.update(1)
+            results = []
+            for future in futures:
+                results.extend(future.result())
+                bar.update(1)
+            results.extend(own)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        _WORKER_STATE = None
+    current, parts = 0, []
+    for (doc, _, _), ids in zip(spans, results):
+        if doc != current:
+            yield np.concatenate(parts + [eot])
+            current, parts = doc, []
+        parts.append(ids)
+    yield np.concatenate(parts + [eot])
+
+
+def build_tokenizer(kind: str, train_docs: Sequence[Document]) -> Tokenizer:
+    """Return the tokenizer ``kind`` names: GPT-2 BPE, or a SimpleTokenizer built from ``train_docs``."""
+    if kind == "gpt2":
+        return gpt2()
+    return SimpleTokenizer.train((d.text for d in train_docs), max_size=MAX_VOCAB)
+
+
+def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str | Path, seed: int, metrics_path: str | Path | None = None) -> dict:
+    """Encode the corpus into ``out_dir/{train,val}-NNNNN.bin`` plus ``meta.json``; return the summary.
+
+    The summary holds, per split, ``documents`` and ``tokens`` (counts) and ``bytes`` (UTF-8
+    bytes of the text), and ``tokens_per_s``: exactly what goes to ``metrics_path`` (comparable
+    figures only); it adds, for the caller's messages, ``tokenizer``, ``vocab_size``, ``shards``
+    (files per split), ``workers`` and ``seconds``. ``meta.json`` holds the provenance: tokenizer,
+    vocab size, end-of-text id, per split the document names, tokens, bytes and shard names, and
+    ``files``: per shard file its split, tokens and ``crc32`` (verified when the shards are
+    opened). ``out_dir`` is replaced only on success.
+    """
+    start = time.perf_counter()
+    docs = read_corpus(corpus_dir, params.corpus_glob)
+    train, val = split_documents(docs, params.val_fraction, seed)
+    tokenizer = build_tokenizer(params.tokenizer, train)
+    workers = params.workers or os.cpu_count() or 1
+    meta: dict = {"format_version": 1, "dtype": "uint16", "tokenizer": "gpt2" if params.tokenizer == "gpt2" else "tokenizer.json",
+                  "vocab_size": tokenizer.n_vocab, "eot_token": tokenizer.eot_token, "splits": {}, "files": {}}  # fmt: skip
+    with atomic_dir(out_dir) as tmp:
+        if isinstance(tokenizer, SimpleTokenizer):
+            tokenizer.save(tmp / "tokenizer.json")
+        for split, split_docs in (("train", train), ("val", val)):
+            writer = ShardWriter(tmp, split, params.shard_tokens, tokenizer.n_vocab, tokenizer.eot_token)
+            for ids in encode_documents(split_docs, tokenizer, workers, params.chunk_chars):
+                writer.write(ids)
+            paths = writer.close()
+            meta["splits"][split] = {
+                "documents": [d.name for d in split_docs],
+                "tokens": writer.tokens,
+                "bytes": sum(len(d.text.encode("utf-8")) for d in split_docs),
+                "shards": [p.name for p in paths],
+            }
+            for path, crc in zip(paths, writer.checksums):
+                meta["files"][path.name] = {"split": split, "tokens": read_header(path)["n_tokens"], "crc32": crc}
+        write_json(tmp / "meta.json", meta)
+    seconds = time.perf_counter() - start
+    splits = meta["splits"]
+    total = sum(s["tokens"] for s in splits.values())
+    metrics = {
+        "documents": {k: len(v["documents"]) for k, v in splits.items()},
+        "tokens": {k: v["tokens"] for k, v in splits.items()},
+        "tokens_per_s": round(total / seconds, 1),
+    }
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return {
+        **metrics,
+        "bytes": {k: v["bytes"] for k, v in splits.items()},
+        "tokenizer": params.tokenizer,
+        "vocab_size": tokenizer.n_vocab,
+        "shards": {k: len(v["shards"]) for k, v in splits.items()},
+        "workers": workers,
+        "seconds": round(seconds, 3),
+    }

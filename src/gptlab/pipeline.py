@@ -1,0 +1,121 @@
+"""Running a pipeline stage the same way from DVC and from the command line.
+
+``dvc.yaml`` runs ``python -m stages.X``; ``gptlab X`` imports the same ``stages/X.py`` from
+the project folder. Either way :func:`stage_main` parses ``--params FILE`` and any number of
+``-S key=value`` overrides (as ``dvc exp run -S`` takes them), loads the typed params and calls
+the stage's ``run(params)``. Bad input ends with one line on stderr and exit code 2; Ctrl-C or
+SIGTERM (after the stage saved what it can) with exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+from gptlab.errors import GptlabError
+
+# The stages of dvc.yaml, in pipeline order (each is stages/<name>.py and `gptlab <name>`).
+STAGES = ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show each option's default, and keep the description's line breaks."""
+
+
+def run_cli(fn: Callable[[], object]) -> int:
+    """Run ``fn``; print a GptlabError as one line and return 2, else return 0. Ctrl-C returns 130."""
+    try:
+        fn()
+    except GptlabError as e:
+        print(f"gptlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gptlab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """Return the argument parser every stage shares: ``--params`` and ``-S key=value``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="the params file (YAML)")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param for this run, as `dvc exp run -S` does; the value is YAML (e.g. -S pretrain.max_steps=50)",
+    )
+    return parser
+
+
+def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse a stage's command line, load its params and call ``run(params)``; return the exit code."""
+    from gptlab.params import load_params
+
+    args = stage_parser(prog or "python -m stages.<name>", doc).parse_args(argv)
+    return run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
+
+
+def load_stage(name: str, root: str | Path = ".") -> ModuleType:
+    """Import ``stages/<name>.py`` of the project in ``root``; raise GptlabError when it is not there."""
+    root = Path(root).resolve()
+    if not (root / "stages" / f"{name}.py").is_file():
+        raise GptlabError(
+            f"`gptlab {name}` runs the stage of the project in the current folder, but {root}/stages/{name}.py is missing; cd to the project root (with dvc.yaml)"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"stages.{name}")
+
+
+def _module_file(name: str, src: Path) -> Path | None:
+    """The source file of module ``name`` (``gptlab.x.y``) under ``src``, or None if it is not one of ours."""
+    base = src.joinpath(*name.split("."))
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def imported_files(entry: str | Path, src: str | Path = "src", package: str = "gptlab") -> set[Path]:
+    """Return every file of ``package`` under ``src`` that running ``entry`` may import.
+
+    Follows ``import`` and ``from ... import`` statements anywhere in a file (lazy imports inside
+    functions included) through the package, transitively, and counts each parent package's
+    ``__init__.py``. Paths are relative to the current folder, like dvc.yaml's ``deps``.
+    """
+    import ast
+
+    src = Path(src)
+    seen: set[Path] = set()
+    todo = [Path(entry)]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        names: list[str] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.append(node.module)
+                names += [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import module`
+        for name in names:
+            if name != package and not name.startswith(package + "."):
+                continue
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # the module and every parent package
+                found = _module_file(".".join(parts[:i]), src)
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return {p for p in seen if p != Path(entry)}

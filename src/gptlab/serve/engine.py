@@ -1,0 +1,206 @@
+"""The generation engine of ``gptlab serve``: one model and its tokenizer behind a lock.
+
+Testable without HTTP. Generation runs on one worker thread, so concurrent requests queue
+and never mix their tokens while the event loop stays free; every generation can be
+cancelled between tokens (a client that left, streaming or not, frees the model at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gptlab.errors import GptlabError
+from gptlab.model import GPT
+from gptlab.sampling import SamplingConfig, stream
+from gptlab.serve.errors import ApiError
+from gptlab.serve.prompts import ChatMessage, Prompt, PromptBuilder, prompt_builder
+from gptlab.tokenizer import Tokenizer, token_bytes
+
+DEFAULT_MAX_TOKENS_LIMIT = 1024
+DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished generation: the new ``text``, token counts, ``finish_reason``
+    (``stop``: end-of-text or a stop string; ``length``: token budget; ``cancelled``) and
+    ``seconds`` spent (wall clock, under the lock)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    seconds: float
+
+
+def sampling_config(max_tokens: int, limit: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> SamplingConfig:
+    """Return the SamplingConfig of already-validated API values.
+
+    ``max_tokens`` < 0 (Ollama's -1/-2) means up to ``limit``, and is capped at it; ``top_k``
+    <= 0 and ``top_p`` >= 1 are off; ``top_p`` 0 keeps only the likeliest token (greedy).
+    """
+    if max_tokens < 0:
+        max_tokens = limit
+    if top_p is not None and top_p <= 0:
+        temperature, top_p = 0.0, None
+    try:
+        return SamplingConfig(
+            max_new_tokens=min(max_tokens, limit),
+            temperature=float(temperature),
+            top_k=top_k if top_k is not None and top_k > 0 else None,
+            top_p=top_p if top_p is not None and top_p < 1 else None,
+            seed=None if seed is None else seed % 2**63,
+        )
+    except GptlabError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def _stop_at(text: str, stops: list[str]) -> int | None:
+    """Index where the first stop string starts in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _holdback(text: str, stops: list[str]) -> int:
+    """Characters at the end of ``text`` that may begin a stop string (not safe to send yet)."""
+    for k in range(min(len(text), max((len(s) for s in stops), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-k:]) for s in stops):
+            return k
+    return 0
+
+
+class Engine:
+    """One model and its tokenizer behind a lock, generating on one worker thread.
+
+    ``prompt_style`` is the instruction style used for chat when the tokenizer has no
+    ``chat_template`` (see :mod:`gptlab.serve.prompts`).
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, prompt_style: str = "alpaca"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_tokens_limit = max_tokens_limit
+        self.builder: PromptBuilder = prompt_builder(tokenizer, prompt_style)
+        self.lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptlab-generate")
+        self.closing = threading.Event()
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """Return the prompt for chat ``messages`` (the tokenizer's chat template, or the instruction style)."""
+        return self.builder(messages)
+
+    def encode(self, prompt: str | Prompt) -> list[int]:
+        """Return the token ids of ``prompt``: plain text stays text; a templated Prompt's special tokens are tokens."""
+        if isinstance(prompt, Prompt) and prompt.special_tokens:
+            ids = self.tokenizer.encode(prompt.text, allowed_special="all")
+        else:
+            ids = self.tokenizer.encode_ordinary(prompt.text if isinstance(prompt, Prompt) else prompt)
+        return ids or [self.tokenizer.eot_token]
+
+    def _stopped(self, cancelled: threading.Event | None) -> bool:
+        return self.closing.is_set() or (cancelled is not None and cancelled.is_set())
+
+    def complete(
+        self,
+        prompt: str | Prompt,
+        cfg: SamplingConfig,
+        stop: list[str] | None = None,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Completion:
+        """Return the completion of ``prompt`` (a str is plain text: special-token text stays text).
+
+        ``on_text`` receives the text as it is generated, in pieces that never include a stop
+        string or the start of one; setting ``cancelled`` ends generation at the next token.
+        """
+        stop = [s for s in (stop or []) if s]
+        eot = self.tokenizer.eot_token
+        with self.lock:
+            start = time.perf_counter()
+            ids = self.encode(prompt)
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            text, sent, n, finish, flush = "", 0, 0, "length", True
+            if self._stopped(cancelled):
+                finish = "cancelled"  # the client left while this request waited for the model
+            elif cfg.max_new_tokens > 0:
+                for tokens, _ in stream(self.model, [ids], cfg, stop_tokens=[eot]):
+                    token = int(tokens[0])
+                    if token == eot:
+                        finish = "stop"
+                        break
+                    n += 1
+                    text += decoder.decode(token_bytes(self.tokenizer, token))
+                    cut = _stop_at(text, stop)
+                    if cut is not None:
+                        text, finish, flush = text[:cut], "stop", False
+                        break
+                    if on_text is not None:
+                        safe = len(text) - _holdback(text, stop)
+                        if safe > sent:
+                            on_text(text[sent:safe])
+                            sent = safe
+                    if self._stopped(cancelled):
+                        finish = "cancelled"
+                        break
+            if flush:  # bytes of a character cut short by the end come out as U+FFFD
+                text += decoder.decode(b"", final=True)
+            if on_text is not None and len(text) > sent:
+                on_text(text[sent:])
+            return Completion(text, len(ids), n, finish, time.perf_counter() - start)
+
+    async def complete_async(self, prompt: str | Prompt, cfg: SamplingConfig, stop: list[str], gone: Callable[[], Awaitable[bool]] | None = None) -> Completion:
+        """Return :meth:`complete` run on the worker thread (the event loop stays free).
+
+        ``gone`` (e.g. Starlette's ``request.is_disconnected``) is polled every
+        ``DISCONNECT_POLL_S`` while the request waits or generates; once it says True the
+        generation is cancelled at its next token (or never starts) and frees the model.
+        """
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        future = loop.run_in_executor(self.executor, self.complete, prompt, cfg, stop, None, cancelled)
+        try:
+            if gone is not None:
+                while not future.done():
+                    await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                    if not future.done() and await gone():
+                        cancelled.set()
+                        break
+            return await future
+        finally:
+            cancelled.set()
+
+    async def pieces(self, prompt: str | Prompt, cfg: SamplingConfig, stop: list[str]) -> AsyncIterator[str | Completion]:
+        """Yield text pieces as they are generated, then the :class:`Completion`.
+
+        Generation runs on the worker thread; if the consumer goes away (client disconnect),
+        it is told to stop at the next token.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def on_text(piece: str) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except RuntimeError:  # the loop is gone: nobody listens any more
+                cancelled.set()
+
+        future = loop.run_in_executor(self.executor, self.complete, prompt, cfg, stop, on_text, cancelled)
+        future.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (piece := await queue.get()) is not None:
+                yield piece
+            yield await future
+        finally:
+            cancelled.set()
+
+    def close(self) -> None:
+        """Stop the worker thread: queued generations are dropped, a running one ends at its next token."""
+        self.closing.set()
+        self.executor.shutdown(wait=True, cancel_futures=True)

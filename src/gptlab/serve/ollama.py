@@ -1,0 +1,262 @@
+"""Ollama's API: ``/api/generate``, ``/api/chat``, ``/api/tags``, ``/api/show``, ``/api/ps``, ``/api/version``.
+
+Streaming is Ollama's default: NDJSON lines with ``done`` false, then one line with ``done``
+true and the counts. Sampling ``options``: ``temperature`` (default 0.8, 0 = greedy),
+``top_k`` (40; 0 = off), ``top_p`` (0.9), ``seed``, ``num_predict`` (128; -1/-2 = up to the
+server's limit), ``stop``. Load-time options (``num_ctx``, ``num_thread``...) are ignored;
+samplers gptlab lacks (``repeat_penalty``, ``mirostat``...) and ``format``, ``tools``,
+``images``, ``think``... are refused with a 400 naming them, unless sent with their "off" value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ConfigDict, Field
+
+from gptlab import __version__
+from gptlab.data.instructions import format_prompt
+from gptlab.serve.common import RequestModel, Served, StopMixin, check_model, json_body, now_iso, refuse_unless, served
+from gptlab.serve.engine import Completion, sampling_config
+from gptlab.serve.errors import ApiError
+from gptlab.serve.prompts import ChatMessage, Prompt
+
+router = APIRouter()
+NEVER = "9999-12-31T23:59:59Z"  # /api/ps expires_at: the model stays loaded while the server runs
+_OFF_SAMPLERS = {"repeat_penalty": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "mirostat": (0,), "typical_p": (1,), "tfs_z": (1,), "min_p": (0,)}
+_OFF_FEATURES = {"format": ("",), "tools": ([],), "images": ([],), "think": (False,), "logprobs": (False,), "top_logprobs": (0,)}
+
+
+class OllamaOptions(StopMixin):
+    """Ollama ``options``: the sampling gptlab implements; other samplers must be off; load-time options are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    num_predict: int | None = Field(None, ge=-2)
+    temperature: float | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    mirostat: int | None = None
+    typical_p: float | None = None
+    tfs_z: float | None = None
+    min_p: float | None = None
+
+
+class OllamaMessage(ChatMessage):
+    """An Ollama chat message; ``images`` and ``tool_calls`` must be empty."""
+
+    images: list[Any] | None = None
+    tool_calls: list[Any] | None = None
+
+
+class _OllamaRequest(RequestModel):
+    stream: bool | None = None
+    options: OllamaOptions | None = None
+    format: Any = None
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    keep_alive: Any = None  # accepted, meaningless here: the model stays loaded
+
+    def check(self) -> None:
+        """Raise ApiError 400 for features and samplers gptlab serve lacks."""
+        refuse_unless(self, {k: v for k, v in _OFF_FEATURES.items() if k in type(self).model_fields})
+        if self.options is not None:
+            refuse_unless(self.options, _OFF_SAMPLERS, prefix="options.")
+
+
+class GenerateRequest(_OllamaRequest):
+    """``POST /api/generate``: ``prompt`` (with ``system``; ``raw`` continues the text as given)."""
+
+    prompt: str | None = None
+    system: str | None = None
+    raw: bool | None = None
+    images: list[Any] | None = None
+    suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+
+    def check(self) -> None:
+        """Raise ApiError 400 for unsupported features (``suffix``, ``template``, ``context``...)."""
+        super().check()
+        refuse_unless(self, {"suffix": ("",), "template": ("",), "context": ([],)})
+
+
+class ChatRequest(_OllamaRequest):
+    """``POST /api/chat``: ``messages`` (none or empty: Ollama's "load the model" call)."""
+
+    messages: list[OllamaMessage] | None = None
+    tools: list[Any] | None = None
+
+    def check(self) -> None:
+        """Raise ApiError 400 for unsupported features, messages with images or tool calls included."""
+        super().check()
+        for i, m in enumerate(self.messages or []):
+            refuse_unless(m, {"images": ([],), "tool_calls": ([],)}, prefix=f"messages[{i}].")
+
+
+class ShowRequest(RequestModel):
+    """``POST /api/show``: ``model`` (older clients: ``name``)."""
+
+    name: str | None = None
+    verbose: bool | None = None
+
+
+def _details(s: Served) -> dict:
+    dtype = next(s.engine.model.parameters()).dtype
+    level = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}.get(str(dtype), str(dtype))
+    return {
+        "parent_model": "",
+        "format": "safetensors",
+        "family": s.family,
+        "families": [s.family],
+        "parameter_size": f"{s.n_params / 1e6:.1f}M",
+        "quantization_level": level,
+    }
+
+
+def _size(s: Served) -> int:
+    return sum(p.numel() * p.element_size() for p in s.engine.model.parameters())
+
+
+def _final(s: Served, c: Completion) -> dict:
+    return {
+        "model": s.name,
+        "created_at": now_iso(),
+        "done": True,
+        "done_reason": "length" if c.finish_reason == "length" else "stop",
+        "total_duration": int(c.seconds * 1e9),
+        "load_duration": 0,
+        "prompt_eval_count": c.prompt_tokens,
+        "eval_count": c.completion_tokens,
+        "eval_duration": int(c.seconds * 1e9),
+    }
+
+
+async def _reply(s: Served, prompt: str | Prompt, body: _OllamaRequest, chat: bool, gone) -> Response:
+    o = body.options or OllamaOptions()
+    cfg = sampling_config(
+        128 if o.num_predict is None else o.num_predict,
+        s.engine.max_tokens_limit,
+        0.8 if o.temperature is None else o.temperature,
+        40 if o.top_k is None else o.top_k,
+        0.9 if o.top_p is None else o.top_p,
+        o.seed,
+    )
+    stop = o.stop or []
+
+    def piece(text: str) -> dict:
+        return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+
+    if body.stream is False:
+        c = await s.engine.complete_async(prompt, cfg, stop, gone=gone)
+        return JSONResponse({**_final(s, c), **piece(c.text)})
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for item in s.engine.pieces(prompt, cfg, stop):
+                if isinstance(item, Completion):
+                    yield json.dumps({**_final(s, item), **piece("")}) + "\n"
+                else:
+                    yield json.dumps({"model": s.name, "created_at": now_iso(), **piece(item), "done": False}) + "\n"
+        except Exception as e:  # headers are gone: report in-band, as Ollama does
+            yield json.dumps({"error": f"generation failed: {e}"}) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def _loaded(s: Served, chat: bool) -> JSONResponse:
+    """Ollama's answer to a request without a prompt: the model is loaded (it always is)."""
+    reply = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    return JSONResponse({"model": s.name, "created_at": now_iso(), **reply, "done": True, "done_reason": "load"})
+
+
+@router.get("/api/version")
+async def version() -> dict:
+    """Return ``{"version": ...}`` (gptlab's version)."""
+    return {"version": __version__}
+
+
+@router.get("/api/tags")
+async def tags(s: Served = Depends(served)) -> dict:
+    """Return the one served model in Ollama's listing shape."""
+    entry = {"name": s.name, "model": s.name, "modified_at": now_iso(), "size": _size(s), "digest": "", "details": _details(s)}
+    return {"models": [entry]}
+
+
+@router.get("/api/ps")
+async def ps(s: Served = Depends(served)) -> dict:
+    """Return the loaded models (the served one, on the CPU) in Ollama's shape."""
+    entry = {
+        "name": s.name,
+        "model": s.name,
+        "size": _size(s),
+        "digest": "",
+        "details": _details(s),
+        "expires_at": NEVER,
+        "size_vram": 0,
+        "context_length": s.context_length,
+    }
+    return {"models": [entry]}
+
+
+@router.post("/api/show")
+async def show(body: ShowRequest = Depends(json_body(ShowRequest)), s: Served = Depends(served)) -> dict:
+    """Return the model's details, parameters, prompt template and architecture facts in Ollama's shape."""
+    name = body.model or body.name
+    if not name:
+        raise ApiError(400, "model is required; send the name from /api/tags")
+    check_model(s, name, openai=False)
+    cfg = s.engine.model.config
+    template = getattr(s.engine.tokenizer, "chat_template", None) or format_prompt("{{ .Prompt }}")
+    parameters = "temperature 0.8\ntop_k 40\ntop_p 0.9\nnum_predict 128"
+    arch = s.family
+    info = {
+        "general.architecture": arch,
+        "general.parameter_count": s.n_params,
+        f"{arch}.context_length": s.context_length,
+        f"{arch}.embedding_length": cfg.emb_dim,
+        f"{arch}.block_count": cfg.n_layers,
+        f"{arch}.attention.head_count": cfg.n_heads,
+        f"{arch}.vocab_size": cfg.vocab_size,
+    }
+    return {
+        "modelfile": f"# served by gptlab {__version__}\nFROM {s.name}\n" + "".join(f"PARAMETER {line}\n" for line in parameters.splitlines()),
+        "parameters": parameters,
+        "template": template,
+        "details": _details(s),
+        "model_info": info,
+        "capabilities": ["completion"],
+        "modified_at": now_iso(),
+    }
+
+
+@router.post("/api/generate")
+async def generate(request: Request, body: GenerateRequest = Depends(json_body(GenerateRequest)), s: Served = Depends(served)) -> Response:
+    """Continue ``prompt`` (as given with ``raw``, else as the instruction of a chat turn)."""
+    check_model(s, body.model, openai=False)
+    prompt, system = body.prompt or "", body.system or ""
+    if not prompt and not system:  # Ollama's "load the model" call
+        return _loaded(s, chat=False)
+    text: str | Prompt = prompt
+    if not body.raw:
+        turns = ([ChatMessage(role="system", content=system)] if system else []) + [ChatMessage(role="user", content=prompt)]
+        text = s.engine.chat_prompt(turns)
+    return await _reply(s, text, body, chat=False, gone=request.is_disconnected)
+
+
+@router.post("/api/chat")
+async def chat(request: Request, body: ChatRequest = Depends(json_body(ChatRequest)), s: Served = Depends(served)) -> Response:
+    """Answer the last user message of ``messages``."""
+    check_model(s, body.model, openai=False)
+    if not body.messages:
+        return _loaded(s, chat=True)
+    return await _reply(s, s.engine.chat_prompt(body.messages), body, chat=True, gone=request.is_disconnected)

@@ -1,0 +1,34 @@
+"""Stage `score`: the responses scored against the references (offline metrics, optional LLM judge).
+
+reads   data/responses.json, data/responses_litgpt.json (when litgpt.enabled), models/finetuned/ ;
+        params score, litgpt.enabled, finetune.prompt_style
+writes  data/scores.csv (one row per engine and record), data/provenance/score.json (judge, files)
+metrics metrics/score.json (per engine: reference loss, EM/F1, ROUGE, judge mean, scored/unscored)
+"""
+
+import sys
+
+from gptlab.params import Params
+from gptlab.pipeline import stage_main
+from gptlab.score.report import score_responses
+
+RESPONSES = "data/responses.json"
+RESPONSES_LITGPT = "data/responses_litgpt.json"
+FINETUNED = "models/finetuned"
+SCORES = "data/scores.csv"
+PROVENANCE = "data/provenance/score.json"
+METRICS = "metrics/score.json"
+
+
+def run(params: Params) -> None:
+    """Score every enabled engine's responses and write the table and the means."""
+    engines = {"gptlab": (RESPONSES, FINETUNED)}
+    if params.litgpt.enabled:
+        engines["litgpt"] = (RESPONSES_LITGPT, None)
+    m = score_responses(engines, params.score, SCORES, METRICS, params.finetune.prompt_style, provenance_path=PROVENANCE)
+    for engine in engines:
+        print(f"score: {engine}: " + ", ".join(f"{k} {v}" for k, v in m[engine].items() if isinstance(v, (int, float))))
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, __doc__))
