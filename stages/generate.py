@@ -1,7 +1,7 @@
-"""Stage `generate`: the fine-tuned model answers every test instruction.
+"""Stage `generate`: the fine-tuned model, and the base beside it, answer every test instruction.
 
-reads   models/finetuned/, data/instructions/test.json ; params seed, generate, finetune.prompt_style
-writes  data/responses.json (instruction, input, output = the reference, response)
+reads   models/finetuned/, models/base/, data/instructions/test.json ; params seed, generate, finetune.prompt_style
+writes  data/responses.json (fine-tuned), data/responses_base.json (base): instruction, input, output = the reference, response
 """
 
 import sys
@@ -11,15 +11,19 @@ from gptlab.params import Params
 from gptlab.pipeline import stage_main
 
 FINETUNED = "models/finetuned"
+BASE = "models/base"
 TEST = "data/instructions/test.json"
 RESPONSES = "data/responses.json"
+RESPONSES_BASE = "data/responses_base.json"
 
 
 def run(params: Params) -> None:
-    """Answer in batches with the KV cache, stopping at end-of-text."""
-    out = answer_file(FINETUNED, TEST, RESPONSES, params.generate, params.seed, params.finetune.prompt_style)
-    empty = sum(1 for r in out if not r["response"])
-    print(f"generate: {len(out)} responses ({empty} empty) -> {RESPONSES}")
+    """Answer in batches with the KV cache, stopping at the model's end tokens; the base too, so
+    the score stage can show what fine-tuning bought."""
+    for model, out_path in ((FINETUNED, RESPONSES), (BASE, RESPONSES_BASE)):
+        out = answer_file(model, TEST, out_path, params.generate, params.seed, params.finetune.prompt_style)
+        empty = sum(1 for r in out if not r["response"])
+        print(f"generate: {model}: {len(out)} responses ({empty} empty) -> {out_path}")
 
 
 if __name__ == "__main__":

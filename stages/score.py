@@ -1,9 +1,10 @@
 """Stage `score`: the responses scored against the references (offline metrics, optional LLM judge).
 
-reads   data/responses.json, data/responses_litgpt.json (when litgpt.enabled), models/finetuned/ ;
+reads   data/responses.json (fine-tuned), data/responses_base.json, data/responses_litgpt.json (when
+        litgpt.enabled), models/finetuned/, models/base/ ;
         params score, litgpt.enabled, finetune.prompt_style
 writes  data/scores.csv (one row per engine and record), data/provenance/score.json (judge, files)
-metrics metrics/score.json (per engine: reference loss, EM/F1, ROUGE, judge mean, scored/unscored)
+metrics metrics/score.json (per engine: reference loss, SQuAD F1, ROUGE-L, words, empty share; judge mean, scored/unscored)
 """
 
 import sys
@@ -13,8 +14,10 @@ from gptlab.pipeline import stage_main
 from gptlab.score.report import score_responses
 
 RESPONSES = "data/responses.json"
+RESPONSES_BASE = "data/responses_base.json"
 RESPONSES_LITGPT = "data/responses_litgpt.json"
 FINETUNED = "models/finetuned"
+BASE = "models/base"
 SCORES = "data/scores.csv"
 PROVENANCE = "data/provenance/score.json"
 METRICS = "metrics/score.json"
@@ -22,7 +25,7 @@ METRICS = "metrics/score.json"
 
 def run(params: Params) -> None:
     """Score every enabled engine's responses and write the table and the means."""
-    engines = {"gptlab": (RESPONSES, FINETUNED)}
+    engines = {"finetuned": (RESPONSES, FINETUNED), "base": (RESPONSES_BASE, BASE)}
     if params.litgpt.enabled:
         engines["litgpt"] = (RESPONSES_LITGPT, None)
     m = score_responses(engines, params.score, SCORES, METRICS, params.finetune.prompt_style, provenance_path=PROVENANCE)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 DRIVER = r"""
 import json, sys
+from pathlib import Path
 import torch
 torch.set_num_threads(1)
 spec = json.loads(sys.argv[1])

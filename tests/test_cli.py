@@ -94,3 +94,23 @@ def test_every_option_has_help():
         for action in sub._actions:
             if action.option_strings and action.dest != "help" or action.dest in ("text",):
                 assert action.help, f"gptlab {name} {action.option_strings or action.dest} has no help"
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
+    from gptlab.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "a.bin").write_bytes(b"x")
+            os.chmod(tmp / "sub" / "a.bin", 0o600)  # as safetensors writes it
+        write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "out").stat().st_mode & 0o777) == "0o755"
+    assert oct((tmp_path / "out" / "sub").stat().st_mode & 0o777) == "0o755"
+    assert oct((tmp_path / "out" / "sub" / "a.bin").stat().st_mode & 0o777) == "0o644"
+    assert oct((tmp_path / "m.json").stat().st_mode & 0o777) == "0o644"

@@ -263,3 +263,39 @@ def test_failed_source_leaves_previous_output_untouched(tmp_path, server):
         download_sources(params, out)
     assert files_in(out) == ["keep.txt"]
     assert sorted(os.listdir(tmp_path)) == ["cache", "raw"]  # no temporary folder left behind
+
+
+def test_parquet_and_jsonl_zst_urls_land_in_the_corpus_and_tokenize(server, tmp_path):
+    import io as _io
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    from gptlab.data.tokenize import tokenize_corpus
+    from gptlab.params import TokenizeParams
+
+    rng = random.Random(0)  # ~100 KB of random words: larger than a few download chunks
+    docs = ["\n".join(" ".join("".join(rng.choices("abcdefghij", k=5)) for _ in range(40)) for _ in range(10)) for _ in range(40)]
+    buf = _io.BytesIO()
+    pq.write_table(pa.table({"text": docs}), buf, row_group_size=8)
+    server.payload = buf.getvalue()
+    server.drops_left["/sample/10BT/000_00000.parquet?download=true"] = 1  # a dropped transfer resumes with Range
+    params = DownloadParams(sources={"corpus": SourceParams(uri=f"{server.url}/sample/10BT/000_00000.parquet?download=true")}, retries=2)
+    download_sources(DownloadParams(params.sources, cache_dir=str(tmp_path / "cache"), retries=2), tmp_path / "raw")
+    assert files_in(tmp_path / "raw" / "corpus") == ["000_00000.parquet"]
+    assert (tmp_path / "raw" / "corpus" / "000_00000.parquet").read_bytes() == server.payload
+    assert server.requests[-1][1] is not None  # the second request asked for the rest only
+    s = tokenize_corpus(TokenizeParams(corpus_glob="*.parquet", val_fraction=0.2), tmp_path / "raw" / "corpus", tmp_path / "shards", seed=0)
+    assert sum(s["documents"].values()) == 40 and s["split_rule"] == "hash"
+
+    lines = "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
+    server.payload = zstandard.ZstdCompressor().compress(lines)
+    (tmp_path / "local.jsonl.zst").write_bytes(server.payload)
+    for uri in (f"{server.url}/train/00.jsonl.zst", (tmp_path / "local.jsonl.zst").as_uri()):
+        download_sources(DownloadParams({"corpus": SourceParams(uri=uri)}, cache_dir=str(tmp_path / "cache")), tmp_path / "raw")
+        (name,) = files_in(tmp_path / "raw" / "corpus")
+        assert name.endswith(".jsonl.zst")
+        s = tokenize_corpus(TokenizeParams(corpus_glob="*.jsonl.zst", val_fraction=0.2), tmp_path / "raw" / "corpus", tmp_path / "shards", seed=0)
+        assert sum(s["documents"].values()) == 40

@@ -21,7 +21,6 @@ from gptlab.data.instructions import format_prompt  # noqa: E402
 from gptlab.errors import GptlabError, ParamsError  # noqa: E402
 from gptlab.litgpt.checkpoint import tokenizer_config  # noqa: E402
 from gptlab.litgpt.runner import (  # noqa: E402
-    LitgptFinetuneParams,
     finetune_lora,
     generate_responses,
     litgpt_prompt,
@@ -29,6 +28,7 @@ from gptlab.litgpt.runner import (  # noqa: E402
     read_litgpt_losses,
     write_litgpt_json,
 )
+from gptlab.params import LitgptParams  # noqa: E402
 
 RECORDS = [
     {"instruction": "Name a primary colour.", "input": "", "output": "Red."},
@@ -64,11 +64,11 @@ def test_litgpt_alpaca_prompt_is_ours():
 
 def test_finetune_params_are_checked():
     with pytest.raises(ParamsError, match="warmup_steps"):
-        LitgptFinetuneParams(steps=2, warmup_steps=2)
+        LitgptParams(max_steps=2, warmup_steps=2)
     with pytest.raises(ParamsError, match="global_batch_size"):
-        LitgptFinetuneParams(micro_batch_size=3, global_batch_size=4)
+        LitgptParams(micro_batch_size=3, global_batch_size=4)
     with pytest.raises(ParamsError, match="precision"):
-        LitgptFinetuneParams(precision="fp8")
+        LitgptParams(precision="fp8")
 
 
 # --------------------------------------------------------------------------- a tiny random litgpt checkpoint
@@ -105,7 +105,7 @@ def test_tiny_finetune_lora_then_generate(tmp_path):
     base = tiny_checkpoint(tmp_path / "base")
     train = write_litgpt_json(RECORDS[:4], tmp_path / "json" / "train.json")
     val = write_litgpt_json(RECORDS[4:], tmp_path / "json" / "val.json")
-    params = LitgptFinetuneParams(steps=3, warmup_steps=1, micro_batch_size=1, global_batch_size=2, max_seq_length=256, lora_r=4, lora_alpha=8,
+    params = LitgptParams(max_steps=3, warmup_steps=1, micro_batch_size=1, global_batch_size=2, max_seq_length=256, lora_r=4, lora_alpha=8,
                                   eval_max_iters=2, eval_max_new_tokens=4, lr=1e-3, timeout_s=240)  # fmt: skip
     t0 = time.perf_counter()
     result = finetune_lora(base, train, val, tmp_path / "out", params)
@@ -146,9 +146,9 @@ def test_finetune_lora_reports_litgpt_failure(tmp_path):
     base = tiny_checkpoint(tmp_path / "base")
     train = write_litgpt_json(RECORDS[:4], tmp_path / "train.json")
     with pytest.raises(GptlabError, match="no such litgpt JSON file"):
-        finetune_lora(base, train, tmp_path / "absent.json", tmp_path / "out", LitgptFinetuneParams(steps=2, warmup_steps=1))
+        finetune_lora(base, train, tmp_path / "absent.json", tmp_path / "out", LitgptParams(max_steps=2, warmup_steps=1))
     with pytest.raises(GptlabError, match="not a litgpt checkpoint directory"):
-        finetune_lora(tmp_path, train, None, tmp_path / "out", LitgptFinetuneParams(steps=2, warmup_steps=1))
+        finetune_lora(tmp_path, train, None, tmp_path / "out", LitgptParams(max_steps=2, warmup_steps=1))
 
 
 # --------------------------------------------------------------------------- litgpt serve (OpenAI spec) on SmolLM2

@@ -10,8 +10,9 @@ import torch
 from gptlab.convert import hf_llama
 from gptlab.errors import GptlabError
 from gptlab.fused_loss import linear_cross_entropy
-from gptlab.lora import LoRAConfig, inject_lora, merge_lora
+from gptlab.lora import inject_lora, merge_lora
 from gptlab.model import GPT, PRESETS, ConfigError, GPTConfig, KVCache
+from gptlab.params import LoraParams
 from gptlab.sampling import SamplingConfig, generate
 
 transformers = pytest.importorskip("transformers")
@@ -127,7 +128,7 @@ def test_lora_wraps_the_llama_modules_and_merges():
     torch.manual_seed(4)
     model = GPT(LLAMA).eval()
     idx = torch.randint(0, LLAMA.vocab_size, (2, 10))
-    names = inject_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0))
+    names = inject_lora(model, LoraParams(r=4, alpha=8, dropout=0.0))
     assert names[:4] == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc", "blocks.0.mlp.proj"]
     with torch.no_grad():
         for name, p in model.named_parameters():

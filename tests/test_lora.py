@@ -9,7 +9,6 @@ from gptlab.checkpoint import load_model, model_state, save_model
 from gptlab.data.instructions import InstructionBatches, collate, encode_records, format_example
 from gptlab.errors import GptlabError
 from gptlab.lora import (
-    LoRAConfig,
     LoRALinear,
     base_state,
     inject_lora,
@@ -23,6 +22,7 @@ from gptlab.lora import (
     save_adapter,
 )
 from gptlab.model import GPT, GPTConfig
+from gptlab.params import LoraParams
 from gptlab.tokenizer import SimpleTokenizer
 
 ALL = ("qkv", "proj", "fc", "mlp_proj", "head")
@@ -45,30 +45,30 @@ IDX = torch.randint(0, 61, (3, 16), generator=torch.Generator().manual_seed(0))
 
 
 def test_config_validation_lists_choices():
-    assert LoRAConfig(targets=["qkv", "head"]).targets == ("qkv", "head")
-    assert LoRAConfig(r=8, alpha=16).scaling == 2.0
-    assert LoRAConfig.from_dict(json.loads(json.dumps(LoRAConfig(r=4).to_dict()))) == LoRAConfig(r=4)
+    assert LoraParams(targets=("qkv", "head")).targets == ["qkv", "head"]
+    assert LoraParams(r=8, alpha=16).scaling == 2.0
+    assert LoraParams.from_dict(json.loads(json.dumps(LoraParams(r=4).to_dict()))) == LoraParams(r=4)
     for bad, message in [
         (dict(r=0), "r=0 is impossible"),
         (dict(r=2.5), "r=2.5 is impossible"),
         (dict(alpha=0), "alpha=0 is impossible"),
         (dict(dropout=1.0), "dropout=1.0 is impossible"),
         (dict(targets=()), "targets is empty"),
-        (dict(targets=("attn",)), r"target 'attn' is unknown; choose among qkv, proj, fc, mlp_proj, head \(or a glob"),
+        (dict(targets=("attn",)), r"targets: 'attn' is unknown; choose among qkv, proj, fc, mlp_proj, head \(or a glob"),
     ]:
         with pytest.raises(GptlabError, match=message):
-            LoRAConfig(**bad)
+            LoraParams(**bad)
 
 
 def test_targets_names_and_globs():
     model = tiny()
-    assert inject_lora(model, LoRAConfig(targets=("mlp_proj", "qkv"))) == ["blocks.0.attn.qkv", "blocks.0.mlp.proj", "blocks.1.attn.qkv", "blocks.1.mlp.proj"]
-    assert inject_lora(tiny(), LoRAConfig(targets=("blocks.1.*",))) == ["blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc", "blocks.1.mlp.proj"]
-    assert inject_lora(tiny(), LoRAConfig(targets=("head",))) == ["head"]
+    assert inject_lora(model, LoraParams(targets=("mlp_proj", "qkv"))) == ["blocks.0.attn.qkv", "blocks.0.mlp.proj", "blocks.1.attn.qkv", "blocks.1.mlp.proj"]
+    assert inject_lora(tiny(), LoraParams(targets=("blocks.1.*",))) == ["blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc", "blocks.1.mlp.proj"]
+    assert inject_lora(tiny(), LoraParams(targets=("head",))) == ["head"]
     with pytest.raises(GptlabError, match=r"'blocks.7.\*' \(pattern 'blocks.7.\*'\) matches no linear layer"):
-        inject_lora(tiny(), LoRAConfig(targets=("blocks.7.*",)))
+        inject_lora(tiny(), LoraParams(targets=("blocks.7.*",)))
     with pytest.raises(GptlabError, match="already has LoRA layers"):
-        inject_lora(model, LoRAConfig())
+        inject_lora(model, LoraParams())
 
 
 def test_lora_linear_with_zero_b_equals_base():
@@ -90,7 +90,7 @@ def test_lora_linear_with_zero_b_equals_base():
 
 def test_merged_logits_equal_unmerged_tied_head(tmp_path):
     model = tiny()
-    inject_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.1, targets=ALL))
+    inject_lora(model, LoraParams(r=4, alpha=8, dropout=0.1, targets=ALL))
     randomize_adapters(model)
     model.eval()
     assert model.head.base.weight is model.tok_emb.weight  # the base tie is kept
@@ -111,7 +111,7 @@ def test_merged_logits_equal_unmerged_tied_head(tmp_path):
 
 def test_merge_without_head_keeps_tie():
     model = tiny()
-    inject_lora(model, LoRAConfig(r=2, targets=("qkv", "fc")))
+    inject_lora(model, LoraParams(r=2, targets=("qkv", "fc")))
     randomize_adapters(model)
     logits = model(IDX)[0]
     merge_lora(model)
@@ -123,7 +123,7 @@ def test_gpt2_124m_trainable_count():
     with torch.device("meta"):
         model = GPT(GPTConfig.preset("gpt2-124M"))
     base_total = model.num_parameters()
-    names = inject_lora(model, LoRAConfig(r=16, alpha=32, targets=("qkv", "proj", "fc", "mlp_proj")))
+    names = inject_lora(model, LoraParams(r=16, alpha=32, targets=("qkv", "proj", "fc", "mlp_proj")))
     mark_only_lora_trainable(model)
     r, d = 16, 768
     per_block = r * (d + 3 * d) + r * (d + d) + r * (d + 4 * d) + r * (4 * d + d)  # qkv, proj, fc, mlp_proj
@@ -139,7 +139,7 @@ def test_only_adapters_trainable():
     model = tiny()
     with pytest.raises(GptlabError, match="no LoRA layers"):
         mark_only_lora_trainable(model)
-    inject_lora(model, LoRAConfig(r=2, targets=ALL))
+    inject_lora(model, LoraParams(r=2, targets=ALL))
     mark_only_lora_trainable(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(lora_state(model)) and len(trainable) == 2 * 9
@@ -153,7 +153,7 @@ def test_adapter_round_trip_and_hash(tmp_path):
     save_model(tmp_path / "base", base)
     base_hash = model_hash(tmp_path / "base")
     assert model_hash(base) == base_hash and len(base_hash) == 64
-    cfg = LoRAConfig(r=4, alpha=4, dropout=0.0, targets=("qkv", "mlp_proj", "head"))
+    cfg = LoraParams(r=4, alpha=4, dropout=0.0, targets=("qkv", "mlp_proj", "head"))
     inject_lora(base, cfg)
     randomize_adapters(base)
     assert model_hash(base) == base_hash  # the adapters are not part of the base hash
@@ -203,7 +203,7 @@ def test_few_step_lora_training_changes_only_adapters():
     config = GPTConfig(vocab_size=tok.n_vocab, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
     model = GPT(config)
     base = {k: v.clone() for k, v in model_state(model).items()}
-    inject_lora(model, LoRAConfig(r=4, alpha=8, dropout=0.0, targets=("qkv", "proj", "fc", "mlp_proj", "head")))
+    inject_lora(model, LoraParams(r=4, alpha=8, dropout=0.0, targets=("qkv", "proj", "fc", "mlp_proj", "head")))
     mark_only_lora_trainable(model)
     adapters_before = {k: v.clone() for k, v in lora_state(model).items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)

@@ -77,3 +77,14 @@ def test_missing_and_broken_files(tmp_path):
         load_params(tmp_path / "nope.yaml")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(write(tmp_path, "seed: [1,\n"))
+
+
+def test_model_params_override_exactly_the_gpt_config_fields():
+    import dataclasses
+
+    from gptlab.model import GPTConfig
+    from gptlab.params import ModelParams
+
+    assert [f.name for f in dataclasses.fields(ModelParams)] == ["preset"] + [f.name for f in dataclasses.fields(GPTConfig)]
+    cfg = ModelParams(preset="gpt-tiny", positions="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=1).to_config()
+    assert (cfg.positions, cfg.norm, cfg.mlp, cfg.kv_heads) == ("rope", "rmsnorm", "swiglu", 1)

@@ -173,10 +173,8 @@ def test_summarise_keeps_only_comparable_figures():
     s = summarise(df)
     assert s == {
         "loss": 2.0,
-        "squad_exact_match": 0.5,
         "squad_token_f1": 0.75,
         "rougeL_f1": 0.375,
-        "rouge2_f1": 0.25,
         "response_words": 2.0,
         "empty_share": 0.5,
         "judge_mean": 80.0,

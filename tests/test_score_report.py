@@ -39,7 +39,7 @@ def write(tmp_path, name, records):
     return path
 
 
-OFFLINE_KEYS = {"loss", "squad_exact_match", "squad_token_f1", "rougeL_f1", "rouge2_f1", "response_words", "empty_share"}
+OFFLINE_KEYS = {"loss", "squad_token_f1", "rougeL_f1", "response_words", "empty_share"}
 JUDGE_KEYS = {"judge_mean", "judge_scored", "judge_unscored", "judge_failed", "judge_f1_spearman"}
 
 
@@ -50,9 +50,9 @@ def test_offline_scores_for_two_engines(tmp_path, model_dir):
     m = score_responses(engines, ScoreParams(), tmp_path / "scores.csv", tmp_path / "score.json", provenance_path=tmp_path / "prov.json")
     assert json.loads((tmp_path / "score.json").read_text()) == m
     assert set(m) == {"gptlab", "litgpt"} and set(m["gptlab"]) == OFFLINE_KEYS and set(m["litgpt"]) == OFFLINE_KEYS - {"loss"}
-    assert m["gptlab"]["squad_exact_match"] == pytest.approx(1 / 3, abs=1e-5)
+    assert m["gptlab"]["squad_token_f1"] < 1.0
     assert m["gptlab"]["empty_share"] == pytest.approx(1 / 3, abs=1e-5)
-    assert m["litgpt"]["squad_exact_match"] == 1.0 and m["litgpt"]["rougeL_f1"] == 1.0
+    assert m["litgpt"]["squad_token_f1"] == 1.0 and m["litgpt"]["rougeL_f1"] == 1.0
     assert 9 < m["gptlab"]["loss"] < 12  # a random tiny model: about ln(50257) = 10.8 nats/token
     prov = json.loads((tmp_path / "prov.json").read_text())
     assert prov["judge"] == {"api": "none"} and prov["scores"] == str(tmp_path / "scores.csv")

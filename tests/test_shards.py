@@ -132,3 +132,52 @@ def test_ids_outside_the_header_vocabulary_are_refused_on_open(tmp_path):
         TokenShards.from_folder(tmp_path, "train")
     with pytest.raises(GptlabError, match="outside the header's vocab_size"):
         read_shard(path)
+
+
+def shard_fds(folder) -> int:
+    """How many of this process's open file descriptors point into ``folder``."""
+    import os
+
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}").startswith(str(folder)))
+
+
+def test_thousands_of_shards_open_lazily_with_bounded_maps(tmp_path):
+    import time
+
+    n = 2000
+    for i in range(n):  # shard i holds 100 consecutive ids starting at i * 10
+        write_shard(tmp_path / f"train-{i:05d}.bin", np.arange(100) + i * 10, vocab_size=30000, eot_token=0)
+    start = time.perf_counter()
+    shards = TokenShards.from_folder(tmp_path, "train", max_open=16)
+    assert time.perf_counter() - start < 2.0 and shards.n_tokens == n * 100
+    assert shards.open_count == 16 and shard_fds(tmp_path) <= 16
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        x, y = shards.random_windows(32, 20, rng)
+        assert ((y - x) == 1).all()
+        seen.update((x[:, 0] // 10).tolist())  # about the shard index
+        assert shards.open_count <= 16 and shard_fds(tmp_path) <= 16
+    assert len(seen) > 500  # windows come from many shards
+    batches = list(shards.sequential_windows(batch=64, context=50))
+    assert sum(len(b[0]) for b in batches) == n and shard_fds(tmp_path) <= 16
+
+
+def test_a_corrupt_shard_among_many_is_refused_when_first_read(tmp_path):
+    for i in range(40):
+        write_shard(tmp_path / f"train-{i:05d}.bin", np.arange(100) % 50, vocab_size=50, eot_token=0)
+    path = tmp_path / "train-00039.bin"
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_BYTES : HEADER_BYTES + 2] = (60000).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    shards = TokenShards.from_folder(tmp_path, "train", max_open=4)  # shard 39 is not mapped yet
+    with pytest.raises(GptlabError, match=r"train-00039.bin: token id 60000 \(first bad one at position 0\) is outside the header's vocab_size 50"):
+        shards.gather(np.array([39]), np.array([0]), 10)
+
+
+def test_the_lazy_reader_draws_the_windows_the_eager_one_drew(tmp_path):
+    # pinned from the reader that mapped every shard up front: resumed and default runs stay bit-identical
+    shards = make_shards(tmp_path, [300, 50, 400])
+    x, _ = shards.random_windows(8, 32, np.random.default_rng(123))
+    assert x[:, 0].tolist() == [2301, 238, 137, 65, 220, 2078, 2272, 168]

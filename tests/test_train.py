@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,19 +182,20 @@ def cli_params(tmp_path, shards, **pretrain_kw) -> Path:
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(shards, tmp_path):
-    gptlab = [sys.executable, "-m", "gptlab.cli", "pretrain"]
+    """The pretrain stage as a user runs it (`python -m stages.pretrain`, and under torchrun)."""
+    root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     outs = {}
-    for name, launcher in [("one", []), ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])]:
+    for name, launcher in [("one", [sys.executable]), ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])]:
         folder = tmp_path / name
-        folder.mkdir()
+        shutil.copytree(root / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+        (folder / "data").mkdir()
+        (folder / "data" / "shards").symlink_to(shards)
         p = cli_params(folder, shards, max_steps=4, eval_interval=4, tokens_per_step=4 * 16 * 2)
-        cmd = (launcher + ["-m", "gptlab.cli", "pretrain"]) if launcher else gptlab
-        r = subprocess.run(cmd + ["--params", str(p), "--shards", str(shards), "--out", str(folder / "model"), "--metrics-dir", str(folder / "live")],
-                           capture_output=True, text=True, env=env, timeout=300, cwd=folder)  # fmt: skip
+        r = subprocess.run([*launcher, "-m", "stages.pretrain", "--params", str(p)], capture_output=True, text=True, env=env, timeout=300, cwd=folder)
         assert r.returncode == 0, r.stdout + r.stderr
-        outs[name] = weights(folder / "model")
-    assert json.loads((tmp_path / "two" / "live" / "metrics.json").read_text())["processes"] == 2
+        outs[name] = weights(folder / "models" / "pretrained")
+    assert json.loads((tmp_path / "two" / "metrics" / "pretrain" / "summary.json").read_text())["processes"] == 2
     for key in outs["one"]:
         assert torch.allclose(outs["one"][key], outs["two"][key], atol=1e-5, rtol=1e-4), key
 

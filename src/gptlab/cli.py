@@ -52,9 +52,10 @@ def _sample(args: argparse.Namespace) -> None:
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     prompt = tok.encode(args.prompt, allowed_special="all")
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
-    for tokens, _ in stream(model, [prompt], cfg, stop_tokens=[tok.eot_token], use_cache=not args.no_cache, pad_token=tok.eot_token):
+    ends = set(getattr(tok, "stop_tokens", None) or [tok.eot_token])
+    for tokens, _ in stream(model, [prompt], cfg, stop_tokens=sorted(ends), use_cache=not args.no_cache, pad_token=tok.eot_token):
         token = int(tokens[0])
-        if token == tok.eot_token:
+        if token in ends:
             break
         sys.stdout.write(utf8.decode(token_bytes(tok, token)))
         sys.stdout.flush()

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from gptlab.data.instructions import format_prompt, load_records, response_text
+from gptlab.data.instructions import encode_prompt, format_prompt, load_records, response_text
 from gptlab.io import write_json
 from gptlab.model import GPT
 from gptlab.params import GenerateParams
@@ -54,13 +54,15 @@ def respond(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], cfg: Samp
     """
     eot = tokenizer.eot_token
     keep = max(1, model.config.context_length - cfg.max_new_tokens)
-    prompts = [tokenizer.encode_ordinary(format_prompt(r["instruction"], r.get("input") or "", style))[-keep:] for r in records]
+    template = getattr(tokenizer, "chat_template", None)
+    prompts = [encode_prompt(tokenizer, format_prompt(r["instruction"], r.get("input") or "", style, template), style)[-keep:] for r in records]
+    stops = list(getattr(tokenizer, "stop_tokens", None) or [eot])
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     with progress(total=len(prompts), desc="generate", unit="response") as bar:
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
-            outs = generate(model, [prompts[i] for i in chosen], cfg, stop_tokens=[eot], pad_token=eot)
+            outs = generate(model, [prompts[i] for i in chosen], cfg, stop_tokens=stops, pad_token=eot)
             for i, ids in zip(chosen, outs):
                 texts[i] = response_text(tokenizer.decode(ids), style)
             bar.update(len(chosen))

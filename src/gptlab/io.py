@@ -100,6 +100,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    honour_umask(tmp)
     old = None
     if target.exists():
         old = target.with_name(f".old-{target.name}-{os.getpid()}")
@@ -108,6 +109,18 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def honour_umask(root: Path) -> None:
+    """Give ``root`` and everything below it the modes a plain ``open``/``mkdir`` would under the
+    umask (mkdtemp makes 0700, mkstemp and safetensors 0600): outputs stay readable by others."""
+    file_mode, dir_mode = readable_mode(), readable_mode(directory=True)
+    os.chmod(root, dir_mode)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(folder, name), file_mode)
 
 
 def readable_mode(directory: bool = False) -> int:

@@ -4,7 +4,7 @@ A wrapped layer computes ``y = W x + b + (alpha / r) * B (A (dropout(x)))`` with
 (r, in) Kaiming-uniform initialised (as peft does) and ``B`` (out, r) zero, so a fresh
 adapter leaves the model's output unchanged. Only ``A`` and ``B`` train.
 
-Targets (:class:`LoRAConfig` ``targets``) are names or glob patterns:
+Targets (``targets`` of :class:`gptlab.params.LoraParams`, the one LoRA config type) are names or glob patterns:
 
 - ``qkv`` (``blocks.*.attn.qkv``), ``proj`` (``blocks.*.attn.proj``), ``fc``
   (``blocks.*.mlp.fc``), ``mlp_proj`` (``blocks.*.mlp.proj``), ``head`` (``head``);
@@ -24,7 +24,8 @@ though without the adapter's dropout; ``GPT.forward`` sends a wrapped head down 
 ``self.head(x)`` path, where dropout applies.
 
 Files: ``adapter.safetensors`` (``<module>.lora_A`` / ``<module>.lora_B``) and ``adapter.json``
-(r, alpha, dropout, targets, wrapped module names, base model hash, base config).
+(r, alpha, dropout, targets, wrapped module names, base model hash, base config), plus PEFT's
+``adapter_config.json`` + ``adapter_model.safetensors`` for the exported Hugging Face model.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,6 +47,7 @@ from gptlab.checkpoint import FORMAT
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.model import GPT
+from gptlab.params.training import LoraParams
 
 TARGETS: dict[str, str] = {
     "qkv": "blocks.*.attn.qkv",
@@ -59,7 +60,6 @@ ADAPTER_FORMAT = "gptlab-lora"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 _LORA_PARAMS = ("lora_A", "lora_B")
-_PATTERN_CHARS = ".*?["
 
 
 class LoRAError(GptlabError, ValueError):
@@ -68,47 +68,6 @@ class LoRAError(GptlabError, ValueError):
 
 def _choices() -> str:
     return f"{', '.join(TARGETS)} (or a glob over module names such as blocks.*.attn.qkv)"
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    """Adapter shape: rank ``r`` (>= 1), scale ``alpha / r``, ``dropout`` on the adapter input
-    (in [0, 1)), and ``targets`` (names among ``TARGETS`` or glob patterns; a list becomes a tuple)."""
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    targets: tuple[str, ...] = ("qkv", "proj", "fc", "mlp_proj")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            object.__setattr__(self, "targets", (self.targets,))
-        object.__setattr__(self, "targets", tuple(self.targets))
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise LoRAError(f"lora r={self.r!r} is impossible: must be an integer >= 1 (8 or 16 are usual)")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise LoRAError(f"lora alpha={self.alpha!r} is impossible: must be a number > 0 (often 2 x r)")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise LoRAError(f"lora dropout={self.dropout!r} is impossible: must be >= 0 and < 1")
-        if not self.targets:
-            raise LoRAError(f"lora targets is empty; name at least one of {_choices()}")
-        for t in self.targets:
-            if not isinstance(t, str) or not t or (t not in TARGETS and not any(c in t for c in _PATTERN_CHARS)):
-                raise LoRAError(f"lora target {t!r} is unknown; choose among {_choices()}")
-
-    @property
-    def scaling(self) -> float:
-        """The adapter's output scale ``alpha / r``."""
-        return self.alpha / self.r
-
-    def to_dict(self) -> dict:
-        """Return the config as a JSON-ready dict (targets as a list)."""
-        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LoRAConfig:
-        """Build a config from :meth:`to_dict` output (other keys ignored)."""
-        return cls(r=data["r"], alpha=data["alpha"], dropout=data["dropout"], targets=tuple(data["targets"]))
 
 
 class LoRALinear(nn.Module):
@@ -188,7 +147,7 @@ def resolve_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
     return [name for name in linears if name in chosen]
 
 
-def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+def inject_lora(model: nn.Module, cfg: LoraParams) -> list[str]:
     """Replace the Linear layers that ``cfg.targets`` select by :class:`LoRALinear` in place;
     return their names. Adapters are created on each layer's device and dtype, ``A`` drawn
     from torch's global RNG (seed it for reproducible adapters). Does not freeze anything:
@@ -229,9 +188,13 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous() for name, p in model.named_parameters() if _is_lora_param(name)}
 
 
-def save_adapter(model: GPT, cfg: LoRAConfig, folder: str | Path, base_hash: str) -> Path:
+def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str) -> Path:
     """Write ``adapter.safetensors`` and ``adapter.json`` to ``folder`` (replaced as a whole,
-    only once complete); return the folder. ``base_hash``: :func:`model_hash` of the base model."""
+    only once complete); return the folder. ``base_hash``: :func:`model_hash` of the base model.
+
+    The same adapter is also written in PEFT's format (``adapter_config.json`` +
+    ``adapter_model.safetensors``, see :mod:`gptlab.convert.peft`) for the Hugging Face model
+    ``export_hf`` makes of the base; where that has no form, ``adapter.json``'s ``peft`` says why."""
     modules = lora_modules(model)
     if not modules:
         raise LoRAError("the model has no LoRA layers to save; call inject_lora(model, cfg) first")
@@ -248,10 +211,21 @@ def save_adapter(model: GPT, cfg: LoRAConfig, folder: str | Path, base_hash: str
         "base_model_hash": base_hash,
         "base_config": model.config.to_dict() if hasattr(model, "config") else None,
     }
+    from gptlab.convert.peft import PEFT_CONFIG, PEFT_WEIGHTS, peft_adapter
+
+    state = lora_state(model)
+    try:
+        peft_config, peft_tensors = peft_adapter(model, cfg, state)
+        meta["peft"] = {"config": PEFT_CONFIG, "weights": PEFT_WEIGHTS}
+    except GptlabError as e:  # no Hugging Face form of this model or module: our format only
+        peft_config, meta["peft"] = None, {"skipped": str(e)}
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(lora_state(model), tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
+        save_file(state, tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
         write_json(tmp / ADAPTER_CONFIG, meta)
+        if peft_config is not None:
+            save_file(peft_tensors, tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
+            write_json(tmp / PEFT_CONFIG, peft_config)
     return folder
 
 
@@ -269,9 +243,9 @@ def read_adapter_config(folder: str | Path) -> dict:
     return meta
 
 
-def load_adapter(model: GPT, folder: str | Path, base_hash: str | None = None) -> LoRAConfig:
+def load_adapter(model: GPT, folder: str | Path, base_hash: str | None = None) -> LoraParams:
     """Inject the adapter of ``folder`` into ``model`` (or fill its existing LoRA layers, which
-    must be the same modules) and load its tensors; return its :class:`LoRAConfig`.
+    must be the same modules) and load its tensors; return its :class:`LoraParams`.
 
     With ``base_hash`` (:func:`model_hash` of ``model``'s base weights) an adapter trained on
     another base fails. Module names and tensor shapes are checked before anything is loaded.
@@ -285,7 +259,7 @@ def load_adapter(model: GPT, folder: str | Path, base_hash: str | None = None) -
             f"{folder / ADAPTER_CONFIG}: the adapter was trained on base model {str(saved_hash)[:16]}..., "
             f"this base model is {base_hash[:16]}...; load the base it was trained on, or fine-tune a new adapter on this one"
         )
-    cfg = LoRAConfig.from_dict(meta)
+    cfg = LoraParams.from_dict(meta)
     existing = lora_modules(model)
     names = list(existing) if existing else resolve_targets(model, cfg.targets)
     if names != list(meta["modules"]):

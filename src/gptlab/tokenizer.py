@@ -296,7 +296,8 @@ class HFTokenizer:
     @classmethod
     def from_json(cls, data: dict, path: str | Path = "tokenizer.json") -> HFTokenizer:
         """Build from :meth:`to_json` output, or from a plain Hugging Face ``tokenizer.json`` dict
-        (then ``tokenizer_config.json`` beside ``path``, if any, gives chat template and eos)."""
+        (then ``tokenizer_config.json`` beside ``path``, if any, gives chat template and eos, and
+        ``generation_config.json``'s ``eos_token_id`` the stop tokens)."""
         from tokenizers import Tokenizer as _HF
 
         if data.get("type") == HF_FORMAT:
@@ -307,7 +308,11 @@ class HFTokenizer:
         extra = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
         eos = extra.get("eos_token")
         eos = eos.get("content") if isinstance(eos, dict) else eos
-        return cls(tok, extra.get("chat_template"), tok.token_to_id(eos) if eos else None)
+        gen_path = Path(path).with_name("generation_config.json")
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        stops = gen.get("eos_token_id") or []
+        stops = [stops] if isinstance(stops, int) else [int(i) for i in stops if isinstance(i, int)]
+        return cls(tok, extra.get("chat_template"), tok.token_to_id(eos) if eos else None, stops)
 
 
 Tokenizer = tiktoken.Encoding | SimpleTokenizer | HFTokenizer

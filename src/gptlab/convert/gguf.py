@@ -199,6 +199,11 @@ def dequantize_tensor(t) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(shape)  # a copy: the reader memory-maps the file
 
 
+def _f32(value) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974738e-06)."""
+    return float(f"{float(value):.7g}")
+
+
 def gguf_config(reader: gguf.GGUFReader, path: Path | None = None) -> GPTConfig:
     """Return the GPTConfig of a Llama or Qwen2 GGUF file from its ``<arch>.*`` metadata.
 
@@ -228,9 +233,9 @@ def gguf_config(reader: gguf.GGUFReader, path: Path | None = None) -> GPTConfig:
         n_layers=int(get(L.BLOCK_COUNT)),
         mlp_hidden=int(get(L.FEED_FORWARD_LENGTH)),
         norm="rmsnorm",
-        norm_eps=float(get(A.LAYERNORM_RMS_EPS, 1e-5)),
+        norm_eps=_f32(get(A.LAYERNORM_RMS_EPS, 1e-5)),
         positions="rope",
-        rope_base=float(get(gguf.Keys.Rope.FREQ_BASE, 10000.0)),
+        rope_base=_f32(get(gguf.Keys.Rope.FREQ_BASE, 10000.0)),
         mlp="swiglu",
         tie_embeddings=tensor_name(gguf.MODEL_TENSOR.OUTPUT) not in names,
         **family,
@@ -269,8 +274,68 @@ def gguf_hf_state_dict(reader: gguf.GGUFReader, config: GPTConfig, path: Path | 
     return out
 
 
+_GPT2_NAMES = {"attn_norm": "norm1", "attn_qkv": "attn.qkv", "attn_output": "attn.proj", "ffn_norm": "norm2", "ffn_up": "mlp.fc", "ffn_down": "mlp.proj"}
+_GPT2_TOP = {"token_embd": "tok_emb", "position_embd": "pos_emb", "output_norm": "final_norm", "output": "head"}
+
+
+def gguf_gpt2_state(reader: gguf.GGUFReader, path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """Return ``(config, gptlab state dict)`` of a ``gpt2`` GGUF file (llama.cpp's layout: fused
+    ``attn_qkv``, biases everywhere, ``output`` tied when equal to ``token_embd``).
+
+    Names and shapes are checked against the ``gpt2.*`` metadata (layer count first) before
+    any tensor is dequantised."""
+    from gptlab.checkpoint import check_shapes
+
+    def get(key: str):
+        return field_value(reader, key.format(arch="gpt2"), path)
+
+    L = gguf.Keys.LLM
+    emb, ffn = int(get(L.EMBEDDING_LENGTH)), int(get(L.FEED_FORWARD_LENGTH))
+    config = GPTConfig(
+        vocab_size=len(field_value(reader, gguf.Keys.Tokenizer.LIST, path)),
+        context_length=int(get(L.CONTEXT_LENGTH)),
+        emb_dim=emb,
+        n_heads=int(get(gguf.Keys.Attention.HEAD_COUNT)),
+        n_layers=int(get(L.BLOCK_COUNT)),
+        mlp_hidden=None if ffn == 4 * emb else ffn,
+        norm_eps=_f32(get(gguf.Keys.Attention.LAYERNORM_EPS)),
+    )
+    names: dict[str, str] = {}
+    for t in reader.tensors:
+        stem, _, suffix = t.name.rpartition(".")
+        block, _, part = stem.partition(".")[2].partition(".")
+        if stem in _GPT2_TOP:
+            names[t.name] = f"{_GPT2_TOP[stem]}.{suffix}"
+        elif stem.startswith("blk.") and block.isdigit() and part in _GPT2_NAMES:
+            names[t.name] = f"blocks.{block}.{_GPT2_NAMES[part]}.{suffix}"
+        else:
+            raise GptlabError(f"{path}: GGUF tensor {t.name} has no place in a gpt2 model; is the file a plain GPT-2?")
+    shapes = {names[t.name]: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+    check_shapes(config, shapes, str(path), f"{path} (gpt2.* metadata)")
+    state = {names[t.name]: dequantize_tensor(t) for t in reader.tensors}
+    if "head.weight" in state and not torch.equal(state["head.weight"], state["tok_emb.weight"]):
+        config = GPTConfig(**{**config.to_dict(), "tie_embeddings": False})
+    elif "head.weight" in state:
+        del state["head.weight"]
+    return config, state
+
+
+def _is_gpt2_vocab(vocab: GGUFVocab) -> bool:
+    """True when the GGUF vocabulary is GPT-2's BPE (then the checkpoint names the built-in ``gpt2``)."""
+    import json
+
+    from gptlab.tokenizer import gpt2_bpe_dir
+
+    if vocab.pre != "gpt-2" or len(vocab.tokens) < 50257 or vocab.tokens[50256] != "<|endoftext|>":
+        return False
+    encoder = json.loads((gpt2_bpe_dir() / "encoder.json").read_text(encoding="utf-8"))
+    unused = all(t == gguf.TokenType.UNUSED for t in vocab.token_types[50257:])
+    return unused and vocab.tokens[:50257] == sorted(encoder, key=encoder.__getitem__)
+
+
 def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Convert a Llama/Qwen2 GGUF file into a gptlab checkpoint folder; return ``out_dir``.
+    """Convert a Llama/Qwen2 (or GPT-2, see :func:`gguf_gpt2_state`) GGUF file into a gptlab
+    checkpoint folder; return ``out_dir``.
 
     Writes (via ``checkpoint.save_model``) ``model.safetensors`` (dequantised, ``dtype``),
     ``config.json`` (the GPTConfig read from the metadata, plus a ``source`` entry) and
@@ -287,8 +352,11 @@ def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtyp
     gguf_path = Path(gguf_path)
     reader = open_gguf(gguf_path)
     vocab = read_gguf_vocab(reader)
-    config = gguf_config(reader, gguf_path)
-    state = from_hf_state_dict(gguf_hf_state_dict(reader, config, gguf_path), config)
+    if field_value(reader, gguf.Keys.General.ARCHITECTURE, gguf_path) == "gpt2":
+        config, state = gguf_gpt2_state(reader, gguf_path)
+    else:
+        config = gguf_config(reader, gguf_path)
+        state = from_hf_state_dict(gguf_hf_state_dict(reader, config, gguf_path), config)
     model = GPT(config)
     load_state(model, {k: v.to(dtype) for k, v in state.items()}, str(gguf_path))
     model = model.to(dtype)
@@ -298,5 +366,5 @@ def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtyp
         tok_path = Path(tmp) / "tokenizer.json"
         tokenizer.save(tok_path)
         source = {"gguf": gguf_path.name, "dtype": str(dtype).removeprefix("torch."), "bos_token": vocab.bos_id, "add_bos": vocab.add_bos}
-        save_model(out_dir, model, tokenizer=tok_path, extra={"source": source})
+        save_model(out_dir, model, tokenizer="gpt2" if _is_gpt2_vocab(vocab) else tok_path, extra={"source": source})
     return Path(out_dir)

@@ -1,4 +1,6 @@
-"""Hugging Face interop: GPT-2 state dicts in the ``transformers`` layout, in and out.
+"""Hugging Face interop: GPT-2 state dicts in the ``transformers`` layout, in and out; the
+entry points (:func:`load_hf_dir`, :func:`export_hf`) also dispatch the Llama family to
+:mod:`gptlab.convert.hf_llama` and write the tokenizer (:mod:`gptlab.convert.hf_tokenizer`).
 
 ``transformers`` stores GPT-2's linear layers as ``Conv1D`` with weights of shape
 (in, out), the transpose of ``nn.Linear``. This module maps names and transposes; it needs
@@ -18,6 +20,7 @@ from safetensors.torch import save_file
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizer import Tokenizer, load_tokenizer
 
 # ours -> theirs, per block; True where the weight is a Conv1D (transposed)
 _BLOCK_MAP = {
@@ -160,7 +163,8 @@ def check_hf_shapes(shapes: dict[str, tuple[int, ...]], config: GPTConfig, sourc
 
 def load_hf_dir(folder: str | Path) -> GPT:
     """Return a GPT from a Hugging Face GPT-2 folder: ``config.json`` and ``model.safetensors``
-    (or ``pytorch_model.bin``, read with ``weights_only=True``).
+    (or ``pytorch_model.bin``, read with ``weights_only=True``); a Llama/Qwen2 folder goes to
+    :func:`gptlab.convert.hf_llama.load_hf_llama_dir`.
 
     A safetensors file's header is checked against ``config.json`` before any tensor is read
     or the model built. GptlabError (one line) for a missing, truncated or foreign weights
@@ -176,6 +180,10 @@ def load_hf_dir(folder: str | Path) -> GPT:
         raise GptlabError(f"{config_path}: not found; a Hugging Face folder needs config.json beside the weights") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GptlabError(f"{config_path}: not valid JSON ({e}); fix or re-download it") from None
+    from gptlab.convert.hf_llama import is_llama_config, load_hf_llama_dir
+
+    if isinstance(hf_config, dict) and is_llama_config(hf_config):
+        return load_hf_llama_dir(folder)
     try:
         config = config_from_hf(hf_config)
     except KeyError as e:
@@ -213,10 +221,34 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_hf(model: GPT, folder: str | Path) -> Path:
-    """Write ``model`` as ``model.safetensors`` + ``config.json`` that
-    ``transformers.GPT2LMHeadModel.from_pretrained(folder)`` loads; return the folder."""
+def export_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | str | Path | None = None) -> Path:
+    """Write ``model`` as a Hugging Face folder ``transformers.AutoModelForCausalLM.from_pretrained``
+    loads (GPT-2 here; the Llama family through :func:`gptlab.convert.hf_llama.export_hf_llama`);
+    return the folder.
+
+    With ``tokenizer`` (a gptlab tokenizer, ``"gpt2"`` or a ``tokenizer.json`` path) the folder
+    is complete for ``AutoTokenizer`` and ``pipeline("text-generation")``: ``tokenizer.json``,
+    ``tokenizer_config.json`` (chat template where the tokenizer has one),
+    ``generation_config.json`` (eos), and OpenAI's ``vocab.json``/``merges.txt`` for GPT-2.
+    Without it only ``model.safetensors`` + ``config.json`` are written.
+    """
+    from gptlab.convert import hf_llama
+    from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
+
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    if model.config.norm == "rmsnorm" or model.config.positions == "rope" or model.config.mlp == "swiglu":
+        return hf_llama.export_hf_llama(model, folder, tokenizer=tokenizer)
+    hf_config = config_to_hf(model.config)
+    if tokenizer is not None:
+        hf_llama.check_tokenizer_fits(tokenizer, model.config)
+        ids = special_ids(tokenizer)
+        hf_config["bos_token_id"], hf_config["eos_token_id"] = ids["bos_token_id"], ids["eos_token_id"]
+    elif model.config.vocab_size <= 50256:
+        hf_config["bos_token_id"] = hf_config["eos_token_id"] = None  # GPT-2's id would be outside the vocabulary
     with atomic_dir(folder) as tmp:
         save_file(to_hf_state_dict(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        write_json(tmp / "config.json", config_to_hf(model.config))
+        write_json(tmp / "config.json", hf_config)
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, tmp, model.config.context_length)
     return Path(folder)

@@ -1,16 +1,21 @@
-"""Corpus documents: read the text files, split them into train and val, cut them into chunks.
+"""Corpus documents: list and read the text files, split them into train and val, cut them into chunks.
 
-Each file is a document. Documents go to train or val by a seeded choice; a corpus of one
-document is cut in two at a line break. :func:`chunk_bounds` cuts a text where the GPT-2
-pre-tokenizer always cuts (a newline between two non-space characters), so encoding the
-chunks one by one gives exactly the ids of encoding the whole. The tokenize stage itself
-(documents -> shards) is :mod:`gptlab.data.tokenize`.
+Each ``.txt`` file is a document (JSONL and parquet files hold one per record: see
+:mod:`gptlab.data.records`). A corpus of text files goes to train or val by a seeded choice
+of documents; a corpus of one document is cut in two at a line break; a corpus with record
+streams uses a seeded hash of each document's text (:func:`in_val`), so nothing is held.
+:func:`chunk_bounds` and :func:`text_pieces` cut a text where the GPT-2 pre-tokenizer always
+cuts (a newline between two non-space characters), so encoding the pieces one by one gives
+exactly the ids of encoding the whole. The tokenize stage itself (documents -> shards) is
+:mod:`gptlab.data.tokenize`.
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +38,38 @@ class Document:
     text: str
 
 
+def corpus_files(folder: str | Path, pattern: str = "*.txt") -> list[Path]:
+    """Return the files of ``folder`` matching ``pattern``, sorted by name; GptlabError when none does."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not paths:
+        raise GptlabError(f"{folder}: no corpus files match {pattern!r}; run `dvc repro download` or fix tokenize.corpus_glob")
+    return paths
+
+
+def _not_utf8(path: Path, bad: int, offset: int) -> GptlabError:
+    return GptlabError(f"{path}: not UTF-8 (byte 0x{bad:02x} at offset {offset}); convert it (e.g. `iconv -f latin1 -t utf-8`) or remove it from the corpus")
+
+
+def read_text(path: Path) -> str:
+    """Return the UTF-8 text of ``path``; GptlabError naming the first bad byte's offset."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e.object[e.start], e.start) from None
+
+
+def is_blank(path: Path, block: int = 1 << 16) -> bool:
+    """Return True when the text file at ``path`` holds only whitespace (reads until the first
+    non-space character: one block for almost every file)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            if decoder.decode(data).strip():
+                return False
+    return not decoder.decode(b"", final=True).strip()
+
+
 def read_corpus(folder: str | Path, pattern: str = "*.txt") -> list[Document]:
     """Return the documents of ``folder`` matching ``pattern``, sorted by name, whitespace-only ones dropped.
 
@@ -40,18 +77,10 @@ def read_corpus(folder: str | Path, pattern: str = "*.txt") -> list[Document]:
     all files are empty.
     """
     folder = Path(folder)
-    paths = sorted(p for p in folder.glob(pattern) if p.is_file())
-    if not paths:
-        raise GptlabError(f"{folder}: no corpus files match {pattern!r}; run `dvc repro download` or fix tokenize.corpus_glob")
+    paths = corpus_files(folder, pattern)
     docs = []
     for path in paths:
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise GptlabError(
-                f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                "convert it (e.g. `iconv -f latin1 -t utf-8`) or remove it from the corpus"
-            ) from None
+        text = read_text(path)
         if text.strip():
             docs.append(Document(path.name, text))
     if not docs:
@@ -101,3 +130,50 @@ def chunk_bounds(text: str, chunk_chars: int) -> list[tuple[int, int]]:
         start = cut.end()
     spans.append((start, len(text)))
     return spans
+
+
+def text_pieces(path: str | Path, chunk_chars: int, block_bytes: int = 1 << 20) -> Iterator[tuple[str, int]]:
+    """Yield ``(piece, bytes read so far)``: the UTF-8 text of ``path`` in order, in pieces of
+    about ``chunk_chars`` characters cut only at safe line breaks (as :func:`chunk_bounds`), read
+    ``block_bytes`` at a time so a file of any size streams. GptlabError names a bad byte's offset."""
+    path = Path(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    buf, read = "", 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block_bytes)
+            try:
+                buf += decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                pending = len(e.object) - len(data)  # bytes the decoder held back from the previous block
+                raise _not_utf8(path, e.object[e.start], read - pending + e.start) from None
+            read += len(data)
+            start = 0
+            while len(buf) - start > chunk_chars:
+                cut = _SAFE_CUT.search(buf, start + chunk_chars)
+                if cut is None:
+                    break
+                yield buf[start : cut.end()], read
+                start = cut.end()
+            buf = buf[start:]
+            if not data:
+                break
+    if buf:
+        yield buf, read
+
+
+def in_val(text: str, seed: int, val_fraction: float) -> bool:
+    """Return True when the seeded hash of ``text`` (BLAKE2b of its UTF-8 bytes keyed by
+    ``seed``) puts the document in val: a ``val_fraction`` share of documents, independent of
+    their order and of the other documents (the same text always lands in the same split)."""
+    return hash_in_val(hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=seed_key(seed)), val_fraction)
+
+
+def seed_key(seed: int) -> bytes:
+    """Return the BLAKE2b key of the split hash for ``seed``."""
+    return seed.to_bytes(8, "little", signed=True)
+
+
+def hash_in_val(digest: hashlib.blake2b, val_fraction: float) -> bool:
+    """Return True when a split-hash digest (see :func:`in_val`) falls in the val share."""
+    return int.from_bytes(digest.digest(), "little") < int(val_fraction * 2**64)

@@ -26,6 +26,7 @@ from gptlab.data.prompts import (  # noqa: F401  (re-exported: the styles' home 
     ALPACA_HEADER_WITH_INPUT,
     PROMPT_STYLES,
     PromptStyleError,
+    encode_prompt,
     format_example,
     format_prompt,
     response_text,
@@ -229,8 +230,8 @@ def encode_example(record: Mapping, tokenizer: Tokenizer, style: str = "alpaca",
     response separately, so ``ids[:prompt_len]`` is exactly the encoded prompt that generation
     will see. ``eot_id`` defaults to ``tokenizer.eot_token``.
     """
-    prompt, response = format_example(record, style)
-    prompt_ids = tokenizer.encode_ordinary(prompt)
+    prompt, response = format_example(record, style, getattr(tokenizer, "chat_template", None))
+    prompt_ids = encode_prompt(tokenizer, prompt, style)
     ids = prompt_ids + tokenizer.encode_ordinary(response) + [tokenizer.eot_token if eot_id is None else eot_id]
     return ids, len(prompt_ids)
 

@@ -1,6 +1,9 @@
 """Instruction prompt styles: the text a record becomes for training and for generation.
 
-Two styles, both from the Alpaca template, differ in two places:
+``chat`` renders the record as one user turn with the model's own chat template (the Jinja
+string its tokenizer carries, e.g. SmolLM2's ChatML), ``add_generation_prompt=True``; the
+response is the output, closed by the tokenizer's end-of-turn token. The other two styles,
+both from the Alpaca template, differ in two places:
 
 ``alpaca`` (the default; Stanford Alpaca's own template)
     Records with a non-blank ``input`` get the longer header "Below is an instruction that
@@ -20,7 +23,9 @@ Two styles, both from the Alpaca template, differ in two places:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from gptlab.errors import GptlabError
 
@@ -30,7 +35,7 @@ ALPACA_HEADER_WITH_INPUT = (
     "Write a response that appropriately completes the request."
 )
 RESPONSE_MARK = "### Response:"
-PROMPT_STYLES = ("alpaca", "book")
+PROMPT_STYLES = ("alpaca", "book", "chat")
 
 
 class PromptStyleError(GptlabError, ValueError):
@@ -42,15 +47,50 @@ def _check_style(style: str) -> None:
         raise PromptStyleError(f"prompt style {style!r} is unknown; choose one of {', '.join(PROMPT_STYLES)}")
 
 
-def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> str:
+@functools.lru_cache(maxsize=8)
+def compile_chat_template(template: str):
+    """Return the compiled Jinja ``template`` (sandboxed, as transformers renders chat templates).
+
+    Raises GptlabError when it does not compile; the template may call ``raise_exception`` and
+    ``strftime_now`` as Hugging Face templates do.
+    """
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(template)
+    except TemplateError as e:
+        raise GptlabError(f"the tokenizer's chat_template does not compile ({e}); fix it in the checkpoint's tokenizer files") from None
+
+
+def render_chat(template: str, messages: Sequence[Mapping], add_generation_prompt: bool = True, **extra) -> str:
+    """Return ``messages`` (``{role, content}`` dicts) rendered with the Jinja chat ``template``."""
+    return compile_chat_template(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt, **extra)
+
+
+def format_prompt(instruction: str, input: str = "", style: str = "alpaca", template: str | None = None) -> str:
     """Return the prompt text generation is given for one instruction.
 
     ``alpaca``: header (the longer one with a non-blank input), ``### Instruction:``, optional
-    ``### Input:``, then ``### Response:\\n``: it ends just where the response begins.
+    ``### Input:``, then ``### Response:\n``: it ends just where the response begins.
     ``book``: the book's ``format_input``: short header, ``### Instruction:``, optional
-    ``### Input:``; it ends before ``\\n\\n### Response:`` (see the module docstring).
+    ``### Input:``; it ends before ``\n\n### Response:`` (see the module docstring).
+    ``chat``: one user turn (the instruction, then the input after a blank line) rendered with
+    ``template``, the model's chat template, ending where the assistant's answer begins.
     """
     _check_style(style)
+    if style == "chat":
+        if not template:
+            raise GptlabError(
+                "prompt_style chat needs a model whose tokenizer has a chat template (e.g. convert.source: smollm2-135m-instruct); use alpaca or book"
+            )
+        content = f"{instruction}\n\n{input}" if input and input.strip() else instruction
+        return render_chat(template, [{"role": "user", "content": content}])
     if style == "book":
         text = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
         return text + (f"\n\n### Input:\n{input}" if input else "")
@@ -59,14 +99,21 @@ def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> s
     return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n{RESPONSE_MARK}\n"
 
 
-def format_example(record: Mapping, style: str = "alpaca") -> tuple[str, str]:
+def encode_prompt(tokenizer, text: str, style: str) -> list[int]:
+    """Return the token ids of a prompt ``text`` of ``style``: a chat prompt's special tokens
+    (``<|im_start|>``...) come from the template and are encoded as such; other styles encode
+    plain text (an ``<|endoftext|>`` typed in a record stays text)."""
+    return tokenizer.encode(text, allowed_special="all") if style == "chat" else tokenizer.encode_ordinary(text)
+
+
+def format_example(record: Mapping, style: str = "alpaca", template: str | None = None) -> tuple[str, str]:
     """Return ``(prompt, response)`` texts of a record for training; ``prompt + response`` is
     the training text (no end-of-text marker).
 
     ``prompt`` is :func:`format_prompt`; ``response`` is the record's ``output`` for
     ``alpaca`` and ``"\\n\\n### Response:\\n" + output`` for ``book`` (the book's training text).
     """
-    prompt = format_prompt(record["instruction"], record.get("input") or "", style)
+    prompt = format_prompt(record["instruction"], record.get("input") or "", style, template)
     return prompt, (f"\n\n{RESPONSE_MARK}\n" if style == "book" else "") + record["output"]
 
 

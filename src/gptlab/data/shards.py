@@ -20,13 +20,17 @@ import json
 import os
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gptlab.errors import GptlabError
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = b"GPTLABTK"
 VERSION = 1
@@ -172,35 +176,65 @@ class ShardWriter:
 
 
 class TokenShards:
-    """The shards of one split, memory-mapped, as one source of context windows.
+    """The shards of one split as one source of context windows, memory-mapped lazily.
 
     Windows never cross a shard boundary. ``x`` and ``y`` are ``(batch, context)`` int64
-    tensors with ``y`` the next token after each position of ``x``. Opening verifies each shard
-    (:func:`verify_shard`: ids within the vocabulary, CRC-32 against the folder's ``meta.json``
-    when it records one), so a corrupt shard fails here with one line.
+    tensors with ``y`` the next token after each position of ``x``. Opening reads every
+    shard's 64-byte header (lengths and vocabulary) but maps at most ``max_open`` shards at a
+    time (least recently used ones are closed), so a split of thousands of shards holds few
+    files open. Each shard is verified (:func:`verify_shard`: ids within the vocabulary,
+    CRC-32 against the folder's ``meta.json`` when it records one) the first time it is
+    mapped; the first ``max_open`` are mapped, so verified, up front: a corrupt shard of a
+    small split fails here with one line.
     """
 
-    def __init__(self, paths: Sequence[str | Path]):
+    def __init__(self, paths: Sequence[str | Path], max_open: int = 64):
         if not paths:
             raise GptlabError("TokenShards: no shard paths given")
+        if max_open < 1:
+            raise GptlabError(f"TokenShards: max_open={max_open} must be >= 1")
         self.paths = [Path(p) for p in paths]
+        self.max_open = max_open
         headers = [read_header(p) for p in self.paths]
-        self.arrays = [_memmap(p, h["n_tokens"]) for p, h in zip(self.paths, headers)]
-        checksums: dict[Path, dict[str, str]] = {}
-        for path, header, data in zip(self.paths, headers, self.arrays):
-            if path.parent not in checksums:
-                checksums[path.parent] = recorded_checksums(path.parent)
-            verify_shard(path, data, header["vocab_size"], checksums[path.parent].get(path.name))
         vocab_sizes = {h["vocab_size"] for h in headers}
         if len(vocab_sizes) != 1:
             raise GptlabError(f"{self.paths[0].parent}: shards disagree on vocab_size ({sorted(vocab_sizes)}); rebuild them")
         self.vocab_size = vocab_sizes.pop()
-        self.lengths = np.array([len(a) for a in self.arrays], dtype=np.int64)
+        self.lengths = np.array([h["n_tokens"] for h in headers], dtype=np.int64)
+        self._checksums: dict[Path, dict[str, str]] = {}
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._verified: set[int] = set()
+        for i in range(min(max_open, len(self.paths))):
+            self.array(i)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, split: str) -> TokenShards:
+    def from_folder(cls, folder: str | Path, split: str, max_open: int = 64) -> TokenShards:
         """Open every ``<split>-*.bin`` shard in ``folder``."""
-        return cls(split_paths(folder, split))
+        return cls(split_paths(folder, split), max_open)
+
+    @property
+    def open_count(self) -> int:
+        """How many shards are mapped now (at most ``max_open``)."""
+        return len(self._open)
+
+    def array(self, i: int) -> np.ndarray:
+        """Return shard ``i``'s tokens as a read-only uint16 memmap of shape (n_tokens,),
+        mapping (and, the first time, verifying) it and closing the least recently used map."""
+        data = self._open.get(i)
+        if data is not None:
+            self._open.move_to_end(i)
+            return data
+        path = self.paths[i]
+        data = _memmap(path, int(self.lengths[i]))
+        if i not in self._verified:
+            if path.parent not in self._checksums:
+                self._checksums[path.parent] = recorded_checksums(path.parent)
+            verify_shard(path, data, self.vocab_size, self._checksums[path.parent].get(path.name))
+            self._verified.add(i)
+        self._open[i] = data
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return data
 
     @property
     def n_tokens(self) -> int:
@@ -222,15 +256,14 @@ class TokenShards:
     def draw(self, n: int, context: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` uniformly random window positions with ``rng``: (shard index, offset), each (n,) int64."""
         starts = self.check_context(context)
-        shard_idx = rng.choice(len(self.arrays), size=n, p=starts / starts.sum())
+        shard_idx = rng.choice(len(self.paths), size=n, p=starts / starts.sum())
         offsets = (rng.random(n) * starts[shard_idx]).astype(np.int64)
         return shard_idx, offsets
 
     def gather(self, shard_idx: np.ndarray, offsets: np.ndarray, context: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Read the windows at the given positions: ``x, y`` (len, context) int64, ``y`` shifted by one."""
-        rows = np.stack([self.arrays[s][o : o + context + 1] for s, o in zip(shard_idx, offsets)]).astype(np.int64)
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        rows = np.stack([self.array(int(s))[o : o + context + 1] for s, o in zip(shard_idx, offsets)]).astype(np.int64)
+        return _as_xy_rows(rows)
 
     def random_windows(self, batch: int, context: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``batch`` windows at uniformly random positions drawn with ``rng``.
@@ -245,11 +278,16 @@ class TokenShards:
         self.check_context(context)
         rows: list[np.ndarray] = []
         emitted = 0
-        for arr in self.arrays:
+        for i in range(len(self.paths)):
+            if max_windows is not None and emitted >= max_windows:
+                break
+            if self.lengths[i] <= context:
+                continue
+            arr = self.array(i)
             for start in range(0, len(arr) - context, context):
                 if max_windows is not None and emitted >= max_windows:
                     break
-                rows.append(arr[start : start + context + 1])
+                rows.append(np.array(arr[start : start + context + 1]))
                 emitted += 1
                 if len(rows) == batch:
                     yield _as_xy(rows)
@@ -259,5 +297,11 @@ class TokenShards:
 
 
 def _as_xy(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return _as_xy_rows(np.stack(rows).astype(np.int64))
+
+
+def _as_xy_rows(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch  # imported here: the tokenize stage uses this module without torch
+
+    t = torch.from_numpy(rows)
     return t[:, :-1], t[:, 1:]

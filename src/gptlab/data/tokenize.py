@@ -1,8 +1,10 @@
 """The tokenize stage: corpus documents -> train/val token shards, ``meta.json`` and metrics.
 
-Documents come from :mod:`gptlab.data.corpus` (read, split train/val, chunked at safe line
-breaks); each is encoded followed by ``<|endoftext|>``. Encoding runs in worker processes
-over the chunks, so the ids are exactly those of encoding each document whole.
+Documents stream from text, JSONL and parquet files (:mod:`gptlab.data.stream`: read in
+bounded pieces, split train/val, cut at safe line breaks); each is encoded followed by
+``<|endoftext|>``. Encoding runs in worker processes over the pieces, so the ids are exactly
+those of encoding each document whole, and shards roll over every ``shard_tokens`` tokens.
+:func:`encode_documents` is the in-memory form for documents already read.
 
 Outputs are split by kind: ``meta.json`` beside the shards holds the provenance (tokenizer,
 document names per split, shard files with their token counts and CRC-32), the metrics file
@@ -14,15 +16,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import tiktoken
 
-from gptlab.data.corpus import Document, chunk_bounds, read_corpus, split_documents
+from gptlab.data.corpus import Document, chunk_bounds
 from gptlab.data.shards import MAX_VOCAB, ShardWriter, read_header
+from gptlab.data.stream import SPLITS, TRAIN, encode_ordinary_array, encode_units, plan_corpus, seed_key, unit_texts
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.params import TokenizeParams
@@ -32,18 +34,6 @@ from gptlab.tokenizer import SimpleTokenizer, Tokenizer, gpt2
 # Set before the worker processes fork, so they read the text and tokenizer from inherited
 # memory and only (doc, start, end) triples and the resulting ids cross process boundaries.
 _WORKER_STATE: tuple[Tokenizer, list[str]] | None = None
-
-
-def encode_ordinary_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """Return ``tokenizer.encode_ordinary(text)`` as a uint16 array of shape (tokens,).
-
-    For tiktoken it takes the numpy fast path (no Python list of ints); special-token text
-    stays ordinary text either way.
-    """
-    if isinstance(tokenizer, tiktoken.Encoding):
-        ids = tokenizer.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-        return ids.astype(np.uint16)
-    return np.asarray(tokenizer.encode_ordinary(text), dtype=np.uint16)
 
 
 def _encode_group(spans: list[tuple[int, int, int]]) -> list[np.ndarray]:
@@ -102,53 +92,78 @@ def encode_documents(docs: Sequence[Document], tokenizer: Tokenizer, workers: in
     yield np.concatenate(parts + [eot])
 
 
-def build_tokenizer(kind: str, train_docs: Sequence[Document]) -> Tokenizer:
-    """Return the tokenizer ``kind`` names: GPT-2 BPE, or a SimpleTokenizer built from ``train_docs``."""
+def build_tokenizer(kind: str, train_texts: Iterable[str]) -> Tokenizer:
+    """Return the tokenizer ``kind`` names: GPT-2 BPE, or a SimpleTokenizer built from ``train_texts``."""
     if kind == "gpt2":
         return gpt2()
-    return SimpleTokenizer.train((d.text for d in train_docs), max_size=MAX_VOCAB)
+    return SimpleTokenizer.train(train_texts, max_size=MAX_VOCAB)
+
+
+def _train_texts(params: TokenizeParams, corpus_dir: str | Path, seed: int) -> Iterator[str]:
+    """Yield the train split's text, piece by piece, streamed from the corpus (for a trained vocabulary)."""
+    plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
+    key = seed_key(seed)
+    for unit, _ in plan.units:
+        yield from (text for split, text, _ in unit_texts(unit, params.text_field, key, params.val_fraction) if split == TRAIN)
 
 
 def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str | Path, seed: int, metrics_path: str | Path | None = None) -> dict:
     """Encode the corpus into ``out_dir/{train,val}-NNNNN.bin`` plus ``meta.json``; return the summary.
 
-    The summary holds, per split, ``documents`` and ``tokens`` (counts) and ``bytes`` (UTF-8
-    bytes of the text), and ``tokens_per_s``: exactly what goes to ``metrics_path`` (comparable
-    figures only); it adds, for the caller's messages, ``tokenizer``, ``vocab_size``, ``shards``
-    (files per split), ``workers`` and ``seconds``. ``meta.json`` holds the provenance: tokenizer,
-    vocab size, end-of-text id, per split the document names, tokens, bytes and shard names, and
-    ``files``: per shard file its split, tokens and ``crc32`` (verified when the shards are
-    opened). ``out_dir`` is replaced only on success.
+    The corpus streams through (see :mod:`gptlab.data.stream`): memory stays flat whatever
+    its size. The summary holds, per split, ``documents`` and ``tokens`` (counts) and ``bytes``
+    (UTF-8 bytes of the text), and ``tokens_per_s``: exactly what goes to ``metrics_path``
+    (comparable figures only); it adds, for the caller's messages, ``tokenizer``,
+    ``vocab_size``, ``shards`` (files per split), ``workers``, ``split_rule`` and ``seconds``.
+    ``meta.json`` holds the provenance: tokenizer, vocab size, end-of-text id, per split the
+    document names (a count under the ``hash`` split rule of record streams), tokens, bytes
+    and shard names, and ``files``: per shard file its split, tokens and ``crc32`` (verified
+    when the shards are opened). ``out_dir`` is replaced only on success.
     """
     start = time.perf_counter()
-    docs = read_corpus(corpus_dir, params.corpus_glob)
-    train, val = split_documents(docs, params.val_fraction, seed)
-    tokenizer = build_tokenizer(params.tokenizer, train)
+    plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
+    tokenizer = build_tokenizer(params.tokenizer, _train_texts(params, corpus_dir, seed) if params.tokenizer != "gpt2" else ())
+    if tokenizer.n_vocab > MAX_VOCAB:
+        raise GptlabError(f"tokenizer {getattr(tokenizer, 'name', '?')} has {tokenizer.n_vocab} ids; uint16 shards hold at most {MAX_VOCAB}")
     workers = params.workers or os.cpu_count() or 1
     meta: dict = {"format_version": 1, "dtype": "uint16", "tokenizer": "gpt2" if params.tokenizer == "gpt2" else "tokenizer.json",
                   "vocab_size": tokenizer.n_vocab, "eot_token": tokenizer.eot_token, "splits": {}, "files": {}}  # fmt: skip
+    docs, nbytes = [0, 0], [0, 0]
     with atomic_dir(out_dir) as tmp:
         if isinstance(tokenizer, SimpleTokenizer):
             tokenizer.save(tmp / "tokenizer.json")
-        for split, split_docs in (("train", train), ("val", val)):
-            writer = ShardWriter(tmp, split, params.shard_tokens, tokenizer.n_vocab, tokenizer.eot_token)
-            for ids in encode_documents(split_docs, tokenizer, workers, params.chunk_chars):
-                writer.write(ids)
+        writers = [ShardWriter(tmp, split, params.shard_tokens, tokenizer.n_vocab, tokenizer.eot_token) for split in SPLITS]
+        results = encode_units(plan.units, tokenizer, params.text_field, seed, params.val_fraction, workers)
+        with progress(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenize", leave=False) as bar:
+            for (*ids, unit_docs, unit_bytes), advanced in results:
+                for i, writer in enumerate(writers):
+                    if len(ids[i]):
+                        writer.write(ids[i])
+                    docs[i] += unit_docs[i]
+                    nbytes[i] += unit_bytes[i]
+                bar.update(advanced)
+        for i, (split, writer) in enumerate(zip(SPLITS, writers)):
+            if not writer.tokens:
+                raise GptlabError(
+                    f"{corpus_dir}: the {split} split is empty ({docs[1 - i]} documents all went to the other); add documents or change tokenize.val_fraction"
+                )
             paths = writer.close()
             meta["splits"][split] = {
-                "documents": [d.name for d in split_docs],
+                "documents": plan.names[i] if plan.names else docs[i],
                 "tokens": writer.tokens,
-                "bytes": sum(len(d.text.encode("utf-8")) for d in split_docs),
+                "bytes": nbytes[i],
                 "shards": [p.name for p in paths],
             }
             for path, crc in zip(paths, writer.checksums):
                 meta["files"][path.name] = {"split": split, "tokens": read_header(path)["n_tokens"], "crc32": crc}
+        if plan.rule == "hash":
+            meta["split_rule"] = {"rule": "hash", "seed": seed, "val_fraction": params.val_fraction, "sources": [p.name for p in plan.files]}
         write_json(tmp / "meta.json", meta)
     seconds = time.perf_counter() - start
     splits = meta["splits"]
     total = sum(s["tokens"] for s in splits.values())
     metrics = {
-        "documents": {k: len(v["documents"]) for k, v in splits.items()},
+        "documents": dict(zip(SPLITS, docs)),
         "tokens": {k: v["tokens"] for k, v in splits.items()},
         "tokens_per_s": round(total / seconds, 1),
     }
@@ -161,5 +176,6 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
         "vocab_size": tokenizer.n_vocab,
         "shards": {k: len(v["shards"]) for k, v in splits.items()},
         "workers": workers,
+        "split_rule": plan.rule,
         "seconds": round(seconds, 3),
     }

@@ -1,4 +1,5 @@
-"""GGUF (llama.cpp) to litgpt: a Llama-architecture GGUF file as a litgpt checkpoint directory.
+"""litgpt checkpoint directories: from a Llama-architecture GGUF file (:func:`gguf_to_litgpt`) and
+from a Llama-family gptlab model (:func:`export_litgpt`).
 
 Built on the generic readers of :mod:`gptlab.convert.gguf` (metadata, vocabulary, tokenizer
 rebuild, dequantisation, Q/K un-permutation): names are mapped onto litgpt's Llama layout
@@ -46,7 +47,19 @@ _TOP_MAP = {
     gguf.MODEL_TENSOR.OUTPUT: "lm_head.weight",
 }
 
-__all__ = ["DEFAULT_CONFIG", "gguf_state_dict", "gguf_to_litgpt", "litgpt_config", "tokenizer_config", "build_tokenizer", "read_gguf_vocab", "GGUFVocab"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "export_litgpt",
+    "gguf_state_dict",
+    "gguf_to_litgpt",
+    "litgpt_config_of",
+    "litgpt_state_dict",
+    "litgpt_config",
+    "tokenizer_config",
+    "build_tokenizer",
+    "read_gguf_vocab",
+    "GGUFVocab",
+]
 
 
 def _check_config(reader: gguf.GGUFReader, config, path: Path) -> None:
@@ -222,4 +235,86 @@ def gguf_to_litgpt(gguf_path: str | Path, out_dir: str | Path, config_name: str 
         gen = {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id, "pad_token_id": vocab.pad_id}
         write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
         write_json(tmp / "gguf_source.json", {"gguf": gguf_path.name, "config_name": config_name, "dtype": str(dtype).removeprefix("torch.")})
+    return Path(out_dir)
+
+
+# gptlab (Llama family) -> litgpt parameter names, per block; attn.qkv is [q | k | v] in both
+_FROM_GPTLAB_BLOCK = {
+    "norm1.weight": "norm_1.weight",
+    "attn.qkv.weight": "attn.qkv.weight",
+    "attn.qkv.bias": "attn.qkv.bias",
+    "attn.proj.weight": "attn.proj.weight",
+    "norm2.weight": "norm_2.weight",
+    "mlp.proj.weight": "mlp.proj.weight",
+}
+
+
+def litgpt_config_of(config, name: str = "gptlab"):
+    """Return the ``litgpt.Config`` of a Llama-family gptlab ``GPTConfig`` (Llama: no biases;
+    Qwen2: qkv biases as litgpt's ``attn_bias``). GptlabError for GPT-2 configs (litgpt has no
+    learned position embeddings) or MLP/projection biases."""
+    from litgpt import Config
+
+    if (config.norm, config.positions, config.mlp) != ("rmsnorm", "rope", "swiglu") or config.proj_bias or config.mlp_bias:
+        raise GptlabError(
+            f"model config norm={config.norm}, positions={config.positions}, mlp={config.mlp}, proj_bias={config.proj_bias}, "
+            f"mlp_bias={config.mlp_bias}: litgpt export takes the Llama family (rmsnorm, rope, swiglu, no projection/MLP biases)"
+        )
+    return Config(
+        name=name,
+        block_size=config.context_length,
+        vocab_size=config.vocab_size,
+        padded_vocab_size=config.vocab_size,
+        n_layer=config.n_layers,
+        n_embd=config.emb_dim,
+        n_head=config.n_heads,
+        n_query_groups=config.kv_heads,
+        head_size=config.head_dim,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=False,
+        attn_bias=config.qkv_bias,
+        norm_class_name="RMSNorm",
+        norm_eps=config.norm_eps,
+        mlp_class_name="LLaMAMLP",
+        intermediate_size=config.hidden_dim,
+        rope_base=int(config.rope_base) if float(config.rope_base).is_integer() else config.rope_base,
+    )
+
+
+def litgpt_state_dict(model) -> dict[str, torch.Tensor]:
+    """Return a Llama-family gptlab model's tensors under litgpt's names (contiguous copies):
+    ``mlp.fc`` [gate | up] splits into ``fc_1``/``fc_2``; a tied head is copied into ``lm_head``."""
+    c = model.config
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.ln_f.weight": sd["final_norm.weight"], "lm_head.weight": sd["head.weight"]}
+    for i in range(c.n_layers):
+        for ours, theirs in _FROM_GPTLAB_BLOCK.items():
+            if f"blocks.{i}.{ours}" in sd:
+                out[f"transformer.h.{i}.{theirs}"] = sd[f"blocks.{i}.{ours}"]
+        gate, up = sd[f"blocks.{i}.mlp.fc.weight"].chunk(2)
+        out[f"transformer.h.{i}.mlp.fc_1.weight"], out[f"transformer.h.{i}.mlp.fc_2.weight"] = gate, up
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def export_litgpt(model, tokenizer, out_dir: str | Path, name: str = "gptlab") -> Path:
+    """Write a Llama-family gptlab ``model`` and its ``tokenizer`` as a litgpt checkpoint
+    directory (``litgpt generate``/``finetune_lora``/``serve`` and ``litgpt.GPT`` load it); return it.
+
+    Files: ``lit_model.pth`` (``torch.save`` of tensors only: litgpt's own format),
+    ``model_config.yaml`` (:func:`litgpt_config_of`, as ``litgpt.utils.save_config`` writes it),
+    ``tokenizer.json``, ``tokenizer_config.json``, ``generation_config.json``. The folder appears
+    complete or not at all.
+    """
+    from litgpt.utils import save_config
+
+    from gptlab.convert.hf_llama import check_tokenizer_fits
+    from gptlab.convert.hf_tokenizer import write_hf_tokenizer
+
+    config = litgpt_config_of(model.config, name)
+    check_tokenizer_fits(tokenizer, model.config)
+    with atomic_dir(out_dir) as tmp:
+        torch.save(litgpt_state_dict(model), tmp / "lit_model.pth")
+        save_config(config, tmp)
+        write_hf_tokenizer(tokenizer, tmp, model.config.context_length)
     return Path(out_dir)

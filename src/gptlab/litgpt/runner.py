@@ -19,69 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlab.errors import GptlabError, ParamsError
+from gptlab.errors import GptlabError
 from gptlab.io import write_json
+from gptlab.params.litgpt import LitgptParams
 from gptlab.progress import progress, quiet
-
-PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-true", "16-mixed")
-
-
-@dataclass
-class LitgptFinetuneParams:
-    """Settings of one ``litgpt finetune_lora`` run (names as in params.yaml ``finetune``).
-
-    Training stops after ``steps`` optimizer steps (or ``epochs``, whichever comes first); one
-    step is ``global_batch_size`` samples in micro-batches of ``micro_batch_size``. The learning
-    rate warms up linearly for ``warmup_steps`` then follows a cosine to litgpt's min_lr.
-    ``eval_interval`` null: validate only once, at the end.
-    """
-
-    steps: int = 20
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    micro_batch_size: int = 1
-    global_batch_size: int = 4
-    warmup_steps: int = 2
-    epochs: int = 100
-    max_seq_length: int = 256
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_query: bool = True
-    lora_key: bool = False
-    lora_value: bool = True
-    lora_projection: bool = False
-    lora_mlp: bool = False
-    lora_head: bool = False
-    val_split_fraction: float = 0.1
-    eval_interval: int | None = None
-    eval_max_iters: int = 100
-    eval_max_new_tokens: int = 32
-    precision: str = "32-true"
-    seed: int = 1337
-    timeout_s: float | None = None
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ParamsError:
-            return ParamsError(f"litgpt finetune_lora: {name}={getattr(self, name)!r} {why}")
-
-        for name in ("steps", "micro_batch_size", "global_batch_size", "epochs", "max_seq_length", "lora_r", "lora_alpha", "eval_max_iters"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise bad(name, "must be a positive integer")
-        if self.global_batch_size % self.micro_batch_size:
-            raise bad("global_batch_size", f"is not a multiple of micro_batch_size={self.micro_batch_size}")
-        if not 1 <= self.warmup_steps < self.steps:
-            raise bad("warmup_steps", f"must be at least 1 and below steps={self.steps} (litgpt's scheduler divides by both)")
-        if not self.lr > 0:
-            raise bad("lr", "must be positive")
-        if not 0 <= self.lora_dropout < 1:
-            raise bad("lora_dropout", "must be in [0, 1)")
-        if not 0 < self.val_split_fraction < 1:
-            raise bad("val_split_fraction", "must be in (0, 1)")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"is not one of {', '.join(PRECISIONS)} (use 32-true on CPU)")
-        if self.eval_interval is not None and self.eval_interval < 1:
-            raise bad("eval_interval", "must be a positive integer or null")
 
 
 @dataclass
@@ -136,7 +77,7 @@ def check_checkpoint_dir(checkpoint_dir: str | Path) -> Path:
     return path
 
 
-def finetune_args(checkpoint_dir: Path, data_path: Path, out_dir: Path, p: LitgptFinetuneParams, split_file: bool) -> list[str]:
+def finetune_args(checkpoint_dir: Path, data_path: Path, out_dir: Path, p: LitgptParams, split_file: bool) -> list[str]:
     """Return the ``litgpt finetune_lora`` arguments for one run (checked against litgpt 0.5.13's CLI)."""
 
     def b(x: bool) -> str:
@@ -164,15 +105,15 @@ def finetune_args(checkpoint_dir: Path, data_path: Path, out_dir: Path, p: Litgp
         "--lora_projection", b(p.lora_projection),
         "--lora_mlp", b(p.lora_mlp),
         "--lora_head", b(p.lora_head),
-        "--train.max_steps", str(p.steps),
+        "--train.max_steps", str(p.max_steps),
         "--train.epochs", str(p.epochs),
         "--train.micro_batch_size", str(p.micro_batch_size),
         "--train.global_batch_size", str(p.global_batch_size),
-        "--train.lr_warmup_steps", str(p.warmup_steps),
+        "--train.lr_warmup_steps", str(p.warmup),
         "--train.max_seq_length", str(p.max_seq_length),
         "--train.save_interval", "null",
         "--train.log_interval", "1",
-        "--eval.interval", str(p.eval_interval or p.steps + 1),
+        "--eval.interval", str(p.eval_interval or p.max_steps + 1),
         "--eval.max_iters", str(p.eval_max_iters),
         "--eval.max_new_tokens", str(p.eval_max_new_tokens),
         "--eval.initial_validation", "false",
@@ -185,7 +126,7 @@ def finetune_args(checkpoint_dir: Path, data_path: Path, out_dir: Path, p: Litgp
 
 
 def finetune_lora(
-    checkpoint_dir: str | Path, train_json: str | Path, val_json: str | Path | None, out_dir: str | Path, params: LitgptFinetuneParams
+    checkpoint_dir: str | Path, train_json: str | Path, val_json: str | Path | None, out_dir: str | Path, params: LitgptParams
 ) -> LitgptFinetuneResult:
     """Fine-tune ``checkpoint_dir`` with ``litgpt finetune_lora`` on litgpt JSON data; return where it wrote.
 

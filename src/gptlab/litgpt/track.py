@@ -8,6 +8,7 @@ score stage (which scores only enabled engines) and ``dvc repro`` run without li
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str 
 
     from gptlab.data.instructions import load_records
     from gptlab.litgpt.checkpoint import gguf_to_litgpt
-    from gptlab.litgpt.runner import LitgptFinetuneParams, finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
+    from gptlab.litgpt.runner import finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
 
     summary: dict = {"enabled": True, "config_name": p.config_name}
     with atomic_dir(models_dir) as tmp:
@@ -57,18 +58,7 @@ def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str 
         summary["convert_seconds"] = round(time.perf_counter() - t0, 2)
         train = write_litgpt_json(load_records(splits_dir / "train.json"), tmp / "data" / "train.json")
         val = write_litgpt_json(load_records(splits_dir / "val.json"), tmp / "data" / "val.json")
-        fp = LitgptFinetuneParams(
-            steps=p.max_steps,
-            lr=p.lr,
-            micro_batch_size=p.micro_batch_size,
-            global_batch_size=p.global_batch_size,
-            warmup_steps=max(1, min(p.max_steps // 10, p.max_steps - 1)),
-            max_seq_length=p.max_seq_length,
-            lora_r=p.lora_r,
-            lora_alpha=p.lora_alpha,
-            lora_dropout=p.lora_dropout,
-            seed=seed,
-        )
+        fp = dataclasses.replace(p, seed=seed)
         result = finetune_lora(base, train, val, tmp / "finetune", fp)
         summary["finetune_seconds"] = round(result.seconds, 2)
         if result.metrics_csv is not None:

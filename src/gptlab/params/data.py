@@ -69,10 +69,15 @@ class DownloadParams:
 
 @dataclass(frozen=True)
 class TokenizeParams:
-    """The tokenize stage: corpus text files to uint16 token shards."""
+    """The tokenize stage: corpus files to uint16 token shards.
+
+    ``corpus_glob`` picks the files: ``.txt`` (one document each), ``.jsonl`` / ``.jsonl.gz``
+    / ``.jsonl.zst`` and ``.parquet`` (one document per record, its text in ``text_field``).
+    """
 
     tokenizer: Literal["gpt2", "simple"] = "gpt2"
     corpus_glob: str = "*.txt"
+    text_field: str = "text"
     val_fraction: float = 0.1
     shard_tokens: int = 10_000_000
     workers: int = 0
@@ -87,6 +92,8 @@ class TokenizeParams:
             raise ValueError(f"workers={self.workers} is impossible: 0 means one per CPU core, else >= 1")
         if self.chunk_chars < 1024:
             raise ValueError(f"chunk_chars={self.chunk_chars} is impossible: must be >= 1024")
+        if not self.text_field.strip():
+            raise ValueError("text_field is empty: name the JSONL field / parquet column that holds the text (e.g. text)")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -10,8 +11,9 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The ``model`` section: a GPT shape. ``preset`` (e.g. ``gpt2-124M``) supplies every field
-    left null; without a preset a null field takes GPTConfig's default."""
+    """The ``model`` section: a preset and overrides of :class:`gptlab.model.GPTConfig`'s fields
+    (the same names; a test keeps them in step). ``preset`` (e.g. ``gpt2-124M``, ``smollm2-135m``)
+    supplies every field left null; without a preset a null field takes GPTConfig's default."""
 
     preset: str | None = None
     vocab_size: int | None = None
@@ -22,6 +24,15 @@ class ModelParams:
     drop_rate: float | None = None
     qkv_bias: bool | None = None
     tie_embeddings: bool | None = None
+    norm: str | None = None
+    norm_eps: float | None = None
+    positions: str | None = None
+    rope_base: float | None = None
+    mlp: str | None = None
+    mlp_hidden: int | None = None
+    n_kv_heads: int | None = None
+    proj_bias: bool | None = None
+    mlp_bias: bool | None = None
 
     def __post_init__(self) -> None:
         self.to_config()  # an impossible shape fails here, naming the fields
@@ -118,7 +129,7 @@ class PretrainParams(LoopParams):
             raise ValueError(f"sample_tokens={self.sample_tokens} is impossible: must be >= 0")
 
 
-CONVERT_SOURCES = ("pretrained", "gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M")
+CONVERT_SOURCES = ("pretrained", "smollm2-135m-instruct", "gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M")
 
 
 @dataclass(frozen=True)
@@ -141,14 +152,19 @@ class ConvertParams:
         if self.weights not in ("best", "final"):
             raise ValueError(f"weights={self.weights!r} is unknown; choose best (lowest val loss, models/pretrained/best) or final")
         if self.source not in CONVERT_SOURCES and not (self.source.startswith("hf:") and len(self.source) > 3):
-            raise ValueError(f"source={self.source!r} is unknown; choose one of {', '.join(CONVERT_SOURCES)} or hf:<folder of a Hugging Face GPT-2>")
+            raise ValueError(
+                f"source={self.source!r} is unknown; choose one of {', '.join(CONVERT_SOURCES)} or hf:<a Hugging Face folder (GPT-2, Llama, Qwen2)>"
+            )
         if self.mirror is not None and not self.mirror.startswith(("https://", "http://", "file://")):
             raise ValueError(f"mirror={self.mirror!r} must be an https://, http:// or file:// base URL (or null for OpenAI's)")
 
 
 @dataclass(frozen=True)
 class LoraParams:
-    """LoRA adapters: rank, scale ``alpha / r``, dropout and which linear layers get one."""
+    """LoRA adapters (the one LoRA config type; :mod:`gptlab.lora` takes it): rank ``r`` (>= 1),
+    output scale ``alpha / r``, ``dropout`` on the adapter input (in [0, 1)) and ``targets``:
+    names among qkv, proj, fc, mlp_proj, head, or glob patterns over module names
+    (``blocks.*.attn.qkv``: anything holding ``.``, ``*``, ``?`` or ``[``)."""
 
     r: int = 16
     alpha: float = 32.0
@@ -156,12 +172,40 @@ class LoraParams:
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "mlp_proj"])
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"r={self.r} is impossible: must be >= 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout} is impossible: must be >= 0 and < 1")
+        from gptlab.errors import ParamsError
+
+        choices = "qkv, proj, fc, mlp_proj, head (or a glob over module names such as blocks.*.attn.qkv)"
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", [self.targets])
+        object.__setattr__(self, "targets", list(self.targets))
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ParamsError(f"r={self.r!r} is impossible: must be an integer >= 1 (8 or 16 are usual)")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ParamsError(f"alpha={self.alpha!r} is impossible: must be a number > 0 (often 2 x r)")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ParamsError(f"dropout={self.dropout!r} is impossible: must be >= 0 and < 1")
         if not self.targets:
-            raise ValueError("targets is empty; name at least one of qkv, proj, fc, mlp_proj, head")
+            raise ParamsError(f"targets is empty; name at least one of {choices}")
+        for t in self.targets:
+            if not isinstance(t, str) or not t or (t not in _LORA_TARGETS and not any(c in t for c in ".*?[")):
+                raise ParamsError(f"targets: {t!r} is unknown; choose among {choices}")
+
+    @property
+    def scaling(self) -> float:
+        """The adapter's output scale ``alpha / r``."""
+        return self.alpha / self.r
+
+    def to_dict(self) -> dict:
+        """Return the params as a JSON-ready dict (targets as a list)."""
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoraParams:
+        """Return params from :meth:`to_dict` output (other keys ignored)."""
+        return cls(r=data["r"], alpha=data["alpha"], dropout=data["dropout"], targets=list(data["targets"]))
+
+
+_LORA_TARGETS = ("qkv", "proj", "fc", "mlp_proj", "head")
 
 
 @dataclass(frozen=True)
@@ -170,7 +214,7 @@ class FinetuneParams(LoopParams):
 
     method: Literal["lora", "full"] = "lora"
     lora: LoraParams = field(default_factory=LoraParams)
-    prompt_style: Literal["alpaca", "book"] = "alpaca"
+    prompt_style: Literal["alpaca", "book", "chat"] = "alpaca"
     mask_prompt: bool = False
     allowed_max_length: int | None = None
     batch_size: int = 8

@@ -120,7 +120,7 @@ class Engine:
         string or the start of one; setting ``cancelled`` ends generation at the next token.
         """
         stop = [s for s in (stop or []) if s]
-        eot = self.tokenizer.eot_token
+        ends = set(getattr(self.tokenizer, "stop_tokens", None) or [self.tokenizer.eot_token])  # end-of-turn ids of a chat model
         with self.lock:
             start = time.perf_counter()
             ids = self.encode(prompt)
@@ -129,9 +129,9 @@ class Engine:
             if self._stopped(cancelled):
                 finish = "cancelled"  # the client left while this request waited for the model
             elif cfg.max_new_tokens > 0:
-                for tokens, _ in stream(self.model, [ids], cfg, stop_tokens=[eot]):
+                for tokens, _ in stream(self.model, [ids], cfg, stop_tokens=sorted(ends)):
                     token = int(tokens[0])
-                    if token == eot:
+                    if token in ends:
                         finish = "stop"
                         break
                     n += 1

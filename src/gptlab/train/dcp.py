@@ -65,7 +65,7 @@ def load_any(folder: Path, model: GPT, optimizer, sharded: bool) -> dict:
     if is_sharded(folder):
         msd, osd = get_state_dict(model, optimizer)
         tensors = {"model": msd, "optim": osd["state"]}
-        dcp.load(tensors, checkpoint_id=folder / SHARDED)
+        dcp.load(tensors, checkpoint_id=folder / SHARDED, no_dist=not dist.is_initialized())
         set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict={"state": tensors["optim"], "param_groups": osd["param_groups"]})
         meta = json.loads((folder / "state.json").read_text())
         torch.set_rng_state(torch.tensor(meta["rng_torch"], dtype=torch.uint8))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import load_model, read_config, save_model
-from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, format_prompt, load_records
+from gptlab.checkpoint import load_model, load_weights, read_config, save_model
+from gptlab.data.instructions import InstructionBatches, encode_prompt, encode_records, eval_batches, format_prompt, load_records
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir
 from gptlab.model import GPT
@@ -98,7 +98,9 @@ def base_tokenizer_spec(base_dir: Path) -> str:
 
 def _run_id(base_sha: str, p: FinetuneParams, seed: int, train_records: list[dict], val_records: list[dict] | None = None) -> str:
     """A short hash of the base weights, the params, the seed and the records' content (resume key)."""
-    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")}
+    keep = {
+        k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")
+    }
     data = hashlib.sha256(json.dumps(train_records, sort_keys=True).encode()).hexdigest()
     blob = {"base": base_sha, "finetune": keep, "seed": seed, "data": data}
     if val_records:
@@ -122,7 +124,7 @@ def finetune(
     Returns the result with the summary (train/val loss, the base model's val loss on the same
     split, trainable and total parameters) and the tuned model in memory.
     """
-    from gptlab.lora import LoRAConfig, inject_lora, lora_parameter_counts, mark_only_lora_trainable, model_hash
+    from gptlab.lora import inject_lora, lora_parameter_counts, mark_only_lora_trainable, model_hash
 
     base_dir = Path(base_dir)
     ddp = setup_distributed(p.device)
@@ -143,7 +145,7 @@ def finetune(
     base_val = split_loss(model, val_examples, p.batch_size, device, max_batches=p.eval_batches, **collate_kwargs)
     lora_cfg = None
     if p.method == "lora":
-        lora_cfg = LoRAConfig(r=p.lora.r, alpha=p.lora.alpha, dropout=p.lora.dropout, targets=tuple(p.lora.targets))
+        lora_cfg = p.lora
         inject_lora(model, lora_cfg)
         mark_only_lora_trainable(model)
         model.to(device)
@@ -159,7 +161,10 @@ def finetune(
         return {"train_loss": round(train, 5), "val_loss": round(val, 5), "val_perplexity": round(math.exp(min(val, 50)), 3)}
 
     sample_record = val_records[0] if val_records else train_records[0]
-    sample_ids = tokenizer.encode_ordinary(format_prompt(sample_record["instruction"], sample_record.get("input") or "", p.prompt_style))
+    template = getattr(tokenizer, "chat_template", None)
+    sample_ids = encode_prompt(
+        tokenizer, format_prompt(sample_record["instruction"], sample_record.get("input") or "", p.prompt_style, template), p.prompt_style
+    )
 
     def sample(m: GPT) -> str:
         out = generate(m, [sample_ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
@@ -179,6 +184,12 @@ def finetune(
         summary={"method": p.method, "base_val_loss": round(base_val, 5), "train_examples": len(train_examples), "val_examples": len(val_examples)},
     )
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
+    if p.parallel == "fsdp" and ddp.world > 1:  # the trained model is sharded: take the full one from latest/
+        model, _ = load_model(base_dir, device)
+        if lora_cfg is not None:
+            inject_lora(model, lora_cfg)
+        load_weights(model, result.latest)
+        model.to(device)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
     return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha)

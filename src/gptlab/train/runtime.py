@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -98,18 +97,11 @@ def pick_device(hint: str, ddp: Distributed) -> torch.device:
     return torch.device(hint)
 
 
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Return the autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 support and on
-    CPUs with native bf16, else fp32. ``fp16`` is CUDA-only (it needs a grad scaler)."""
+    """Return the autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 support (else
+    fp16), fp32 on the CPU: the same params give the same numbers on every CPU, with or without
+    native bf16 (ask for ``bf16`` explicitly to use it there). ``fp16`` is CUDA-only (it needs a
+    grad scaler)."""
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -120,7 +112,7 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    return None
 
 
 def flops_per_token(config: GPTConfig, n_params: int) -> float:
