@@ -4,10 +4,12 @@ The bench writes a synthetic English-like corpus (random lines of Zipf-distribut
 documents of 2-20 KB) of each size into a temporary folder, runs the tokenize stage on it in
 a child process, and samples the memory of that process and its workers. Figures per size:
 the stage's tokens/s, peak RSS summed over the stage's processes (sampled every 50 ms; shared
-pages count once per process, so this overstates), peak PSS summed (shared pages split), and
+pages count once per process, so this overstates), peak PSS summed (shared pages split; every 0.5 s), and
 the high-water RSS of the stage process (VmHWM) and of its largest worker (getrusage). The baseline, one tiktoken thread encoding a
 sample of the same corpus, is measured in the same run, just before and just after the stage
-(their mean is the baseline: other users of a shared machine move both). Targets on a 2-core machine:
+(their mean is the baseline: other users of a shared machine move both). The ceiling,
+``independent_processes_vs_one``, is what one plain tiktoken process per core reaches together
+against one alone, measured just after: the most any parallel stage could show at that time. Targets on a 2-core machine:
 ``peak_rss_mb <= 1024`` at every size and ``stage_vs_single_thread >= 1.7``.
 
     python bench/tokenize_stream.py [--sizes 0.5,2] [--format jsonl.zst|txt|parquet] [--workers 0]
@@ -134,23 +136,45 @@ def single_thread_tokens_per_s(texts: list[str]) -> float:
     return tokens / best
 
 
+def _encode_for(texts: list[str], seconds: float) -> float:
+    """Encode ``texts`` round-robin for about ``seconds``; return tokens/s."""
+    enc, n, i = gpt2(), 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        n += len(enc.encode_to_numpy(texts[i % len(texts)], allowed_special=set(), disallowed_special=()))
+        i += 1
+    return n / (time.perf_counter() - start)
+
+
+def parallel_ceiling(texts: list[str], seconds: float = 4.0) -> float:
+    """Return what ``cpu_count`` independent tiktoken processes achieve together against one:
+    the most any parallel tokenizer can reach on this machine right now (other users count)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    n = os.cpu_count() or 1
+    one = _encode_for(texts, seconds)
+    with ProcessPoolExecutor(n, mp_context=get_context("fork")) as pool:
+        together = sum(pool.map(_encode_for, [texts] * n, [seconds] * n))
+    return together / ((one + _encode_for(texts, seconds)) / 2)
+
+
 def run_stage(corpus: Path, fmt: str, out: Path, workers: int) -> dict:
     """Run the tokenize stage in a child process; return its summary plus memory figures (MB)."""
     cmd = [sys.executable, "-c", STAGE, str(corpus), f"*.{fmt}", str(out), str(workers)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak_rss = peak_pss = 0
+    peak_rss = peak_pss = tick = 0
     while proc.poll() is None:
         try:
             procs = [ps, *ps.children(recursive=True)]
-            rss = pss = 0
-            for p in procs:
-                info = p.memory_full_info()
-                rss, pss = rss + info.rss, pss + info.pss
-            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            peak_rss = max(peak_rss, sum(p.memory_info().rss for p in procs))
+            if tick % 10 == 0:  # PSS reads smaps: costlier, so twice a second
+                peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in procs))
         except psutil.Error:
             pass
+        tick += 1
         time.sleep(0.05)
     stdout = proc.communicate()[0]
     if proc.returncode != 0:
@@ -183,6 +207,7 @@ def main() -> int:
             before = single_thread_tokens_per_s(sample)
             s = run_stage(corpus, args.format, Path(tmp) / "shards", args.workers)
             after = single_thread_tokens_per_s(sample)  # the machine is shared: measure on both sides of the stage
+            ceiling = parallel_ceiling(sample[:200])
             del sample
             baseline = (before + after) / 2
         tokens = sum(s["tokens"].values())
@@ -196,6 +221,7 @@ def main() -> int:
             "single_thread_before_after": [round(before), round(after)],
             "stage_tokens_per_s": round(stage_tps),
             "stage_vs_single_thread": round(stage_tps / baseline, 2),
+            "independent_processes_vs_one": round(ceiling, 2),
             "stage_seconds": round(s["seconds"], 1),
             "peak_rss_mb": round(s["peak_rss_mb"]),
             "peak_pss_mb": round(s["peak_pss_mb"]),

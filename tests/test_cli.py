@@ -114,3 +114,30 @@ def test_outputs_honour_the_umask(tmp_path):
     assert oct((tmp_path / "out" / "sub").stat().st_mode & 0o777) == "0o755"
     assert oct((tmp_path / "out" / "sub" / "a.bin").stat().st_mode & 0o777) == "0o644"
     assert oct((tmp_path / "m.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_convert_a_model_to_hf_and_gguf_from_the_command_line(tmp_path):
+    import torch
+
+    from gptlab.checkpoint import load_model, save_model
+    from gptlab.convert.gguf import gguf_to_gptlab
+    from gptlab.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("gpt-tiny")).eval()
+    save_model(tmp_path / "m", model)
+    r = run("convert", "--model", str(tmp_path / "m"), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr
+    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "generation_config.json"} <= {
+        p.name for p in (tmp_path / "hf").iterdir()
+    }
+    back, tok = load_model(tmp_path / "hf")
+    x = torch.tensor([tok.encode("Hello, world.")])
+    assert torch.allclose(back(x)[0], model(x)[0], atol=1e-5)
+    r = run("convert", "--model", str(tmp_path / "m"), "--to", "gguf", "--out", str(tmp_path / "m.gguf"))
+    assert r.returncode == 0, r.stderr
+    gguf_to_gptlab(tmp_path / "m.gguf", tmp_path / "from-gguf")
+    again, _ = load_model(tmp_path / "from-gguf")
+    assert torch.equal(again(x)[0], model(x)[0])
+    r = run("convert", "--model", str(tmp_path / "m"), "--to", "gguf")
+    assert r.returncode == 2 and "needs --out" in r.stderr

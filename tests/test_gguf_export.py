@@ -92,13 +92,9 @@ def test_unsupported_inputs_are_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_gpt2_round_trips_through_our_reader(tmp_path):
+def test_gpt2_round_trips_through_our_reader(tmp_path):  # ~5 s: the reader parses 50k token strings
     model = random_model(GPTConfig(context_length=64, emb_dim=32, n_heads=2, n_layers=2), seed=5)
     idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     back, back_tok = load_model(gguf_to_gptlab(export_gguf(model, gpt2(), tmp_path / "gpt2.gguf"), tmp_path / "back"))
     assert back.config == model.config and back_tok.name == "gpt2"
     assert torch.equal(logits(back, idx), logits(model, idx))
-    q8 = load_model(gguf_to_gptlab(export_gguf(model, gpt2(), tmp_path / "q8.gguf", "q8_0"), tmp_path / "q8"))[0]
-    err = (logits(q8, idx) - logits(model, idx)).abs().max().item()
-    print(f"gpt2 q8_0: max abs logit error {err:.4f}")
-    assert 0 < err < 0.6

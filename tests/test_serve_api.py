@@ -180,10 +180,11 @@ def test_concurrent_identical_requests_are_not_mixed(url, temperature):
 
 def test_adapter_is_loaded_then_merged(model_dir, tmp_path):
     from gptlab.checkpoint import load_model
-    from gptlab.lora import LoRAConfig, inject_lora, merge_lora, model_hash, save_adapter
+    from gptlab.lora import inject_lora, merge_lora, model_hash, save_adapter
+    from gptlab.params import LoraParams
 
     model, _ = load_model(model_dir)
-    cfg = LoRAConfig(r=2, alpha=4, dropout=0.0)
+    cfg = LoraParams(r=2, alpha=4, dropout=0.0)
     torch.manual_seed(5)
     inject_lora(model, cfg)
     with torch.no_grad():

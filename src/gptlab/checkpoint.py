@@ -40,15 +40,15 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
 def save_model(
     folder: str | Path,
     model: GPT,
-    tokenizer: str | Path = "gpt2",
+    tokenizer: str | Path | Tokenizer = "gpt2",
     extra: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     train_state: dict | None = None,
 ) -> Path:
     """Write ``model`` to ``folder`` (replacing it only once complete); return the folder.
 
-    ``tokenizer``: ``"gpt2"`` or the path of a SimpleTokenizer JSON, copied in as
-    ``tokenizer.json``. ``extra`` adds JSON-able entries to ``config.json``. With
+    ``tokenizer``: ``"gpt2"``, the path of a tokenizer JSON (copied in as ``tokenizer.json``) or
+    a tokenizer object (GPT-2's is recorded by name, any other saved as ``tokenizer.json``). ``extra`` adds JSON-able entries to ``config.json``. With
     ``optimizer`` and ``train_state`` (JSON-able) it is a training checkpoint: the optimizer's
     tensors and the RNG states go to ``state.safetensors``, the rest to ``state.json``.
     """
@@ -56,7 +56,11 @@ def save_model(
     with atomic_dir(folder) as tmp:
         save_file(model_state(model), tmp / "model.safetensors", metadata={"format": FORMAT})
         spec = "gpt2"
-        if str(tokenizer) != "gpt2":
+        if hasattr(tokenizer, "encode"):  # a tokenizer object: GPT-2's stays a name, any other is saved
+            if getattr(tokenizer, "name", "gpt2") != "gpt2":
+                tokenizer.save(tmp / "tokenizer.json")
+                spec = "tokenizer.json"
+        elif str(tokenizer) != "gpt2":
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
             spec = "tokenizer.json"
         write_json(tmp / "config.json", {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": spec, **(extra or {})})

@@ -66,18 +66,18 @@ def _convert_model(args: argparse.Namespace) -> None:
     from gptlab.checkpoint import save_model
     from gptlab.lora import load_merged
 
-    model, _ = load_merged(args.model, args.adapter)
-    if args.to == "hf":
-        from gptlab.convert.hf import export_hf
-
-        export_hf(model, args.out)
-    elif args.to == "openai-tf":
+    model, tok = load_merged(args.model, args.adapter)
+    if args.to == "openai-tf":
         from gptlab.convert.openai_tf import export_openai_tf
 
-        export_openai_tf(model, args.out)
+        out = export_openai_tf(model, args.out)
+    elif args.to == "gptlab":
+        out = save_model(args.out, model, tok)
     else:
-        save_model(args.out, model)
-    print(f"convert: {args.model} -> {args.to} {args.out} ({model.num_parameters():,} parameters)")
+        from gptlab.convert.export import export_model
+
+        out = export_model(model, tok, args.out, args.to, args.dtype)
+    print(f"convert: {args.model} -> {args.to} {out or args.out} ({model.num_parameters():,} parameters)")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help=f"stage: {STAGE_HELP['convert']}", formatter_class=HelpFormatter, description=STAGE_HELP["convert"])
     p.add_argument("--model", default=None, help="tool form: a gptlab, Hugging Face or OpenAI TensorFlow folder to convert (without it: the stage)")
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder merged into --model first")
-    p.add_argument("--to", choices=["gptlab", "hf", "openai-tf"], default="gptlab", help="the format to write")
+    p.add_argument("--to", choices=["gptlab", "hf", "gguf", "litgpt", "openai-tf"], default="gptlab", help="the format to write")
+    p.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f32", help="tensor type of a GGUF file (--to gguf)")
     p.add_argument("--out", default=None, help="the folder to write (required with --model)")
     p.set_defaults(fn=_convert_model)
 
@@ -174,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stage_main(module.run, module.__doc__, argv[1:], prog=f"gptlab {name}")
     args = build_parser().parse_args(argv)
     if args.command == "convert" and not args.out:
-        print("gptlab: error: convert --model DIR needs --out DIR (and --to gptlab|hf|openai-tf)", file=sys.stderr)
+        print("gptlab: error: convert --model DIR needs --out DIR (and --to gptlab|hf|gguf|litgpt|openai-tf)", file=sys.stderr)
         return 2
     return run_cli(lambda: args.fn(args))
 

@@ -89,9 +89,8 @@ def build_base(
             gguf_to_gptlab(checkpoint_dir / GGUF_FILE, out_dir)
             model, _ = load_model(out_dir)
         elif p.source.startswith("hf:"):
-            from gptlab.convert.hf import load_hf_dir
-
-            save_model(out_dir, load_hf_dir(checkpoint_dir), "gpt2", {"source": p.source})
+            hf_model, tokenizer = load_model(checkpoint_dir)  # GPT-2, Llama or Qwen2, with the folder's tokenizer
+            save_model(out_dir, hf_model, tokenizer, {"source": p.source})
             model, _ = load_model(out_dir)
         else:
             from gptlab.convert.openai_tf import load_openai_tf

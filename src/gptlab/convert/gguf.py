@@ -360,11 +360,13 @@ def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtyp
     model = GPT(config)
     load_state(model, {k: v.to(dtype) for k, v in state.items()}, str(gguf_path))
     model = model.to(dtype)
+    source = {"gguf": gguf_path.name, "dtype": str(dtype).removeprefix("torch."), "bos_token": vocab.bos_id, "add_bos": vocab.add_bos}
+    if _is_gpt2_vocab(vocab):
+        return save_model(out_dir, model, tokenizer="gpt2", extra={"source": source})
     stops = [vocab.special[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab.special]
     tokenizer = HFTokenizer(build_tokenizer(vocab), vocab.chat_template, vocab.eos_id, stops)
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = Path(tmp) / "tokenizer.json"
         tokenizer.save(tok_path)
-        source = {"gguf": gguf_path.name, "dtype": str(dtype).removeprefix("torch."), "bos_token": vocab.bos_id, "add_bos": vocab.add_bos}
-        save_model(out_dir, model, tokenizer="gpt2" if _is_gpt2_vocab(vocab) else tok_path, extra={"source": source})
+        save_model(out_dir, model, tokenizer=tok_path, extra={"source": source})
     return Path(out_dir)

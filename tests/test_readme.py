@@ -1,0 +1,62 @@
+"""The README says what the code does: every preset, every stage, every command it shows, and
+the figures of the committed run (read from the committed metrics)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gptlab.cli import build_parser
+from gptlab.model import PRESETS
+from gptlab.pipeline import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def metrics(rel: str) -> dict:
+    return json.loads((ROOT / rel).read_text())
+
+
+def test_every_preset_and_stage_is_documented():
+    for name in PRESETS:
+        assert f"`{name}`" in README, f"README does not list the preset {name}"
+    for name in STAGES:
+        assert f"`{name}`" in README, f"README does not describe the stage {name}"
+
+
+def test_every_gptlab_command_shown_exists():
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    shown = set(re.findall(r"^\s*gptlab ([a-z_]+)", README, flags=re.M)) | set(re.findall(r"`gptlab ([a-z_]+)", README))
+    assert shown and shown <= commands, shown - commands
+
+
+def test_no_placeholder_is_left():
+    assert "{{" not in README and "TBD" not in README
+
+
+def figure(value: float, digits: int = 3) -> str:
+    return f"{value:,.{digits}f}"
+
+
+@pytest.mark.parametrize(
+    "path, keys, digits",
+    [
+        ("metrics/pretrain/metrics.json", ["val_loss", "val_bits_per_byte"], 3),
+        ("metrics/finetune/metrics.json", ["base_val_loss", "val_loss"], 3),
+    ],
+)
+def test_stated_training_figures_match_the_committed_metrics(path, keys, digits):
+    data = metrics(path)
+    for key in keys:
+        assert figure(data[key], digits) in README, f"README does not state {path}:{key} = {figure(data[key], digits)}"
+
+
+def test_stated_score_figures_match_the_committed_metrics():
+    data = metrics("metrics/score.json")
+    for engine in ("finetuned", "base"):
+        for key in ("loss", "squad_token_f1", "rougeL_f1"):
+            assert figure(data[engine][key]) in README, f"README does not state score {engine}.{key} = {figure(data[engine][key])}"
+    dup = metrics("metrics/instructions.json")["duplicates_dropped"]
+    assert f"{dup} of its 999 records" in README
