@@ -48,7 +48,7 @@ def test_defaults_fill_missing_keys(tmp_path):
         ),
         (
             MINIMAL.replace("tokenizer: simple", "tokenizer: simple\n  shard_size: 5"),
-            r"unknown key tokenize.shard_size; allowed keys: tokenizer, corpus_glob, val_fraction, shard_tokens, workers, chunk_chars",
+            r"unknown key tokenize.shard_size; allowed keys: tokenizer, corpus_glob, text_field, val_fraction, shard_tokens, workers, chunk_chars",
         ),
         (MINIMAL.replace("tokenizer: simple", "tokenizer: bpe"), r"tokenize.tokenizer='bpe' is not allowed; allowed values: 'gpt2', 'simple'"),
         (MINIMAL.replace("tokenizer: simple", "workers: two"), r"tokenize.workers='two' must be an integer"),
