@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/tokenize_stream.py
+	$(BIN)/python bench/litgpt_vs_gptlab.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

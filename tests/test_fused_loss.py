@@ -46,3 +46,25 @@ def test_model_gradients_equal_the_plain_path(tie):
     assert torch.allclose(fused, plain, atol=1e-6)
     for a, b in zip(fused_grads, plain_grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ignored_rows_and_a_frozen_head_cost_nothing_and_change_nothing():
+    import torch.nn.functional as F
+
+    from gptlab.fused_loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16)  # frozen: no gradient wanted
+    targets = torch.randint(0, 50, (37,))
+    targets[:20] = -100  # a masked prompt
+    targets[30:] = -100  # padding
+    loss = linear_cross_entropy(hidden, weight, targets, chunk=8)
+    loss.backward()
+    ref_hidden = hidden.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(ref_hidden @ weight.t(), targets, ignore_index=-100)
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert torch.allclose(hidden.grad, ref_hidden.grad, atol=1e-6)
+    assert torch.all(hidden.grad[:20] == 0) and torch.all(hidden.grad[30:] == 0)
+    assert weight.grad is None

@@ -145,3 +145,17 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(scratch, tmp_path):
     # an artifact by name, from the repository, as the README shows
     dvc(tmp_path, "artifacts", "get", str(project), "finetuned-gpt", "-o", str(tmp_path / "got"))
     assert sha256(tmp_path / "got" / "model.safetensors") == sha256(project / "models" / "finetuned" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_one_parameter_experiment_table_fits_160_columns(scratch):
+    project, _, _ = scratch
+    dvc(project, "exp", "run", "-S", "generate.max_new_tokens=2")
+    env_cols = dict(os.environ, COLUMNS="400")
+    r = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--no-pager"], cwd=project, env=env_cols, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    widths = [len(line.rstrip()) for line in r.stdout.splitlines()]
+    assert widths and max(widths) <= 160, r.stdout
+    assert "max_new_tokens" in r.stdout

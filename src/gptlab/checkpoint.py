@@ -56,7 +56,7 @@ def save_model(
     with atomic_dir(folder) as tmp:
         save_file(model_state(model), tmp / "model.safetensors", metadata={"format": FORMAT})
         spec = "gpt2"
-        if hasattr(tokenizer, "encode"):  # a tokenizer object: GPT-2's stays a name, any other is saved
+        if not isinstance(tokenizer, (str, Path)):  # a tokenizer object: GPT-2's stays a name, any other is saved
             if getattr(tokenizer, "name", "gpt2") != "gpt2":
                 tokenizer.save(tmp / "tokenizer.json")
                 spec = "tokenizer.json"

@@ -24,14 +24,26 @@ def _chunk_lse(logits: torch.Tensor) -> torch.Tensor:
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """loss = mean over non-ignored rows of CE(hidden @ weight.T, targets); gradients computed in forward."""
+    """loss = mean over non-ignored rows of CE(hidden @ weight.T, targets); gradients computed in forward.
+
+    Rows whose target is ignored (-100: padding, a masked prompt) get a zero gradient without
+    any head matmul, and a frozen head (LoRA, a head tied to a frozen embedding) gets no weight
+    gradient, so fine-tuning pays only for the rows and weights it learns from.
+    """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         valid = targets != -100
         n_valid = valid.sum().clamp(min=1).to(hidden.dtype)
+        want_weight = ctx.needs_input_grad[1]
+        grad_weight = torch.zeros_like(weight) if want_weight else None
+        rows_of = None  # all rows take part: the plain path, unchanged numerics
+        if not bool(valid.all()):
+            rows_of = valid.nonzero().squeeze(1)
+            full_grad = torch.zeros_like(hidden)
+            hidden, targets = hidden[rows_of], targets[rows_of]
+            valid = torch.ones_like(targets, dtype=torch.bool)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
         total = hidden.new_zeros(())
         for start in range(0, hidden.size(0), chunk):
             h, t, v = hidden[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
@@ -43,14 +55,18 @@ class LinearCrossEntropy(torch.autograd.Function):
             logits[rows, t.clamp(min=0)] -= 1.0
             logits.mul_((v.to(logits.dtype) / n_valid)[:, None])
             torch.mm(logits, weight, out=grad_hidden[start : start + chunk])
-            grad_weight.addmm_(logits.t(), h)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+            if want_weight:
+                grad_weight.addmm_(logits.t(), h)
+        if rows_of is not None:
+            full_grad[rows_of] = grad_hidden
+            grad_hidden = full_grad
+        ctx.save_for_backward(grad_hidden, grad_weight if want_weight else None)
         return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_out, grad_weight * grad_out, None, None
+        return grad_hidden * grad_out, (grad_weight * grad_out if grad_weight is not None else None), None, None
 
 
 @torch.no_grad()
