@@ -43,7 +43,8 @@ def test_download_then_tokenize_from_the_command_line(corpus_dir, tmp_path):
     r = run("tokenize", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "metrics" / "tokenize.json").read_text())
-    assert metrics["documents"] == {"train": 1, "val": 1} and metrics["tokens"]["train"] > 5
+    assert metrics["tokens"]["train"] > 5 and metrics["tokens"]["val"] > 0
+    assert "1+1 documents" in r.stdout
 
 
 def test_sample_streams_the_same_text_as_the_library(tmp_path):

@@ -111,9 +111,9 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     """Encode the corpus into ``out_dir/{train,val}-NNNNN.bin`` plus ``meta.json``; return the summary.
 
     The corpus streams through (see :mod:`gptlab.data.stream`): memory stays flat whatever
-    its size. The summary holds, per split, ``documents`` and ``tokens`` (counts) and ``bytes``
-    (UTF-8 bytes of the text), and ``tokens_per_s``: exactly what goes to ``metrics_path``
-    (comparable figures only); it adds, for the caller's messages, ``tokenizer``,
+    its size. The summary holds, per split, ``tokens`` (count) and ``tokens_per_s``: exactly what
+    goes to ``metrics_path`` (comparable figures only); it adds, per split, ``documents`` and
+    ``bytes`` (UTF-8 bytes of the text) and, for the caller's messages, ``tokenizer``,
     ``vocab_size``, ``shards`` (files per split), ``workers``, ``split_rule`` and ``seconds``.
     ``meta.json`` holds the provenance: tokenizer, vocab size, end-of-text id, per split the
     document names (a count under the ``hash`` split rule of record streams), tokens, bytes
@@ -162,8 +162,7 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     seconds = time.perf_counter() - start
     splits = meta["splits"]
     total = sum(s["tokens"] for s in splits.values())
-    metrics = {
-        "documents": dict(zip(SPLITS, docs)),
+    metrics = {  # the figures worth comparing across experiments (documents are the data's, in meta.json)
         "tokens": {k: v["tokens"] for k, v in splits.items()},
         "tokens_per_s": round(total / seconds, 1),
     }
@@ -171,6 +170,7 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
         write_json(metrics_path, metrics)
     return {
         **metrics,
+        "documents": dict(zip(SPLITS, docs)),
         "bytes": {k: v["bytes"] for k, v in splits.items()},
         "tokenizer": params.tokenizer,
         "vocab_size": tokenizer.n_vocab,
