@@ -50,7 +50,7 @@ def scratch(tmp_path_factory):
     corpus = tmp / "corpus"
     corpus.mkdir()
     for i, text in enumerate(["First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n", "HAMLET.\nTo be, or not to be.\n"] * 3):
-        (corpus / f"{i}.txt").write_text(text)
+        (corpus / f"{i}.txt").write_text(text * 8)
     archive = shutil.make_archive(str(tmp / "corpus-1.0"), "gztar", root_dir=tmp, base_dir="corpus")
     records = [{"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else f"{i}", "output": f"{i}"} for i in range(20)]
     (tmp / "records.json").write_text(json.dumps(records))
@@ -61,7 +61,17 @@ def scratch(tmp_path_factory):
     params["pretrain"].update(max_steps=4, batch_size=2, tokens_per_step=64, warmup_steps=1, eval_interval=2, eval_windows=2,
                               sample_tokens=4, checkpoint_dir=str(tmp / "ckpt"))  # fmt: skip
     params["convert"]["source"] = "pretrained"
-    params["finetune"].update(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2, checkpoint_dir=str(tmp / "ft-ckpt"))
+    # our Shakespeare model as the base: GPT-2's tokenizer, no chat template, so an Alpaca prompt
+    params["finetune"].update(
+        max_steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        eval_interval=2,
+        checkpoint_dir=str(tmp / "ft-ckpt"),
+        prompt_style="alpaca",
+        allowed_max_length=None,
+        mask_prompt=False,
+    )
     params["generate"].update(max_new_tokens=4, batch_size=4)
     write_params(project, params)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
@@ -85,7 +95,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(scratch):
     responses = json.loads((project / "data" / "responses.json").read_text())
     assert len(responses) == 2 and set(responses[0]) == {"instruction", "input", "output", "response"}
     assert json.loads((project / "data" / "responses_litgpt.json").read_text()) == []  # the litgpt track is off
-    assert (project / "data" / "scores.csv").read_text().count("\n") == 3
+    assert (project / "data" / "scores.csv").read_text().count("\n") == 5  # header, 2 fine-tuned and 2 base rows
     # outputs honour the umask (readable by others), not mkdtemp's 0700
     for path in (project / "models" / "finetuned", project / "data" / "shards" / "meta.json", project / "metrics" / "score.json"):
         assert path.stat().st_mode & 0o044 == 0o044, path
@@ -114,11 +124,13 @@ def test_noop_then_partial_reruns(scratch):
     project, params, _ = scratch
     assert "Data and pipelines are up to date" in dvc(project, "repro")
     params = json.loads(json.dumps(params))
-    params["generate"]["max_new_tokens"] = 3  # only the responses change
+    params["generate"].update(max_new_tokens=3, temperature=1.0, seed=7)  # only the responses change
     write_params(project, params)
     out = dvc(project, "repro")
-    assert "Running stage 'generate'" in out and "Running stage 'score'" in out
+    assert "Running stage 'generate'" in out
     assert "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
+    # score reruns exactly when the responses it reads changed
+    assert ("Running stage 'score'" in out) == ("Stage 'score' didn't change" not in out)
     assert "Data and pipelines are up to date" in dvc(project, "repro")
     # one line of a module only pretrain imports reruns pretrain and what follows, not tokenize
     plots = project / "src" / "gptlab" / "plots.py"
@@ -142,7 +154,9 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(scratch, tmp_path):
     for rel in ("models/finetuned/model.safetensors", "data/shards/train-00000.bin", "data/responses.json"):
         assert sha256(clone / rel) == sha256(project / rel), rel
     assert "Data and pipelines are up to date" in dvc(clone, "status") or "up to date" in dvc(clone, "status")
-    # an artifact by name, from the repository, as the README shows
+    # an artifact by name, from the repository, as the README shows: DVC finds its revision by the
+    # version tag GTO registers (without one: "Unable to find artifact")
+    subprocess.run([str(Path(sys.executable).parent / "gto"), "register", "finetuned-gpt"], cwd=project, check=True, capture_output=True)
     dvc(tmp_path, "artifacts", "get", str(project), "finetuned-gpt", "-o", str(tmp_path / "got"))
     assert sha256(tmp_path / "got" / "model.safetensors") == sha256(project / "models" / "finetuned" / "model.safetensors")
 
