@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import torch  # noqa: E402
 from gptlab.checkpoint import load_model  # noqa: E402
 from gptlab.data.instructions import load_records  # noqa: E402
 from gptlab.data.prompts import encode_prompt, format_prompt  # noqa: E402
+from gptlab.io import write_json  # noqa: E402
 from gptlab.params import ConvertParams, DownloadParams, GenerateParams, LoraParams  # noqa: E402
 from gptlab.sampling import SamplingConfig, generate  # noqa: E402
 
@@ -418,8 +418,7 @@ def main() -> int:
         if key in results:
             print(f"{key}: {results[key]}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

@@ -10,7 +10,6 @@ best of --repeat runs each. Prints `name: value` lines; the target is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ os.environ.setdefault("GPTLAB_QUIET", "1")
 
 from gptlab.data.corpus import read_corpus
 from gptlab.data.tokenize import encode_documents, tokenize_corpus
+from gptlab.io import write_json
 from gptlab.params import TokenizeParams
 from gptlab.tokenizer import gpt2
 
@@ -69,8 +69,7 @@ def main() -> int:
     for name, value in figures.items():
         print(f"{name}: {value}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, figures)
     return 0
 
 

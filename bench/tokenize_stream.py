@@ -32,6 +32,7 @@ import psutil
 
 os.environ.setdefault("GPTLAB_QUIET", "1")
 
+from gptlab.io import write_json
 from gptlab.tokenizer import gpt2
 
 FILE_BYTES = 256 << 20  # the corpus is cut into files of about this size (text files: 16 MiB)
@@ -234,8 +235,7 @@ def main() -> int:
     figures["bench_maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"load_average_1m: {figures['load_average_1m_at_start']} at start, {figures['load_average_1m_at_end']} at end")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_json(args.json, figures)
     return 0
 
 

@@ -12,31 +12,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from gptlab.data.tokenize import tokenize_corpus
+from conftest import word_shards
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
-from gptlab.params import PretrainParams, TokenizeParams
+from gptlab.params import PretrainParams
 from gptlab.train.loop import lr_at, make_optimizer, publish
 from gptlab.train.pretrain import pretrain
-
-LINES = [
-    "ROMEO: But soft, what light through yonder window breaks?",
-    "JULIET: O Romeo, Romeo, wherefore art thou Romeo?",
-    "HAMLET: To be, or not to be, that is the question.",
-    "MACBETH: Tomorrow, and tomorrow, and tomorrow, creeps in this petty pace.",
-]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """Word-level shards of a small repetitive corpus (vocabulary of ~40)."""
-    root = tmp_path_factory.mktemp("train")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(6):
-        (corpus / f"doc{i}.txt").write_text("\n".join(LINES[(i + j) % 4] for j in range(60)) + "\n")
-    tokenize_corpus(TokenizeParams(tokenizer="simple", val_fraction=0.2, workers=1), corpus, root / "shards", seed=0)
-    return root / "shards"
+    return word_shards(tmp_path_factory.mktemp("train"), docs=6)
 
 
 def tiny_config(shards) -> GPTConfig:

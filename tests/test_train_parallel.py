@@ -12,29 +12,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptlab.data.tokenize import tokenize_corpus
+from conftest import word_shards
 from gptlab.model import GPT, GPTConfig
-from gptlab.params import PretrainParams, TokenizeParams
+from gptlab.params import PretrainParams
 from gptlab.train.parallel import apply_activation_checkpointing
 from gptlab.train.pretrain import pretrain
 
-LINES = [
-    "ROMEO: But soft, what light through yonder window breaks?",
-    "JULIET: O Romeo, Romeo, wherefore art thou Romeo?",
-    "HAMLET: To be, or not to be, that is the question.",
-]
 HELPER = Path(__file__).with_name("parallel_run.py")
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parallel")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i in range(4):
-        (corpus / f"doc{i}.txt").write_text("\n".join(LINES[(i + j) % 3] for j in range(60)) + "\n")
-    tokenize_corpus(TokenizeParams(tokenizer="simple", val_fraction=0.2, workers=1), corpus, root / "shards", seed=0)
-    return root / "shards"
+    return word_shards(tmp_path_factory.mktemp("parallel"), docs=4, lines=3)
 
 
 def tiny(shards) -> GPTConfig:
