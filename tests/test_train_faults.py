@@ -10,26 +10,19 @@ import pytest
 import torch
 
 import gptlab.train.pretrain as pretrain_module
+from conftest import word_shards
 from faults import random_faults, run_dir, run_stage, stage_spec, tree_sha256
 from gptlab.data.shards import data_checksum, read_shard, write_shard
 from gptlab.io import atomic_dir, recover_dir
 from gptlab.model import GPT
 from gptlab.train.pretrain import pretrain
-from test_train import LINES, params, tiny_config, weights
+from test_train import params, tiny_config, weights
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """The shards of tests/test_train.py (same corpus, same tokenizer)."""
-    from gptlab.data.tokenize import tokenize_corpus
-    from gptlab.params import TokenizeParams
-
-    root = tmp_path_factory.mktemp("faults")
-    (root / "corpus").mkdir()
-    for i in range(6):
-        (root / "corpus" / f"doc{i}.txt").write_text("\n".join(LINES[(i + j) % 4] for j in range(60)) + "\n")
-    tokenize_corpus(TokenizeParams(tokenizer="simple", val_fraction=0.2, workers=1), root / "corpus", root / "shards", seed=0)
-    return root / "shards"
+    return word_shards(tmp_path_factory.mktemp("faults"), docs=6)
 
 
 @pytest.fixture(autouse=True)
