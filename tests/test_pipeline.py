@@ -126,11 +126,13 @@ def test_noop_then_partial_reruns(scratch):
     params = json.loads(json.dumps(params))
     params["generate"].update(max_new_tokens=3, temperature=1.0, seed=7)  # only the responses change
     write_params(project, params)
+    before = {name: sha256(project / "data" / name) for name in ("responses.json", "responses_base.json")}
     out = dvc(project, "repro")
     assert "Running stage 'generate'" in out
     assert "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
-    # score reruns exactly when the responses it reads changed
-    assert ("Running stage 'score'" in out) == ("Stage 'score' didn't change" not in out)
+    # score reruns exactly when the responses it reads changed (a tiny model may answer the same)
+    changed = any(sha256(project / "data" / name) != digest for name, digest in before.items())
+    assert ("Running stage 'score'" in out) == changed
     assert "Data and pipelines are up to date" in dvc(project, "repro")
     # one line of a module only pretrain imports reruns pretrain and what follows, not tokenize
     plots = project / "src" / "gptlab" / "plots.py"

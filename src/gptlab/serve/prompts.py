@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 
 from gptlab.data.instructions import format_prompt
+from gptlab.data.prompts import compile_chat_template
 from gptlab.errors import GptlabError
 from gptlab.serve.errors import ApiError, from_validation
 
@@ -85,17 +85,11 @@ def template_builder(chat_template: str, bos_token: str = "", eos_token: str = "
     GptlabError if the template does not compile; a template's ``raise_exception`` is a 400 for the client.
     """
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try:
-        template = env.from_string(chat_template)
-    except TemplateError as e:
-        raise GptlabError(f"serve: the tokenizer's chat_template does not compile ({e}); fix it in the checkpoint's tokenizer files") from None
+        template = compile_chat_template(chat_template)
+    except GptlabError as e:
+        raise GptlabError(f"serve: {e}") from None
 
     def build(messages: Sequence[ChatMessage]) -> Prompt:
         turns = [{"role": m.role, "content": m.content or ""} for m in messages]

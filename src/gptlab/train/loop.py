@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import shutil
 import time
@@ -39,7 +38,7 @@ from gptlab.params import LoopParams
 from gptlab.progress import progress
 from gptlab.train.parallel import Parallel
 from gptlab.train.retention import clean_checkpoints, mark_used
-from gptlab.train.runtime import Distributed, StopRequest, peak_flops, pick_precision
+from gptlab.train.runtime import Distributed, StopRequest, is_main_process, peak_flops, pick_precision
 
 
 def lr_at(step: int, p: LoopParams) -> float:
@@ -429,7 +428,7 @@ def _log_row(live, row: dict) -> None:
 def publish(result: TrainResult, out: str | Path) -> bool:
     """Copy the final model to ``out`` and the best to ``out/best`` (weights and config, no
     training state), replacing ``out`` once complete. Only rank 0 writes; returns True there."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return False
     with atomic_dir(out) as tmp:
         _copy_model_files(result.latest, tmp)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptlab.data.download import sha256_file
 from gptlab.data.shards import TokenShards, split_paths
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
@@ -31,28 +32,16 @@ def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> 
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """Return the sha256 (hex) of a file, streamed; cached by (path, size, mtime) in this process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
 def shards_fingerprint(shards_dir: Path, meta: dict) -> dict:
-    """What the data is, for the resume key: the tokenizer and the sha256 of every shard file
-    (train and val, by name), so other shards with the same token count start a new run."""
-    files = sorted(p for split in ("train", "val") for p in split_paths(shards_dir, split))
+    """What the data is, for the resume key: the tokenizer and every shard file's checksum (train
+    and val, by name), so other shards with the same token count start a new run.
+
+    The CRC-32s the tokenize stage recorded in ``meta.json`` (and the reader verifies on open)
+    are used as they are, so nothing is read twice; shards written without them are hashed."""
     tok = meta["tokenizer"]
-    return {"tokenizer": tok if tok == "gpt2" else file_sha256(shards_dir / tok), "shards": {p.name: file_sha256(p) for p in files}}
+    files = meta.get("files") or {p.name: {"sha256": sha256_file(p)} for split in ("train", "val") for p in split_paths(shards_dir, split)}
+    checksums = {name: entry.get("crc32") or entry["sha256"] for name, entry in sorted(files.items())}
+    return {"tokenizer": tok if tok == "gpt2" else sha256_file(shards_dir / tok), "shards": checksums}
 
 
 @torch.no_grad()
