@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/tokenize_stream.py
 	$(BIN)/python bench/litgpt_vs_gptlab.py
+	$(BIN)/python bench/profile_step.py
+	$(BIN)/python bench/pretrain_recipes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

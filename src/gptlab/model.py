@@ -126,8 +126,10 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-355M": GPTConfig(emb_dim=1024, n_layers=24, n_heads=16),
     "gpt2-774M": GPTConfig(emb_dim=1280, n_layers=36, n_heads=20),
     "gpt2-1558M": GPTConfig(emb_dim=1600, n_layers=48, n_heads=25),
-    # CPU-sized models with GPT-2's vocabulary; gpt-mini is the pretrain default (the best
-    # bits/byte on Shakespeare in 5 minutes of 2 CPU cores among the widths tried with dvc exp run)
+    # CPU-sized models (vocab_size: GPT-2's unless model.vocab_size or the shards' tokenizer say
+    # otherwise). gpt-micro with a 4,096-id BPE is the pretrain default: the best bits/byte on
+    # Shakespeare in 5 minutes of 2 CPU cores among the recipes tried (README, "The default run")
+    "gpt-micro": GPTConfig(context_length=128, emb_dim=128, n_heads=4, n_layers=4),
     "gpt-mini": GPTConfig(context_length=256, emb_dim=96, n_heads=4, n_layers=6),
     "gpt-tiny": GPTConfig(context_length=128, emb_dim=64, n_heads=4, n_layers=2),
     "gpt-small": GPTConfig(context_length=256, emb_dim=256, n_heads=8, n_layers=4),

@@ -107,6 +107,11 @@ def _hf_vocab(tok: HFTokenizer) -> VocabOut:
     for i, t in added.items():
         types[i] = int(gguf.TokenType.CONTROL if t.special else gguf.TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if not merges:  # llama.cpp refuses a BPE vocabulary without merges ("cannot find tokenizer merges")
+        raise GptlabError(
+            "tokenizer: a byte-level BPE without merges (tokenize.tokenizer: char) has no GGUF form: llama.cpp needs tokenizer.ggml.merges "
+            "and GGUF cannot store an empty list; export this model as a Hugging Face folder (--to hf), or pretrain with tokenize.tokenizer: bpe"
+        )
     # no bos is known here: <|endoftext|> where present, else the eos (add_bos stays false, so
     # llama.cpp never prepends it; readers such as transformers' need some bos id)
     bos = vocab.get("<|endoftext|>", tok.eot_token)

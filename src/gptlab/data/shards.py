@@ -130,6 +130,16 @@ def _memmap(path: str | Path, n_tokens: int) -> np.ndarray:
     return np.memmap(path, dtype=DTYPE, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
 
 
+def shards_vocab_size(folder: str | Path) -> int:
+    """Return the vocabulary size of the tokenizer that wrote the shards in ``folder`` (from
+    ``meta.json``); GptlabError when the folder has none."""
+    path = Path(folder) / "meta.json"
+    try:
+        return int(json.loads(path.read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError) as e:
+        raise GptlabError(f"{path}: cannot read the shards' vocab_size ({e}); run `dvc repro tokenize` first") from None
+
+
 def split_paths(folder: str | Path, split: str) -> list[Path]:
     """Return the shard paths of ``split`` in ``folder``, in order; GptlabError if there are none."""
     paths = sorted(Path(folder).glob(f"{split}-*.bin"))

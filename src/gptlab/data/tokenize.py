@@ -25,6 +25,7 @@ import numpy as np
 from gptlab.data.corpus import Document, chunk_bounds
 from gptlab.data.shards import MAX_VOCAB, ShardWriter, read_header
 from gptlab.data.stream import SPLITS, TRAIN, encode_ordinary_array, encode_units, plan_corpus, seed_key, unit_texts
+from gptlab.data.vocab import byte_tokenizer, train_bpe
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.params import TokenizeParams
@@ -92,10 +93,19 @@ def encode_documents(docs: Sequence[Document], tokenizer: Tokenizer, workers: in
     yield np.concatenate(parts + [eot])
 
 
-def build_tokenizer(kind: str, train_texts: Iterable[str]) -> Tokenizer:
-    """Return the tokenizer ``kind`` names: GPT-2 BPE, or a SimpleTokenizer built from ``train_texts``."""
+TRAINED = ("bpe", "simple")  # tokenizers learnt from the train split
+
+
+def build_tokenizer(kind: str, train_texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """Return the tokenizer ``kind`` names: ``gpt2`` (tiktoken), ``char`` (bytes), ``bpe`` (a
+    byte-level BPE of ``vocab_size`` ids) or ``simple`` (word-level), the last two learnt from
+    ``train_texts`` (read only for those)."""
     if kind == "gpt2":
         return gpt2()
+    if kind == "char":
+        return byte_tokenizer()
+    if kind == "bpe":
+        return train_bpe(train_texts, vocab_size)
     return SimpleTokenizer.train(train_texts, max_size=MAX_VOCAB)
 
 
@@ -122,7 +132,8 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     """
     start = time.perf_counter()
     plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
-    tokenizer = build_tokenizer(params.tokenizer, _train_texts(params, corpus_dir, seed) if params.tokenizer != "gpt2" else ())
+    train_texts = _train_texts(params, corpus_dir, seed) if params.tokenizer in TRAINED else ()
+    tokenizer = build_tokenizer(params.tokenizer, train_texts, params.vocab_size)
     if tokenizer.n_vocab > MAX_VOCAB:
         raise GptlabError(f"tokenizer {getattr(tokenizer, 'name', '?')} has {tokenizer.n_vocab} ids; uint16 shards hold at most {MAX_VOCAB}")
     workers = params.workers or os.cpu_count() or 1
@@ -130,7 +141,7 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
                   "vocab_size": tokenizer.n_vocab, "eot_token": tokenizer.eot_token, "splits": {}, "files": {}}  # fmt: skip
     docs, nbytes = [0, 0], [0, 0]
     with atomic_dir(out_dir) as tmp:
-        if isinstance(tokenizer, SimpleTokenizer):
+        if params.tokenizer != "gpt2":
             tokenizer.save(tmp / "tokenizer.json")
         writers = [ShardWriter(tmp, split, params.shard_tokens, tokenizer.n_vocab, tokenizer.eot_token) for split in SPLITS]
         results = encode_units(plan.units, tokenizer, params.text_field, seed, params.val_fraction, workers)

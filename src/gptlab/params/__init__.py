@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from gptlab.errors import ParamsError
-from gptlab.params.data import DownloadParams, InstructionsParams, SourceParams, TokenizeParams
+from gptlab.params.data import DownloadParams, InstructionsParams, SourceFile, SourceParams, TokenizeParams
 from gptlab.params.evaluation import GenerateParams, JudgeParams, ScoreParams
 from gptlab.params.litgpt import LitgptParams
 from gptlab.params.loader import from_dict
@@ -38,6 +38,7 @@ __all__ = [
     "Params",
     "PretrainParams",
     "ScoreParams",
+    "SourceFile",
     "SourceParams",
     "TokenizeParams",
     "from_dict",

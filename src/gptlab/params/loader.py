@@ -13,6 +13,7 @@ Each section's dataclass checks its own values in ``__post_init__`` by raising
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -33,6 +34,9 @@ def _fail(source: str, where: str, message: str) -> ParamsError:
     return ParamsError(f"{source}: {where or '(top level)'}{message}")
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -48,7 +52,7 @@ def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
             try:
                 return _convert(option, value, source, where)
             except ParamsError as e:
-                errors.append(str(e))
+                errors.append(e)
         raise errors[0] if len(errors) == 1 else _fail(source, where, f"={value!r} matches none of {tp}")
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -74,6 +78,8 @@ def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
             raise _fail(source, where, f"={value!r} must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            return float(value)  # 1e-3: a number in YAML 1.2 (DVC's reader), a string in PyYAML's YAML 1.1
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(source, where, f"={value!r} must be a number")
         return float(value)

@@ -37,11 +37,14 @@ class ModelParams:
     def __post_init__(self) -> None:
         self.to_config()  # an impossible shape fails here, naming the fields
 
-    def to_config(self):
-        """Return the GPTConfig these params describe."""
+    def to_config(self, tokenizer_vocab: int | None = None):
+        """Return the GPTConfig these params describe. ``tokenizer_vocab`` (the data's
+        tokenizer size, for training from scratch) is the vocabulary when ``vocab_size`` is null."""
         from gptlab.model import GPTConfig
 
         given = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
+        if self.vocab_size is None and tokenizer_vocab is not None:
+            given["vocab_size"] = tokenizer_vocab
         return GPTConfig.preset(self.preset, **given) if self.preset else GPTConfig(**given)
 
 

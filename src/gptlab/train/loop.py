@@ -99,7 +99,8 @@ class LoopRun:
 
     ``evaluate(model, autocast)`` returns the evaluation metrics (must include ``val_loss``,
     nats/token); ``sample(model)`` an optional text sample. ``extra`` is merged into the saved
-    ``config.json`` (under ``name``); ``summary`` is merged into the run summary (and DVCLive metrics).
+    ``config.json`` (under ``name``); ``summary`` is merged into the run summary (and DVCLive metrics);
+    ``final_evaluate(model, autocast)``, run once on the final weights, adds its figures to it.
     """
 
     name: str
@@ -113,6 +114,7 @@ class LoopRun:
     extra: dict = dataclasses.field(default_factory=dict)
     flops_per_token: float | None = None
     summary: dict = dataclasses.field(default_factory=dict)
+    final_evaluate: Callable[[GPT, Any], dict] | None = None
 
 
 RISING_EVALS_WARNING = 3  # consecutive evaluations with a higher val loss before a warning
@@ -337,6 +339,15 @@ def train_loop(
     if saved_step != step:  # stopped between evaluations
         elapsed += time.perf_counter() - window_start
         checkpoint()
+    final: dict = {}
+    if run.final_evaluate:
+        if par.sharded:
+            par.view(model)
+        if ddp.main:
+            full = par.replica if par.sharded else model
+            full.eval()
+            final = run.final_evaluate(full, autocast)
+            full.train()
     if ddp.world > 1:
         dist.barrier()
 
@@ -356,6 +367,7 @@ def train_loop(
             "processes": ddp.world,
             **({"parallel": "fsdp"} if par.sharded else {}),
             **run.summary,
+            **final,
         }
     )
     if live:
@@ -376,11 +388,11 @@ def train_loop(
     return TrainResult(summary, latest_dir, best_dir if best_dir.exists() else None)
 
 
-# The figures of a training run that `dvc metrics show` / `dvc exp show` compare.
+# The figures of a training run that `dvc metrics show` / `dvc exp show` compare (the fixed
+# windows' val_bits_per_byte stays in the plots: the whole val split's figure supersedes it).
 COMPARABLE_METRICS = (
     "train_loss",
     "val_loss",
-    "val_bits_per_byte",
     "full_val_bits_per_byte",
     "best_val_loss",
     "base_val_loss",

@@ -18,6 +18,7 @@ from gptlab.data.shards import TokenShards, split_paths
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.params import PretrainParams
+from gptlab.progress import progress
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.loop import LoopRun, TrainResult, train_loop
@@ -54,6 +55,39 @@ def mean_loss(model: GPT, shards: TokenShards, context: int, batch: int, windows
         total += loss.item() * x.size(0)
         count += x.size(0)
     return total / count
+
+
+FULL_EVAL_TOKENS = 16384  # tokens per forward pass of the whole-split evaluation (at least one micro-batch)
+
+
+@torch.no_grad()
+def split_loss(model: GPT, shards: TokenShards, context: int, batch: int, device: torch.device, autocast) -> float:
+    """Mean next-token loss (nats/token) over a whole split: every token after the first of
+    each shard is predicted once, from non-overlapping windows of ``context`` tokens (a
+    shard's last window may be shorter)."""
+    total, count = 0.0, 0
+
+    def run(rows: list[np.ndarray]) -> None:
+        nonlocal total, count
+        xy = torch.from_numpy(np.stack(rows).astype(np.int64))
+        with autocast:
+            _, loss = model(xy[:, :-1].to(device), xy[:, 1:].to(device))
+        total += loss.item() * (xy.size(1) - 1) * xy.size(0)
+        count += (xy.size(1) - 1) * xy.size(0)
+
+    with progress(total=shards.n_tokens, unit="tok", unit_scale=True, desc="full val", leave=False) as bar:
+        for i in range(len(shards.paths)):
+            arr = shards.array(i)
+            starts = range(0, len(arr) - 1, context)
+            full = [a for a in starts if a + context + 1 <= len(arr)]
+            for k in range(0, len(full), batch):
+                run([np.asarray(arr[a : a + context + 1]) for a in full[k : k + batch]])
+                bar.update(len(full[k : k + batch]) * context)
+            tail = [a for a in starts if a + context + 1 > len(arr)]
+            for a in tail:
+                run([np.asarray(arr[a:])])
+                bar.update(len(arr) - a)
+    return total / max(count, 1)
 
 
 def pretrain(
@@ -113,6 +147,10 @@ def pretrain(
             "val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5),
         }
 
+    def evaluate_full(m: GPT, autocast) -> dict:
+        val = split_loss(m, val_data, ctx, max(p.batch_size, FULL_EVAL_TOKENS // ctx), device, autocast)
+        return {"full_val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5)}
+
     prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []
 
     def sample(m: GPT) -> str:
@@ -129,6 +167,7 @@ def pretrain(
         accum=p.tokens_per_step // per_micro,
         sample=sample if prompt_ids and p.sample_tokens else None,
         flops_per_token=flops_per_token(config, model.num_parameters()),
+        final_evaluate=evaluate_full,
     )
     return train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
 
