@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,14 @@ def run_stage(spec: dict, fault: str | None = None, timeout: float = 180) -> sub
     """Run the stage of ``spec`` in a subprocess (``fault``: a ``GPTLAB_FAULT`` value); return it."""
     env = {k: v for k, v in os.environ.items() if k != "GPTLAB_FAULT"}
     env.update(OMP_NUM_THREADS="1", GPTLAB_QUIET="1", **({"GPTLAB_FAULT": fault} if fault else {}))
-    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout)
+    # SIGINT as in a terminal, even when the tests run under `nohup ... &` (which ignores it, and an ignored SIGINT stays ignored)
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout, preexec_fn=_default_sigint
+    )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tree_sha256(folder: Path, names: tuple[str, ...] = COMPARED) -> dict[str, str]:

@@ -88,7 +88,8 @@ def test_repro_runs_every_stage_and_writes_the_outputs(scratch):
     project, _, out = scratch
     for stage in ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score"):
         assert f"Running stage '{stage}'" in out
-    assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
+    assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "tokenizer.json", "train-00000.bin", "val-00000.bin"]
+    assert (project / "models" / "pretrained" / "tokenizer.json").read_bytes() == (project / "data" / "shards" / "tokenizer.json").read_bytes()
     assert {"best", "config.json", "model.safetensors"} <= {p.name for p in (project / "models" / "pretrained").iterdir()}
     assert sorted(p.name for p in (project / "data" / "instructions").iterdir()) == ["test.json", "train.json", "val.json"]
     assert {"adapter", "config.json", "model.safetensors"} <= {p.name for p in (project / "models" / "finetuned").iterdir()}

@@ -261,3 +261,34 @@ def test_a_run_keeps_only_keep_runs_run_folders(shards, tmp_path):
         pretrain(tiny_config(shards), params(tmp_path, keep_runs=2), shards, seed=seed, stop_after_steps=1)
     runs = [p for p in (tmp_path / "ckpt").iterdir()]
     assert len(runs) == 2
+
+
+def test_full_val_covers_every_token_of_the_val_split_once(shards, tmp_path):
+    """split_loss == the mean of every next-token loss of each val shard, whatever the context,
+    and the stage's full_val_bits_per_byte is that loss in bits per byte (in metrics.json too)."""
+    import torch.nn.functional as F
+
+    from gptlab.data.shards import TokenShards
+    from gptlab.train.pretrain import split_loss
+
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(tiny_config(shards), context_length=64)).eval()
+    val = TokenShards.from_folder(shards, "val")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(val.paths)):  # every token after the first, each from its own full left context (<= 64)
+            ids = torch.from_numpy(val.array(i).astype("int64"))
+            for start in range(0, len(ids) - 1, 64):
+                window = ids[start : start + 65]
+                logits = model(window[None, :-1])[0][0]
+                total += F.cross_entropy(logits, window[1:], reduction="sum").item()
+                count += len(window) - 1
+    assert count == val.n_tokens - len(val.paths) and val.n_tokens % 64  # a shorter last window is included
+    off = torch.autocast("cpu", enabled=False)
+    for batch in (1, 3, 64):
+        assert split_loss(model, val, 64, batch, torch.device("cpu"), off) == pytest.approx(total / count, rel=1e-5)
+    result = pretrain(tiny_config(shards), params(tmp_path, max_steps=4), shards, seed=0, live_dir=tmp_path / "live")
+    meta = json.loads((shards / "meta.json").read_text())["splits"]["val"]
+    bpb = result.summary["full_val_bits_per_byte"]
+    assert 0 < bpb < math.log2(tiny_config(shards).vocab_size) * meta["tokens"] / meta["bytes"] + 1e-6
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text())["full_val_bits_per_byte"] == bpb

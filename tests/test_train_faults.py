@@ -52,9 +52,13 @@ def test_sigint_mid_step_finishes_the_step_saves_it_and_resumes_bit_exact(shards
         return original(self, idx, targets, **kw)
 
     monkeypatch.setattr(GPT, "forward", forward)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(cfg, params(tmp_path / "b", eval_interval=3), shards, seed=4)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under `nohup ... &`
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(cfg, params(tmp_path / "b", eval_interval=3), shards, seed=4)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     latest = next((tmp_path / "b" / "ckpt").iterdir()) / "latest"
     assert state(latest)["step"] == 5  # the step the signal fell in was completed, then saved
     monkeypatch.setattr(GPT, "forward", original)
@@ -184,3 +188,19 @@ def test_random_faults_resume_bit_identical(shards, tmp_path, straight_pretrain)
         assert r.returncode in (-9, 130), f"{fault}: {r.returncode} {r.stderr[-2000:]}"
     assert run_stage(spec).returncode == 0
     assert {"out": tree_sha256(tmp_path / "out"), "latest": tree_sha256(run_dir(spec) / "latest")} == straight_pretrain[1]
+
+
+def test_an_ignored_sigint_stays_ignored(shards, tmp_path):
+    """Under `nohup ... &` SIGINT is ignored: training must not start answering it."""
+    from gptlab.train.runtime import StopRequest
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signum is None
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM is still caught
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

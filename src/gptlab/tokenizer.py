@@ -210,7 +210,7 @@ def _byte_decoder() -> dict[str, int]:
     return out
 
 
-_BYTE_DECODER = _byte_decoder()
+BYTE_DECODER = _byte_decoder()  # GPT-2's byte-level alphabet: character -> byte
 HF_FORMAT = "gptlab-hf-tokenizer"
 _EOT_CANDIDATES = ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>")
 
@@ -274,9 +274,9 @@ class HFTokenizer:
         piece = self.tokenizer.id_to_token(token)
         if piece is None:
             raise GptlabError(f"HFTokenizer: token id {token} is outside the vocabulary (size {self.n_vocab})")
-        if piece in self.special_tokens or not all(c in _BYTE_DECODER for c in piece):
+        if piece in self.special_tokens or not all(c in BYTE_DECODER for c in piece):
             return self.decode([token]).encode("utf-8")
-        return bytes(_BYTE_DECODER[c] for c in piece)
+        return bytes(BYTE_DECODER[c] for c in piece)
 
     def to_json(self) -> dict:
         """Return gptlab's JSON wrapper of this tokenizer."""

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 
 from gptlab.errors import GptlabError
-from gptlab.tokenizer import ENDOFTEXT, HFTokenizer
+from gptlab.tokenizer import BYTE_DECODER, ENDOFTEXT, HFTokenizer
 
 BYTE_VOCAB = 257  # 256 bytes + <|endoftext|>
 MAX_BPE_VOCAB = 65535  # uint16 shards
@@ -26,15 +26,7 @@ MAX_BPE_VOCAB = 65535  # uint16 shards
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: the printable character standing for each byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    out, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + n)
-            n += 1
-    return out
+    return {b: c for c, b in BYTE_DECODER.items()}
 
 
 def _byte_level(model) -> object:

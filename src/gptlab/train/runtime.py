@@ -21,7 +21,8 @@ class StopRequest:
     """While active (a context manager, main thread only), SIGINT and SIGTERM set
     :attr:`signum` instead of stopping the process, so a training loop can finish its step, save
     and stop at a step boundary; a second signal raises KeyboardInterrupt at once (hard stop).
-    The previous handlers are restored on exit."""
+    A signal the process ignores (as `nohup ... &` makes SIGINT) stays ignored. The previous
+    handlers are restored on exit."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -30,7 +31,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal (`nohup ... &`) stays ignored
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame) -> None:
