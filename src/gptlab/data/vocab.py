@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from gptlab.data.shards import MAX_VOCAB
 from gptlab.errors import GptlabError
 from gptlab.tokenizer import BYTE_DECODER, ENDOFTEXT, HFTokenizer
 
 BYTE_VOCAB = 257  # 256 bytes + <|endoftext|>
-MAX_BPE_VOCAB = 65535  # uint16 shards
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -58,10 +58,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     """
     from tokenizers import AddedToken, models, trainers
 
-    if not BYTE_VOCAB < vocab_size <= MAX_BPE_VOCAB:
+    if not BYTE_VOCAB < vocab_size <= MAX_VOCAB:
         raise GptlabError(
             f"tokenize.vocab_size={vocab_size} is impossible for a byte-level BPE: it needs the 256 bytes, <|endoftext|> and at least one merge, "
-            f"and uint16 shards hold at most {MAX_BPE_VOCAB} ids; pick a value in {BYTE_VOCAB + 1}..{MAX_BPE_VOCAB} (e.g. 4096)"
+            f"and uint16 shards hold at most {MAX_VOCAB} ids; pick a value in {BYTE_VOCAB + 1}..{MAX_VOCAB} (e.g. 4096)"
         )
     alphabet = _bytes_to_unicode()
     tok = _byte_level(models.BPE())

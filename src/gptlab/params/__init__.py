@@ -12,12 +12,27 @@ are the library's configuration types too: code takes them, never a copy.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from gptlab.errors import ParamsError
+
+
+class _Yaml12Numbers(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) that also reads YAML 1.2 floats without a dot (``1e-3``,
+    ``5E-5``) as numbers, as DVC's reader (and so ``dvc exp run -S``) does; 1.1 reads them as strings."""
+
+
+_Yaml12Numbers.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Yaml12Numbers)  # noqa: S506 (a SafeLoader subclass)
+
+
 from gptlab.params.data import DownloadParams, InstructionsParams, SourceFile, SourceParams, TokenizeParams
 from gptlab.params.evaluation import GenerateParams, JudgeParams, ScoreParams
 from gptlab.params.litgpt import LitgptParams
@@ -76,7 +91,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project root or pass --params FILE") from None
     except yaml.YAMLError as e:
@@ -93,7 +108,7 @@ def apply_override(data: dict, item: str, source: str = "params") -> None:
     if not sep or not key.strip():
         raise ParamsError(f"-S {item!r}: expected KEY=VALUE, e.g. -S pretrain.max_steps=50")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     *parents, last = key.strip().split(".")

@@ -161,10 +161,10 @@ class TokenizeParams:
     chunk_chars: int = 1 << 16
 
     def __post_init__(self) -> None:
-        if self.tokenizer == "bpe" and not 258 <= self.vocab_size <= 65535:
+        if self.tokenizer == "bpe" and not 258 <= self.vocab_size <= 65536:
             raise ValueError(
                 f"vocab_size={self.vocab_size} is impossible for tokenizer: bpe: it needs the 256 bytes, <|endoftext|> and a merge, "
-                "and uint16 shards hold at most 65535 ids; pick 258..65535 (e.g. 4096)"
+                "and uint16 shards hold at most 65536 ids; pick 258..65536 (e.g. 4096)"
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction} is impossible: must be > 0 and < 1")

@@ -13,7 +13,6 @@ Each section's dataclass checks its own values in ``__post_init__`` by raising
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -32,9 +31,6 @@ def from_dict(cls: type, data: Any, source: str = "params", where: str = "") -> 
 def _fail(source: str, where: str, message: str) -> ParamsError:
     """``message`` starts with ``=value ...`` or with a space: it follows the dotted key."""
     return ParamsError(f"{source}: {where or '(top level)'}{message}")
-
-
-_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
@@ -78,8 +74,6 @@ def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
             raise _fail(source, where, f"={value!r} must be an integer")
         return value
     if tp is float:
-        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
-            return float(value)  # 1e-3: a number in YAML 1.2 (DVC's reader), a string in PyYAML's YAML 1.1
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(source, where, f"={value!r} must be a number")
         return float(value)

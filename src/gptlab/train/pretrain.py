@@ -63,30 +63,27 @@ FULL_EVAL_TOKENS = 16384  # tokens per forward pass of the whole-split evaluatio
 @torch.no_grad()
 def split_loss(model: GPT, shards: TokenShards, context: int, batch: int, device: torch.device, autocast) -> float:
     """Mean next-token loss (nats/token) over a whole split: every token after the first of
-    each shard is predicted once, from non-overlapping windows of ``context`` tokens (a
-    shard's last window may be shorter)."""
+    each shard is predicted once, from the non-overlapping windows of ``context`` tokens that
+    :meth:`TokenShards.sequential_windows` yields, then each shard's shorter last window."""
     total, count = 0.0, 0
 
-    def run(rows: list[np.ndarray]) -> None:
+    def run(x: torch.Tensor, y: torch.Tensor) -> None:
         nonlocal total, count
-        xy = torch.from_numpy(np.stack(rows).astype(np.int64))
         with autocast:
-            _, loss = model(xy[:, :-1].to(device), xy[:, 1:].to(device))
-        total += loss.item() * (xy.size(1) - 1) * xy.size(0)
-        count += (xy.size(1) - 1) * xy.size(0)
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * y.numel()
+        count += y.numel()
+        bar.update(y.numel())
 
     with progress(total=shards.n_tokens, unit="tok", unit_scale=True, desc="full val", leave=False) as bar:
-        for i in range(len(shards.paths)):
-            arr = shards.array(i)
-            starts = range(0, len(arr) - 1, context)
-            full = [a for a in starts if a + context + 1 <= len(arr)]
-            for k in range(0, len(full), batch):
-                run([np.asarray(arr[a : a + context + 1]) for a in full[k : k + batch]])
-                bar.update(len(full[k : k + batch]) * context)
-            tail = [a for a in starts if a + context + 1 > len(arr)]
-            for a in tail:
-                run([np.asarray(arr[a:])])
-                bar.update(len(arr) - a)
+        for x, y in shards.sequential_windows(batch, context):
+            run(x, y)
+        for i, length in enumerate(shards.lengths.tolist()):
+            full = -(-(length - context) // context) if length > context else 0  # windows sequential_windows took
+            tail = full * context  # where the rest starts: the last full window's target end, or 0
+            if length - tail >= 2:
+                rest = torch.from_numpy(np.asarray(shards.array(i)[tail:], dtype=np.int64))
+                run(rest[None, :-1], rest[None, 1:])
     return total / max(count, 1)
 
 
