@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gptlab.data.shards import HEADER_BYTES, ShardWriter, TokenShards, read_header, read_shard, split_paths, write_shard
+from gptlab.data.shards import HEADER_BYTES, ShardWriter, TokenShards, data_checksum, read_header, read_shard, split_paths, write_shard
 from gptlab.errors import GptlabError
 
 
@@ -181,3 +181,21 @@ def test_the_lazy_reader_draws_the_windows_the_eager_one_drew(tmp_path):
     shards = make_shards(tmp_path, [300, 50, 400])
     x, _ = shards.random_windows(8, 32, np.random.default_rng(123))
     assert x[:, 0].tolist() == [2301, 238, 137, 65, 220, 2078, 2272, 168]
+
+
+def test_writer_streams_exact_multiples_checksums_and_refuses_foreign_ids(tmp_path):
+    writer = ShardWriter(tmp_path, "val", max_tokens=100, vocab_size=500, eot_token=0)
+    writer.write(np.arange(150, dtype=np.uint32))
+    writer.write(np.arange(50, dtype=np.uint16))  # fills shard 1 exactly: no empty third shard
+    paths = writer.close()
+    assert [read_header(p)["n_tokens"] for p in paths] == [100, 100]
+    assert writer.tokens == 200 and not list(tmp_path.glob("*.tmp"))
+    assert writer.checksums == [data_checksum(read_shard(p)) for p in paths]
+    assert np.array_equal(read_shard(paths[1]), np.r_[np.arange(100, 150), np.arange(50)])
+    bad = ShardWriter(tmp_path / "bad", "train", max_tokens=100, vocab_size=500, eot_token=0)
+    with pytest.raises(GptlabError, match=r"train-00000.bin: token ids must lie in \[0, 500\); got -1..3"):
+        bad.write(np.array([3, -1]))
+    with pytest.raises(GptlabError, match="got 0..500"):
+        bad.write(np.array([0, 500], dtype=np.uint16))
+    empty = ShardWriter(tmp_path, "empty", max_tokens=100, vocab_size=500, eot_token=0)
+    assert [read_header(p)["n_tokens"] for p in empty.close()] == [0]

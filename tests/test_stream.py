@@ -182,3 +182,39 @@ def test_parquet_pieces_sent_to_workers_stay_small(tmp_path):
 def test_an_empty_text_field_is_refused():
     with pytest.raises(ValueError, match="text_field is empty: name the JSONL field / parquet column"):
         TokenizeParams(text_field=" ")
+
+
+def test_units_too_big_for_the_shared_slots_take_the_pipe_and_give_the_same_ids():
+    enc = gpt2()
+    docs = make_docs(60, seed=3)
+    blob = lambda ds: "".join(json.dumps({"text": d}) + "\n" for d in ds).encode()  # noqa: E731
+    units = [
+        (("jsonl", "small.jsonl", 1, blob(docs[:5])), 0),  # fits the slot's 2 KiB input
+        (("jsonl", "big.jsonl", 1, blob(docs * 3)), 0),  # a blob over the slot: sent through the pipe
+        (("text", [(0, "東京🙂" * 1500, True), (1, "café\n" * 10, False)]), 0),  # 6,000+ ids: over the slot's output
+        (("jsonl", "blank.jsonl", 7, b'{"text": "a"}\n\n{"text": null}\n{"text": " "}\n{"text": "b c"}\n'), 0),
+    ]
+    got = [
+        [(train.copy(), val.copy(), d, b) for (train, val, d, b), _ in encode_units(iter(units), enc, "text", 0, 0.3, workers=w, unit_bytes=1024)]
+        for w in (1, 2)
+    ]
+    assert len(got[0]) == len(got[1]) == 4
+    for (t1, v1, d1, b1), (t2, v2, d2, b2) in zip(*got):
+        assert t1.dtype == t2.dtype == np.uint16 and np.array_equal(t1, t2) and np.array_equal(v1, v2) and (d1, b1) == (d2, b2)
+    emoji = got[1][2][0]
+    assert emoji.tolist() == enc.encode_ordinary("東京🙂" * 1500) + [enc.eot_token] and len(emoji) > 2048
+    big_texts = [d for d in docs * 3 if d.strip()]
+    assert sum(got[1][1][2]) == len(big_texts) and sum(got[1][1][3]) == sum(len(d.encode()) for d in big_texts)
+    assert sum(got[1][3][2]) == 2  # the blank line, the null and the blank text are skipped, as line by line
+
+
+def test_a_blob_parses_as_one_array_or_line_by_line_to_the_same_texts():
+    from gptlab.data.records import jsonl_texts
+
+    clean = b'{"text": "a\\nb"}\r\n{"text": null, "x": 1}\n{"text": "  "}\n{"text": "c"}\n'
+    assert jsonl_texts("x.jsonl", 1, clean, "text") == ["a\nb", "c"]
+    assert jsonl_texts("x.jsonl", 1, clean.replace(b"\r\n", b"\n\n  \n"), "text") == ["a\nb", "c"]  # blank lines: line by line
+    with pytest.raises(GptlabError, match=r"x.jsonl:14: field 'text' holds int"):
+        jsonl_texts("x.jsonl", 10, clean + b'{"text": 3}\n', "text")
+    with pytest.raises(GptlabError, match=r"x.jsonl:11: not a JSON record"):
+        jsonl_texts("x.jsonl", 10, b'{"text": "a"}\n{"text": "b"} {"text": "c"}\n', "text")

@@ -76,7 +76,19 @@ def jsonl_blobs(path: str | Path, target_bytes: int = 1 << 20) -> Iterator[tuple
 
 def jsonl_texts(name: str, first_line: int, blob: bytes, field: str) -> list[str]:
     """Return the non-blank texts of the JSONL lines in ``blob`` (lines numbered from
-    ``first_line``); GptlabError naming ``name:line`` for bad JSON or a missing text field."""
+    ``first_line``); GptlabError naming ``name:line`` for bad JSON or a missing text field.
+
+    The blob is parsed as one JSON array (one C-level pass); only when that fails or a record
+    is not a JSON object with a text (or null) field is it parsed line by line, to name the
+    bad line.
+    """
+    body = blob.strip()
+    try:
+        records = json.loads(b"[" + body.replace(b"\n", b",") + b"]") if body else []
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a bad or blank line: find it below
+        records = None
+    if records is not None and all(type(r) is dict and field in r and (r[field] is None or type(r[field]) is str) for r in records):
+        return [t for r in records if (t := r[field]) and t.strip()]
     texts = []
     for i, line in enumerate(blob.split(b"\n")):
         if not line.strip():

@@ -149,40 +149,72 @@ def split_paths(folder: str | Path, split: str) -> list[Path]:
 
 
 class ShardWriter:
-    """Append token arrays to ``folder/<split>-NNNNN.bin``, starting a new shard every ``max_tokens``."""
+    """Append token arrays to ``folder/<split>-NNNNN.bin``, starting a new shard every ``max_tokens``.
+
+    Tokens stream straight into the open shard (a ``.tmp`` file whose header is filled in and
+    which is renamed when the shard is complete), with the CRC-32 kept as they pass, so no
+    shard is ever held in memory and each token is copied once.
+    """
 
     def __init__(self, folder: str | Path, split: str, max_tokens: int, vocab_size: int, eot_token: int):
+        if vocab_size > MAX_VOCAB:
+            raise GptlabError(f"{folder}: vocab_size {vocab_size} does not fit uint16 shards (max {MAX_VOCAB}); use a smaller vocabulary")
         self.folder, self.split, self.max_tokens = Path(folder), split, max_tokens
         self.vocab_size, self.eot_token = vocab_size, eot_token
         self.paths: list[Path] = []
         self.checksums: list[str] = []  # crc32 of each written shard's data, as data_checksum
         self.tokens = 0
-        self._buffer: list[np.ndarray] = []
-        self._buffered = 0
+        self._file = None
+        self._count = 0  # tokens in the open shard
+        self._crc = 0
 
     def write(self, tokens: np.ndarray) -> None:
-        """Append ``tokens`` (1-D)."""
-        self._buffer.append(np.asarray(tokens, dtype=DTYPE))
-        self._buffered += len(tokens)
-        self.tokens += len(tokens)
-        while self._buffered >= self.max_tokens:
-            joined = np.concatenate(self._buffer)
-            self._flush(joined[: self.max_tokens])
-            rest = joined[self.max_tokens :]
-            self._buffer, self._buffered = [rest], len(rest)
+        """Append ``tokens`` (1-D ids in ``[0, vocab_size)``); GptlabError naming the shard otherwise."""
+        tokens = self._checked(np.asarray(tokens))
+        while len(tokens):
+            if self._file is None:
+                self._open()
+            part = tokens[: self.max_tokens - self._count]
+            self._file.write(part.data)
+            self._crc = zlib.crc32(part.data, self._crc)
+            self._count += len(part)
+            self.tokens += len(part)
+            tokens = tokens[len(part) :]
+            if self._count == self.max_tokens:
+                self._finish()
 
     def close(self) -> list[Path]:
-        """Write what is buffered and return every shard path written, in order."""
-        if self._buffered or not self.paths:
-            self._flush(np.concatenate(self._buffer) if self._buffer else np.zeros(0, dtype=DTYPE))
-        self._buffer, self._buffered = [], 0
+        """Complete the open shard (an empty one when nothing was written) and return every shard path written, in order."""
+        if self._file is None and not self.paths:
+            self._open()
+        if self._file is not None:
+            self._finish()
         return self.paths
 
-    def _flush(self, tokens: np.ndarray) -> None:
+    def _checked(self, tokens: np.ndarray) -> np.ndarray:
+        """Return ``tokens`` as contiguous little-endian uint16, after checking they are ids of the vocabulary."""
+        if tokens.size and (tokens.dtype != DTYPE or self.vocab_size < MAX_VOCAB):
+            low, high = (int(tokens.min()) if tokens.dtype.kind != "u" else 0), int(tokens.max())
+            if low < 0 or high >= self.vocab_size:
+                where = self.folder / shard_name(self.split, len(self.paths))
+                raise GptlabError(f"{where}: token ids must lie in [0, {self.vocab_size}); got {low}..{high}")
+        return np.ascontiguousarray(tokens, dtype=DTYPE)
+
+    def _open(self) -> None:
         path = self.folder / shard_name(self.split, len(self.paths))
-        write_shard(path, tokens, self.vocab_size, self.eot_token)
+        self._file = open(path.with_name(path.name + ".tmp"), "wb")
+        self._file.write(bytes(HEADER_BYTES))
+        self._count, self._crc = 0, 0
+
+    def _finish(self) -> None:
+        path = self.folder / shard_name(self.split, len(self.paths))
+        self._file.seek(0)
+        self._file.write(_HEADER.pack(MAGIC, VERSION, DTYPE.itemsize, self._count, self.vocab_size, self.eot_token))
+        self._file.close()
+        self._file = None
+        os.replace(path.with_name(path.name + ".tmp"), path)
         self.paths.append(path)
-        self.checksums.append(data_checksum(tokens))
+        self.checksums.append(f"{self._crc & 0xFFFFFFFF:08x}")
 
 
 class TokenShards:

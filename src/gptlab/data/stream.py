@@ -18,6 +18,7 @@ Train/val assignment:
 from __future__ import annotations
 
 import hashlib
+import mmap
 import multiprocessing
 from collections import deque
 from collections.abc import Iterator
@@ -40,6 +41,10 @@ SPLITS = ("train", "val")
 #   ("jsonl", file name, first line number, blob)    whole JSONL lines
 #   ("arrow", file name, first row, string array)    a slice of a parquet text column
 Unit = tuple
+# A large corpus goes to the workers in units of about this many characters (one under 32 MiB
+# in 32 units, but none under 4 * chunk_chars): few enough units that the parent's per-unit
+# work stays small, small enough that the units in flight take little memory.
+UNIT_CHARS = 1 << 20
 
 
 @dataclass
@@ -48,7 +53,8 @@ class CorpusPlan:
 
     ``units`` yields ``(unit, disk_bytes)`` pairs (``disk_bytes``: how far the unit advanced
     through the files on disk, for a progress bar); ``names`` holds the document names per
-    split for the ``choice`` rule (None for ``hash``); ``total_bytes`` the files' size on disk.
+    split for the ``choice`` rule (None for ``hash``); ``total_bytes`` the files' size on disk;
+    ``unit_chars`` the size of a unit (characters of text, bytes of JSONL).
     """
 
     files: list[Path]
@@ -56,6 +62,7 @@ class CorpusPlan:
     units: Iterator[tuple[Unit, int]]
     names: tuple[list[str], list[str]] | None = None
     total_bytes: int = field(default=0)
+    unit_chars: int = field(default=UNIT_CHARS)
 
 
 def plan_corpus(folder: str | Path, pattern: str, text_field: str, val_fraction: float, seed: int, chunk_chars: int) -> CorpusPlan:
@@ -70,9 +77,9 @@ def plan_corpus(folder: str | Path, pattern: str, text_field: str, val_fraction:
     folder = Path(folder)
     files = corpus_files(folder, pattern)
     total = sum(p.stat().st_size for p in files)
-    unit_chars = 4 * chunk_chars
+    unit_chars = max(4 * chunk_chars, min(UNIT_CHARS, total // 32))
     if any(is_record_file(p) for p in files):
-        return CorpusPlan(files, "hash", _hash_units(files, text_field, val_fraction, seed, chunk_chars, unit_chars), None, total)
+        return CorpusPlan(files, "hash", _hash_units(files, text_field, val_fraction, seed, chunk_chars, unit_chars), None, total, unit_chars)
     docs = [p for p in files if not is_blank(p)]
     if not docs:
         raise GptlabError(f"{folder}: the corpus is empty ({len(files)} files, all blank); add text files")
@@ -80,12 +87,12 @@ def plan_corpus(folder: str | Path, pattern: str, text_field: str, val_fraction:
         train, val = _split_one(Document(docs[0].name, read_text(docs[0])), val_fraction)
         halves = [(TRAIN, train[0].text), (VAL, val[0].text)]
         units = _batch(((s, t[a:b], b == len(t)) for s, t in halves for a, b in chunk_bounds(t, chunk_chars)), unit_chars, total)
-        return CorpusPlan(files, "choice", units, ([train[0].name], [val[0].name]), total)
+        return CorpusPlan(files, "choice", units, ([train[0].name], [val[0].name]), total, unit_chars)
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
     chosen = set(np.random.default_rng(seed).permutation(len(docs))[:n_val].tolist())
     splits = [VAL if i in chosen else TRAIN for i in range(len(docs))]
     names = ([p.name for p, s in zip(docs, splits) if s == TRAIN], [p.name for p, s in zip(docs, splits) if s == VAL])
-    return CorpusPlan(files, "choice", _text_units(list(zip(docs, splits)), chunk_chars, unit_chars), names, total)
+    return CorpusPlan(files, "choice", _text_units(list(zip(docs, splits)), chunk_chars, unit_chars), names, total, unit_chars)
 
 
 def _batch(pieces: Iterator[tuple[int, str, bool]], unit_chars: int, disk_bytes: int) -> Iterator[tuple[Unit, int]]:
@@ -146,84 +153,139 @@ def _hash_units(files: list[Path], text_field: str, val_fraction: float, seed: i
             yield from _text_units([(path, _file_hash_split(path, seed, val_fraction))], chunk_chars, unit_chars)
 
 
-# Set in each worker (and in the parent when it encodes alone): tokenizer, text field, seed key, val fraction.
-_STATE: tuple[Tokenizer, str, bytes, float] | None = None
+# Set in each worker (and in the parent when it encodes alone): tokenizer, text field, seed
+# key, val fraction, and the shared slots (None in the parent alone).
+_STATE: tuple[Tokenizer, str, bytes, float, _Slots | None] | None = None
 
 
-def _init_worker(tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float) -> None:
+class _Slots:
+    """Buffers shared with the forked workers: per unit in flight, an input region (a JSONL
+    blob, ``in_bytes``) and an output region (its token ids, ``out_tokens`` uint16).
+
+    One anonymous shared mapping made before the workers fork, so blobs and ids cross between
+    processes as one memcpy each instead of a pickle through a pipe; a unit that does not fit
+    falls back to the pipe.
+    """
+
+    def __init__(self, count: int, in_bytes: int, out_tokens: int):
+        self.count, self.in_bytes, self.out_tokens = count, in_bytes, out_tokens
+        self.size = in_bytes + 2 * out_tokens
+        self.memory = mmap.mmap(-1, count * self.size)
+
+    def input(self, slot: int) -> memoryview:
+        return memoryview(self.memory)[slot * self.size : slot * self.size + self.in_bytes]
+
+    def output(self, slot: int) -> np.ndarray:
+        return np.frombuffer(self.memory, dtype=np.uint16, count=self.out_tokens, offset=slot * self.size + self.in_bytes)
+
+
+def _init_worker(tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float, slots: _Slots | None = None) -> None:
     global _STATE
-    _STATE = (tokenizer, text_field, seed_key(seed), val_fraction)
+    _STATE = (tokenizer, text_field, seed_key(seed), val_fraction, slots)
 
 
 def encode_ordinary_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """Return ``tokenizer.encode_ordinary(text)`` as a uint16 array of shape (tokens,).
+    """Return ``tokenizer.encode_ordinary(text)`` as an integer array of shape (tokens,)
+    (uint32 from tiktoken's numpy fast path, no Python list of ints; else int64).
 
-    For tiktoken it takes the numpy fast path (no Python list of ints); special-token text
-    stays ordinary text either way.
+    Special-token text stays ordinary text either way.
     """
     if isinstance(tokenizer, tiktoken.Encoding):
-        ids = tokenizer.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-        return ids.astype(np.uint16)
-    return np.asarray(tokenizer.encode_ordinary(text), dtype=np.uint16)
+        return tokenizer.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+    return np.asarray(tokenizer.encode_ordinary(text))
 
 
-def unit_texts(unit: Unit, text_field: str, key: bytes, val_fraction: float) -> Iterator[tuple[int, str, bool]]:
-    """Yield ``(split, text, ends_document)`` for the text of one unit, in order (records get
-    their split from the seeded hash keyed by ``key``)."""
+def unit_texts(unit: Unit, text_field: str, key: bytes, val_fraction: float) -> Iterator[tuple[int, str, bool, int]]:
+    """Yield ``(split, text, ends_document, utf8_bytes)`` for the text of one unit, in order
+    (records get their split from the seeded hash keyed by ``key``)."""
     if unit[0] == "text":
-        yield from unit[1]
+        for split, text, ends in unit[1]:
+            yield split, text, ends, len(text.encode("utf-8"))
         return
     texts = jsonl_texts(unit[1], unit[2], unit[3], text_field) if unit[0] == "jsonl" else arrow_texts(unit[3])
     for text in texts:
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key)
-        yield (VAL if hash_in_val(digest, val_fraction) else TRAIN), text, True
+        raw = text.encode("utf-8")
+        yield (VAL if hash_in_val(hashlib.blake2b(raw, digest_size=8, key=key), val_fraction) else TRAIN), text, True, len(raw)
 
 
-def encode_unit(unit: Unit) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+def encode_unit(unit: Unit, slot: int | None = None) -> tuple[np.ndarray | int, np.ndarray | int, list[int], list[int]]:
     """Encode one unit in this process; return ``(train ids, val ids, documents, utf8 bytes)``.
 
     The ids are uint16 arrays (each document's ids followed by ``<|endoftext|>``, in unit
     order); ``documents`` and ``bytes`` are ``[train, val]`` counts of the documents ending in
-    this unit and of the text's UTF-8 bytes.
+    this unit and of the text's UTF-8 bytes. With a shared ``slot`` (a worker), a JSONL unit
+    whose blob is ``None`` reads it from the slot's input, and ids that fit go to the slot's
+    output, train then val, and come back as their counts instead of arrays.
     """
-    tokenizer, text_field, key, val_fraction = _STATE
+    tokenizer, text_field, key, val_fraction, slots = _STATE
+    if slot is not None and unit[0] == "jsonl" and isinstance(unit[3], int):
+        unit = (*unit[:3], bytes(slots.input(slot)[: unit[3]]))
     eot = np.array([tokenizer.eot_token], dtype=np.uint16)
     parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    docs, nbytes = [0, 0], [0, 0]
-    for split, text, ends in unit_texts(unit, text_field, key, val_fraction):
-        parts[split].append(encode_ordinary_array(tokenizer, text))
-        nbytes[split] += len(text.encode("utf-8"))
+    docs, nbytes, sizes = [0, 0], [0, 0], [0, 0]
+    for split, text, ends, size in unit_texts(unit, text_field, key, val_fraction):
+        ids = encode_ordinary_array(tokenizer, text)
+        parts[split].append(ids)
+        sizes[split] += len(ids)
+        nbytes[split] += size
         if ends:
             parts[split].append(eot)
+            sizes[split] += 1
             docs[split] += 1
-    empty = np.zeros(0, dtype=np.uint16)
-    return (np.concatenate(parts[TRAIN]) if parts[TRAIN] else empty, np.concatenate(parts[VAL]) if parts[VAL] else empty, docs, nbytes)
+    if slot is not None and sum(sizes) <= slots.out_tokens:
+        out = slots.output(slot)
+        for split, start in ((TRAIN, 0), (VAL, sizes[TRAIN])):
+            if parts[split]:
+                np.concatenate(parts[split], out=out[start : start + sizes[split]], casting="unsafe")
+        return sizes[TRAIN], sizes[VAL], docs, nbytes
+    ids = [np.concatenate(p, dtype=np.uint16, casting="unsafe") if p else np.zeros(0, dtype=np.uint16) for p in parts]
+    return ids[TRAIN], ids[VAL], docs, nbytes
 
 
 def encode_units(
-    units: Iterator[tuple[Unit, int]], tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float, workers: int
+    units: Iterator[tuple[Unit, int]], tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float, workers: int, unit_bytes: int = 1 << 18
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, list[int], list[int]], int]]:
-    """Yield ``(encode_unit result, disk_bytes)`` for every unit, in order.
+    """Yield ``(encode_unit result, disk_bytes)`` for every unit, in order, ids as uint16 arrays.
 
     ``workers`` forked processes encode (1: this process alone); at most ``2 * workers``
-    units are read ahead, so memory stays bounded by a few units.
+    units are read ahead, so memory stays bounded by a few units. With workers, JSONL blobs
+    of up to ``2 * unit_bytes`` and ids of up to ``2 * unit_bytes`` tokens travel through
+    shared memory, and the arrays yielded may view it: they are valid until the next item is
+    asked for (copy them to keep them).
     """
     if workers <= 1:
         _init_worker(tokenizer, text_field, seed, val_fraction)
         for unit, advanced in units:
             yield encode_unit(unit), advanced
         return
+    depth = 2 * workers
+    slots = _Slots(depth, 2 * unit_bytes, 2 * unit_bytes)
     ctx = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer, text_field, seed, val_fraction))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer, text_field, seed, val_fraction, slots))
     pending: deque = deque()
+    free = list(range(depth))
+
+    def result(future, slot: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+        train, val, docs, nbytes = future.result()
+        if isinstance(train, int):
+            out = slots.output(slot)
+            train, val = out[:train], out[train : train + val]
+        return train, val, docs, nbytes
+
     try:
         for unit, advanced in units:
-            pending.append((pool.submit(encode_unit, unit), advanced))
-            if len(pending) >= 2 * workers:
-                future, adv = pending.popleft()
-                yield future.result(), adv
+            slot = free.pop()
+            if unit[0] == "jsonl" and len(unit[3]) <= slots.in_bytes:
+                slots.input(slot)[: len(unit[3])] = unit[3]
+                unit = (*unit[:3], len(unit[3]))
+            pending.append((pool.submit(encode_unit, unit, slot), advanced, slot))
+            if len(pending) >= depth:
+                future, adv, done = pending.popleft()
+                yield result(future, done), adv
+                free.append(done)
         while pending:
-            future, adv = pending.popleft()
-            yield future.result(), adv
+            future, adv, done = pending.popleft()
+            yield result(future, done), adv
+            free.append(done)
     finally:
         pool.shutdown(cancel_futures=True)

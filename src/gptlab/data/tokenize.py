@@ -39,7 +39,7 @@ _WORKER_STATE: tuple[Tokenizer, list[str]] | None = None
 
 def _encode_group(spans: list[tuple[int, int, int]]) -> list[np.ndarray]:
     tokenizer, texts = _WORKER_STATE
-    return [encode_ordinary_array(tokenizer, texts[doc][start:end]) for doc, start, end in spans]
+    return [encode_ordinary_array(tokenizer, texts[doc][start:end]).astype(np.uint16) for doc, start, end in spans]
 
 
 def _balanced_groups(spans: list[tuple[int, int, int]], n: int) -> list[list[tuple[int, int, int]]]:
@@ -114,7 +114,7 @@ def _train_texts(params: TokenizeParams, corpus_dir: str | Path, seed: int) -> I
     plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
     key = seed_key(seed)
     for unit, _ in plan.units:
-        yield from (text for split, text, _ in unit_texts(unit, params.text_field, key, params.val_fraction) if split == TRAIN)
+        yield from (text for split, text, *_ in unit_texts(unit, params.text_field, key, params.val_fraction) if split == TRAIN)
 
 
 def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str | Path, seed: int, metrics_path: str | Path | None = None) -> dict:
@@ -144,7 +144,7 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
         if params.tokenizer != "gpt2":
             tokenizer.save(tmp / "tokenizer.json")
         writers = [ShardWriter(tmp, split, params.shard_tokens, tokenizer.n_vocab, tokenizer.eot_token) for split in SPLITS]
-        results = encode_units(plan.units, tokenizer, params.text_field, seed, params.val_fraction, workers)
+        results = encode_units(plan.units, tokenizer, params.text_field, seed, params.val_fraction, workers, plan.unit_chars)
         with progress(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenize", leave=False) as bar:
             for (*ids, unit_docs, unit_bytes), advanced in results:
                 for i, writer in enumerate(writers):
