@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pandas as pd
@@ -196,3 +197,13 @@ def test_spearman_without_scipy_matches_the_rank_formula():
     assert spearman(pd.Series([1, 2, 3]), pd.Series([0.5, 0.5, 0.5])) is None  # constant: undefined
     df = pd.DataFrame({"squad_token_f1": [1.0, 0.0, 0.5, 0.5, 0.9], "judge_score": pd.array([85, 90, 95, 99, None], dtype="Int64")})
     assert summarise(df)["judge_f1_spearman"] == pytest.approx(pearson)
+
+
+def test_reference_loss_keeps_record_order_and_float64_accuracy_whatever_the_batching(model):
+    tok = gpt2()
+    records = [RECORDS[2], RECORDS[0], RECORDS[1], RECORDS[0]]  # lengths out of order, a repeat
+    wide = copy.deepcopy(model).double()
+    expected = [_manual_loss(wide, tok, r) for r in records]
+    with torch.no_grad():
+        for batch_size in (1, 2, 4):
+            assert reference_loss(model, tok, records, batch_size=batch_size) == pytest.approx(expected, abs=5e-6)

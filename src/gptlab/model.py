@@ -309,6 +309,43 @@ class GPT(nn.Module):
             total += p.numel()
         return total
 
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Return the head's input: the final-normed hidden states, (batch, seq, emb_dim)
+        ((batch, 1, emb_dim) with ``last_only``); the arguments are :meth:`forward`'s.
+
+        ``self.head`` of a subset of its rows gives those rows' logits, so a caller that scores
+        a few positions pays the vocabulary-sized matmul for those only.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.config.context_length
+        if start + T > min(limit, self.config.context_length):
+            raise GptlabError(
+                f"sequence of {start + T} tokens exceeds the context length {min(limit, self.config.context_length)}; "
+                "crop the input (generation does this itself)"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
+        rope = None
+        if self.config.positions == "rope":
+            x = self.drop(self.tok_emb(idx))
+            rope = rope_cos_sin(self.config, position_ids, x.dtype)
+        else:
+            x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i, mask, rope)
+        if cache is not None:
+            cache.length += T
+        return self.final_norm(x[:, -1:] if last_only else x)
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -333,27 +370,7 @@ class GPT(nn.Module):
         cross-entropy that never materialises the (batch, seq, vocab) logits; ``logits`` is
         then None unless ``return_logits``.
         """
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        limit = cache.max_len if cache is not None else self.config.context_length
-        if start + T > min(limit, self.config.context_length):
-            raise GptlabError(
-                f"sequence of {start + T} tokens exceeds the context length {min(limit, self.config.context_length)}; "
-                "crop the input (generation does this itself)"
-            )
-        if position_ids is None:
-            position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
-        rope = None
-        if self.config.positions == "rope":
-            x = self.drop(self.tok_emb(idx))
-            rope = rope_cos_sin(self.config, position_ids, x.dtype)
-        else:
-            x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, mask, rope)
-        if cache is not None:
-            cache.length += T
-        x = self.final_norm(x[:, -1:] if last_only else x)
+        x = self.hidden_states(idx, cache=cache, position_ids=position_ids, mask=mask, last_only=last_only)
         if targets is not None and not return_logits and type(self.head) is nn.Linear and not torch.is_autocast_enabled(x.device.type):
             # fused head + loss; a wrapped head (e.g. LoRA) takes the plain path
             return None, linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())
