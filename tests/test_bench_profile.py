@@ -44,6 +44,8 @@ def test_profile_shares_sum_to_the_wall_time(profile_step, shards, tmp_path, mod
     r = json.loads(out.read_text())
     assert sum(r["share_pct"].values()) == pytest.approx(100, abs=0.1)
     assert sum(r["ms"].values()) == pytest.approx(r["ms_per_step"], abs=0.02)  # both rounded
-    assert 0 <= r["unattributed_pct"] < 5 and r["shape_rule_pct"] < 5  # the profiled events cover the step
+    # the profiled events cover the step: the remainder is small either way (a first run on a
+    # cold machine once put the events' self times 1.9-2.7% above perf_counter's wall time)
+    assert abs(r["unattributed_pct"]) < 5 and r["shape_rule_pct"] < 5
     for category in ("embedding_head", "attention", "mlp", "norms_elementwise", "optimizer", "data"):
         assert r["share_pct"][category] > 0, category
