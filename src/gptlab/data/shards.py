@@ -48,18 +48,33 @@ def shard_name(split: str, index: int) -> str:
 
 def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int, eot_token: int) -> None:
     """Write ``tokens`` (1-D ints < 65536) as a shard at ``path`` (via a temp file and rename)."""
-    if vocab_size > MAX_VOCAB:
-        raise GptlabError(f"{path}: vocab_size {vocab_size} does not fit uint16 shards (max {MAX_VOCAB}); use a smaller vocabulary")
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        raise GptlabError(f"{path}: token ids must lie in [0, {vocab_size}); got {int(tokens.min())}..{int(tokens.max())}")
-    header = _HEADER.pack(MAGIC, VERSION, DTYPE.itemsize, tokens.size, vocab_size, eot_token).ljust(HEADER_BYTES, b"\0")
+    _check_vocab(path, vocab_size)
+    tokens = _checked_ids(path, np.asarray(tokens), vocab_size)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(tokens.astype(DTYPE, copy=False).tobytes())
+        f.write(_header(tokens.size, vocab_size, eot_token))
+        f.write(tokens.data)
     os.replace(tmp, path)
+
+
+def _header(n_tokens: int, vocab_size: int, eot_token: int) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, DTYPE.itemsize, n_tokens, vocab_size, eot_token).ljust(HEADER_BYTES, b"\0")
+
+
+def _check_vocab(where: str | Path, vocab_size: int) -> None:
+    if vocab_size > MAX_VOCAB:
+        raise GptlabError(f"{where}: vocab_size {vocab_size} does not fit uint16 shards (max {MAX_VOCAB}); use a smaller vocabulary")
+
+
+def _checked_ids(where: str | Path, tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Return ``tokens`` as contiguous little-endian uint16 after checking they lie in ``[0, vocab_size)``
+    (GptlabError naming ``where`` otherwise); uint16 ids of a full 65,536-id vocabulary need no pass."""
+    if tokens.size and (tokens.dtype != DTYPE or vocab_size < MAX_VOCAB):
+        low, high = (int(tokens.min()) if tokens.dtype.kind != "u" else 0), int(tokens.max())
+        if low < 0 or high >= vocab_size:
+            raise GptlabError(f"{where}: token ids must lie in [0, {vocab_size}); got {low}..{high}")
+    return np.ascontiguousarray(tokens, dtype=DTYPE)
 
 
 def read_header(path: str | Path) -> dict:
@@ -157,20 +172,19 @@ class ShardWriter:
     """
 
     def __init__(self, folder: str | Path, split: str, max_tokens: int, vocab_size: int, eot_token: int):
-        if vocab_size > MAX_VOCAB:
-            raise GptlabError(f"{folder}: vocab_size {vocab_size} does not fit uint16 shards (max {MAX_VOCAB}); use a smaller vocabulary")
+        _check_vocab(folder, vocab_size)
         self.folder, self.split, self.max_tokens = Path(folder), split, max_tokens
         self.vocab_size, self.eot_token = vocab_size, eot_token
         self.paths: list[Path] = []
         self.checksums: list[str] = []  # crc32 of each written shard's data, as data_checksum
         self.tokens = 0
-        self._file = None
+        self._file = None  # the open shard's .tmp file
         self._count = 0  # tokens in the open shard
         self._crc = 0
 
     def write(self, tokens: np.ndarray) -> None:
         """Append ``tokens`` (1-D ids in ``[0, vocab_size)``); GptlabError naming the shard otherwise."""
-        tokens = self._checked(np.asarray(tokens))
+        tokens = _checked_ids(self._path(), np.asarray(tokens), self.vocab_size)
         while len(tokens):
             if self._file is None:
                 self._open()
@@ -191,25 +205,19 @@ class ShardWriter:
             self._finish()
         return self.paths
 
-    def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        """Return ``tokens`` as contiguous little-endian uint16, after checking they are ids of the vocabulary."""
-        if tokens.size and (tokens.dtype != DTYPE or self.vocab_size < MAX_VOCAB):
-            low, high = (int(tokens.min()) if tokens.dtype.kind != "u" else 0), int(tokens.max())
-            if low < 0 or high >= self.vocab_size:
-                where = self.folder / shard_name(self.split, len(self.paths))
-                raise GptlabError(f"{where}: token ids must lie in [0, {self.vocab_size}); got {low}..{high}")
-        return np.ascontiguousarray(tokens, dtype=DTYPE)
+    def _path(self) -> Path:
+        """The path of the shard being (or about to be) written."""
+        return self.folder / shard_name(self.split, len(self.paths))
 
     def _open(self) -> None:
-        path = self.folder / shard_name(self.split, len(self.paths))
-        self._file = open(path.with_name(path.name + ".tmp"), "wb")
+        self._file = open(self._path().with_name(self._path().name + ".tmp"), "wb")
         self._file.write(bytes(HEADER_BYTES))
         self._count, self._crc = 0, 0
 
     def _finish(self) -> None:
-        path = self.folder / shard_name(self.split, len(self.paths))
+        path = self._path()
         self._file.seek(0)
-        self._file.write(_HEADER.pack(MAGIC, VERSION, DTYPE.itemsize, self._count, self.vocab_size, self.eot_token))
+        self._file.write(_header(self._count, self.vocab_size, self.eot_token))
         self._file.close()
         self._file = None
         os.replace(path.with_name(path.name + ".tmp"), path)

@@ -153,11 +153,6 @@ def _hash_units(files: list[Path], text_field: str, val_fraction: float, seed: i
             yield from _text_units([(path, _file_hash_split(path, seed, val_fraction))], chunk_chars, unit_chars)
 
 
-# Set in each worker (and in the parent when it encodes alone): tokenizer, text field, seed
-# key, val fraction, and the shared slots (None in the parent alone).
-_STATE: tuple[Tokenizer, str, bytes, float, _Slots | None] | None = None
-
-
 class _Slots:
     """Buffers shared with the forked workers: per unit in flight, an input region (a JSONL
     blob, ``in_bytes``) and an output region (its token ids, ``out_tokens`` uint16).
@@ -168,7 +163,7 @@ class _Slots:
     """
 
     def __init__(self, count: int, in_bytes: int, out_tokens: int):
-        self.count, self.in_bytes, self.out_tokens = count, in_bytes, out_tokens
+        self.in_bytes, self.out_tokens = in_bytes, out_tokens
         self.size = in_bytes + 2 * out_tokens
         self.memory = mmap.mmap(-1, count * self.size)
 
@@ -177,6 +172,11 @@ class _Slots:
 
     def output(self, slot: int) -> np.ndarray:
         return np.frombuffer(self.memory, dtype=np.uint16, count=self.out_tokens, offset=slot * self.size + self.in_bytes)
+
+
+# Set in each worker (and in the parent when it encodes alone): tokenizer, text field, seed
+# key, val fraction, and the shared slots (None in the parent alone).
+_STATE: tuple[Tokenizer, str, bytes, float, _Slots | None] | None = None
 
 
 def _init_worker(tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float, slots: _Slots | None = None) -> None:
@@ -214,8 +214,8 @@ def encode_unit(unit: Unit, slot: int | None = None) -> tuple[np.ndarray | int, 
     The ids are uint16 arrays (each document's ids followed by ``<|endoftext|>``, in unit
     order); ``documents`` and ``bytes`` are ``[train, val]`` counts of the documents ending in
     this unit and of the text's UTF-8 bytes. With a shared ``slot`` (a worker), a JSONL unit
-    whose blob is ``None`` reads it from the slot's input, and ids that fit go to the slot's
-    output, train then val, and come back as their counts instead of arrays.
+    whose blob is replaced by its length reads the blob from the slot's input, and ids that fit
+    go to the slot's output, train then val, and come back as their counts instead of arrays.
     """
     tokenizer, text_field, key, val_fraction, slots = _STATE
     if slot is not None and unit[0] == "jsonl" and isinstance(unit[3], int):
@@ -243,7 +243,7 @@ def encode_unit(unit: Unit, slot: int | None = None) -> tuple[np.ndarray | int, 
 
 
 def encode_units(
-    units: Iterator[tuple[Unit, int]], tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float, workers: int, unit_bytes: int = 1 << 18
+    units: Iterator[tuple[Unit, int]], tokenizer: Tokenizer, text_field: str, seed: int, val_fraction: float, workers: int, unit_bytes: int = UNIT_CHARS
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, list[int], list[int]], int]]:
     """Yield ``(encode_unit result, disk_bytes)`` for every unit, in order, ids as uint16 arrays.
 
@@ -265,12 +265,15 @@ def encode_units(
     pending: deque = deque()
     free = list(range(depth))
 
-    def result(future, slot: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    def oldest() -> Iterator[tuple[tuple[np.ndarray, np.ndarray, list[int], list[int]], int]]:
+        """Yield the oldest pending unit's result (ids in its slot viewed as arrays), then free the slot."""
+        future, advanced, slot = pending.popleft()
         train, val, docs, nbytes = future.result()
         if isinstance(train, int):
             out = slots.output(slot)
             train, val = out[:train], out[train : train + val]
-        return train, val, docs, nbytes
+        yield (train, val, docs, nbytes), advanced
+        free.append(slot)
 
     try:
         for unit, advanced in units:
@@ -280,12 +283,8 @@ def encode_units(
                 unit = (*unit[:3], len(unit[3]))
             pending.append((pool.submit(encode_unit, unit, slot), advanced, slot))
             if len(pending) >= depth:
-                future, adv, done = pending.popleft()
-                yield result(future, done), adv
-                free.append(done)
+                yield from oldest()
         while pending:
-            future, adv, done = pending.popleft()
-            yield result(future, done), adv
-            free.append(done)
+            yield from oldest()
     finally:
         pool.shutdown(cancel_futures=True)
