@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from gptlab.model import GPT, GPTConfig
+from gptlab.config import GPTConfig
+from gptlab.model import GPT
 
 
 def rss_bytes() -> int:

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from gptlab.config import GPTConfig
 from gptlab.convert.hf import gpt_from_hf
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig, generate
 
 PROMPT_TOKENS = 16

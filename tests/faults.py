@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 spec = json.loads(sys.argv[1])
-from gptlab.model import GPTConfig
+from gptlab.config import GPTConfig
 from gptlab.params import FinetuneParams, LoraParams, PretrainParams
 try:
     if spec["stage"] == "pretrain":

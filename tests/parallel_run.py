@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from gptlab.model import GPTConfig
+from gptlab.config import GPTConfig
 from gptlab.params import FinetuneParams, LoraParams, PretrainParams
 from gptlab.train.loop import publish
 from gptlab.train.pretrain import pretrain

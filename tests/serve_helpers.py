@@ -8,7 +8,8 @@ import httpx
 import torch
 
 from gptlab.checkpoint import save_model
-from gptlab.model import GPT, GPTConfig
+from gptlab.config import GPTConfig
+from gptlab.model import GPT
 
 CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
 CHAT = [{"role": "user", "content": "Name a colour."}]

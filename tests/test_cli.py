@@ -51,7 +51,8 @@ def test_sample_streams_the_same_text_as_the_library(tmp_path):
     import torch
 
     from gptlab.checkpoint import save_model
-    from gptlab.model import GPT, GPTConfig
+    from gptlab.config import GPTConfig
+    from gptlab.model import GPT
     from gptlab.sampling import SamplingConfig, generate
     from gptlab.tokenizer import gpt2
 
@@ -121,8 +122,9 @@ def test_convert_a_model_to_hf_and_gguf_from_the_command_line(tmp_path):
     import torch
 
     from gptlab.checkpoint import load_model, save_model
+    from gptlab.config import GPTConfig
     from gptlab.convert.gguf import gguf_to_gptlab
-    from gptlab.model import GPT, GPTConfig
+    from gptlab.model import GPT
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("gpt-tiny")).eval()

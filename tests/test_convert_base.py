@@ -7,11 +7,12 @@ import torch
 
 from gptlab.checkpoint import load_model, save_model
 from gptlab.cli import main
+from gptlab.config import GPTConfig
 from gptlab.convert.base import build_base
 from gptlab.convert.download_checkpoint import checkpoint_sources, download_checkpoint
 from gptlab.convert.hf import export_hf
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import ConvertParams, DownloadParams, SourceParams
 
 TINY = GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_heads=2, n_layers=2)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.convert.openai_tf import (
     OPENAI_DATA_MB,
     OPENAI_FILES,
@@ -23,7 +24,7 @@ from gptlab.convert.openai_tf import (
     openai_urls,
 )
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 
 transformers = pytest.importorskip("transformers")
 

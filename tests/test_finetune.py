@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from gptlab.checkpoint import load_model, save_model
+from gptlab.config import GPTConfig
 from gptlab.data.instructions import write_splits
 from gptlab.generate import respond
 from gptlab.lora import base_state, load_adapter, merge_lora, model_hash
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import gpt2

@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptlab.config import GPTConfig
 from gptlab.fused_loss import linear_cross_entropy
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_model
+from gptlab.config import GPTConfig
 from gptlab.convert.gguf import gguf_to_gptlab, open_gguf, read_gguf_vocab
 from gptlab.convert.gguf_export import export_gguf
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizer import SimpleTokenizer, gpt2
 from test_hf_export import LLAMA, MIXED, QWEN2, random_model, small_bpe
 

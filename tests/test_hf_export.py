@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_model, model_state
+from gptlab.config import GPTConfig
 from gptlab.convert.hf import export_hf
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import HFTokenizer, SimpleTokenizer, gpt2
 

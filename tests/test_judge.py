@@ -10,8 +10,9 @@ import yaml
 
 from fake_judge import fake_judge
 from gptlab.checkpoint import save_model
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import JudgeParams
 from gptlab.params.loader import from_dict
 from gptlab.score import judge

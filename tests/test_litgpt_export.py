@@ -4,8 +4,9 @@ litgpt's own classes with the same logits and the same tokenizer."""
 import pytest
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizer import gpt2
 from test_hf_export import LLAMA, QWEN2, random_model, small_bpe
 

@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from gptlab.config import PRESETS, ConfigError, GPTConfig
 from gptlab.convert import hf_llama
 from gptlab.errors import GptlabError
 from gptlab.fused_loss import linear_cross_entropy
 from gptlab.lora import inject_lora, merge_lora
-from gptlab.model import GPT, PRESETS, ConfigError, GPTConfig, KVCache
+from gptlab.model import GPT, KVCache
 from gptlab.params import LoraParams
 from gptlab.sampling import SamplingConfig, generate
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_model, save_model
+from gptlab.config import GPTConfig
 from gptlab.convert.hf import export_hf, load_hf_dir
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 
 TINY = GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2)
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlab.checkpoint import load_model, model_state, save_model
+from gptlab.config import GPTConfig
 from gptlab.data.instructions import InstructionBatches, collate, encode_records, format_example
 from gptlab.errors import GptlabError
 from gptlab.lora import (
@@ -21,7 +22,7 @@ from gptlab.lora import (
     model_hash,
     save_adapter,
 )
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import LoraParams
 from gptlab.tokenizer import SimpleTokenizer
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_model, save_model
+from gptlab.config import PRESETS, ConfigError, GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, PRESETS, ConfigError, GPTConfig
+from gptlab.model import GPT
 
 TINY = GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
 

@@ -86,7 +86,7 @@ def test_missing_and_broken_files(tmp_path):
 def test_model_params_override_exactly_the_gpt_config_fields():
     import dataclasses
 
-    from gptlab.model import GPTConfig
+    from gptlab.config import GPTConfig
     from gptlab.params import ModelParams
 
     assert [f.name for f in dataclasses.fields(ModelParams)] == ["preset"] + [f.name for f in dataclasses.fields(GPTConfig)]

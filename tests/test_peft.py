@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.convert.hf import export_hf
 from gptlab.lora import inject_lora, lora_modules, merge_lora, model_hash, save_adapter
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import LoraParams
 from test_hf_export import LLAMA, QWEN2, random_model
 

@@ -42,11 +42,13 @@ def test_every_stage_has_one_name_everywhere():
 
 
 @pytest.mark.parametrize("name", STAGES)
-def test_code_deps_cover_every_module_the_stage_imports(name, monkeypatch):
+def test_code_deps_are_exactly_the_modules_the_stage_imports(name, monkeypatch):
+    """A missing dep is a stale cache; an extra one is a needless rerun: both fail."""
     monkeypatch.chdir(ROOT)
-    deps = _paths(DVC[name]["deps"])
-    missing = [str(f) for f in sorted(imported_files(f"stages/{name}.py")) if not any(str(f) == d or str(f).startswith(d.rstrip("/") + "/") for d in deps)]
-    assert not missing, f"dvc.yaml stage {name!r}: deps miss {', '.join(missing)} (imported by stages/{name}.py); add them"
+    deps = {d for d in _paths(DVC[name]["deps"]) if d.startswith("src/")}
+    imported = {f.as_posix() for f in imported_files(f"stages/{name}.py")}
+    assert not imported - deps, f"dvc.yaml stage {name!r}: deps miss {', '.join(sorted(imported - deps))}; run `python -m gptlab.pipeline`"
+    assert not deps - imported, f"dvc.yaml stage {name!r}: deps {', '.join(sorted(deps - imported))} are not imported; run `python -m gptlab.pipeline`"
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gptlab.cli import build_parser
-from gptlab.model import PRESETS
+from gptlab.config import PRESETS
 from gptlab.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig, generate, sample_next, stream
 
 CFG = GPTConfig(vocab_size=101, context_length=24, emb_dim=32, n_heads=4, n_layers=2)

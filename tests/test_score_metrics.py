@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptlab.config import GPTConfig
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.score import metrics
 from gptlab.score.metrics import (
     normalise,

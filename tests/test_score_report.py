@@ -14,8 +14,9 @@ import torch
 
 from fake_judge import fake_judge
 from gptlab.checkpoint import save_model
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import JudgeParams, ScoreParams
 from gptlab.score.report import load_responses, score_responses
 from gptlab.serve import build_app, running_server

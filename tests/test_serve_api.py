@@ -9,9 +9,10 @@ import openai
 import pytest
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.serve import build_app, create_app, running_server
 from gptlab.tokenizer import gpt2
 from serve_helpers import CHAT, ndjson, sse, tiny_model_dir

@@ -13,8 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import word_shards
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.train.loop import lr_at, make_optimizer, publish
 from gptlab.train.pretrain import pretrain

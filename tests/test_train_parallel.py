@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import word_shards
-from gptlab.model import GPT, GPTConfig
+from gptlab.config import GPTConfig
+from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.train.parallel import apply_activation_checkpointing
 from gptlab.train.pretrain import pretrain

@@ -21,9 +21,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "gptlab"

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gptlab.errors import GptlabError
+
 _FAULT_COUNTS: dict[str, int] = {}
 
 
@@ -130,6 +132,40 @@ def readable_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Return the parsed JSON of ``path``; a missing or malformed file raises GptlabError in one
+    line naming the file (``what`` says what it should be, e.g. "a model folder's config.json")."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise GptlabError(f"{path}: no such file ({what}); check the path or rerun the stage that writes it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GptlabError(f"{path}: cannot read {what}: {e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GptlabError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); {what} must be JSON: fix or delete the file") from None
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Yield a file object open on a temporary file beside ``path``; when the block ends without
+    an exception the file gets the umask's modes and replaces ``path`` (one rename), otherwise it
+    is removed and ``path`` is left as it was. ``mode`` is "wb" or "w" (UTF-8 text)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.chmod(tmp, readable_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically (temp file, then rename)."""
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
@@ -137,14 +173,5 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, readable_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as f:
+        f.write(text)

@@ -119,3 +119,43 @@ def imported_files(entry: str | Path, src: str | Path = "src", package: str = "g
                 if found is not None and found not in seen:
                     todo.append(found)
     return {p for p in seen if p != Path(entry)}
+
+
+def sync_code_deps(dvc_yaml: str | Path = "dvc.yaml", src: str | Path = "src") -> list[str]:
+    """Rewrite the ``src/`` entries of every stage's ``deps`` in ``dvc_yaml`` to exactly the files
+    its ``stages/<name>.py`` imports (:func:`imported_files`), keeping every other line (comments,
+    data deps) as it is. Run from the project root. Returns the names of the stages it changed."""
+    path = Path(dvc_yaml)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    out: list[str] = []
+    changed: list[str] = []
+    stage = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage = line.strip()[:-1]
+        if line.strip() == "deps:" and stage in STAGES:
+            out.append(line)
+            i += 1
+            block = []
+            while i < len(lines) and lines[i].startswith("      - "):
+                block.append(lines[i])
+                i += 1
+            old_src = [entry for entry in block if entry.strip()[2:].startswith("src/")]
+            new_src = [f"      - {f.as_posix()}\n" for f in sorted(imported_files(f"stages/{stage}.py", src))]
+            rest = [entry for entry in block if entry not in old_src]
+            entry_file = [entry for entry in rest if entry.strip() == f"- stages/{stage}.py"]
+            others = [entry for entry in rest if entry not in entry_file]
+            out += entry_file + new_src + others
+            if old_src != new_src:
+                changed.append(stage)
+            continue
+        out.append(line)
+        i += 1
+    path.write_text("".join(out), encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":  # python -m gptlab.pipeline: bring dvc.yaml's code deps in step with the imports
+    print("dvc.yaml: code deps updated for", ", ".join(sync_code_deps()) or "no stage")

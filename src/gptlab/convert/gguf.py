@@ -19,8 +19,9 @@ import gguf
 import numpy as np
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.progress import progress
 
 # llama.cpp's pre-tokenizer names (``tokenizer.ggml.pre``) -> does it split digits one by one

@@ -33,10 +33,11 @@ import numpy as np
 import tiktoken
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.convert.gguf import llama_permute, tensor_name
 from gptlab.errors import GptlabError
 from gptlab.io import readable_mode
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizer import HFTokenizer, Tokenizer, gpt2_bpe_dir
 
 DTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 
 # ours -> theirs, per block; True where the weight is a Conv1D (transposed)

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 
 MODEL_TYPES = ("llama", "qwen2")
 _LAYER_INDEX = re.compile(r"^(?:model\.)?layers\.(\d+)\.")

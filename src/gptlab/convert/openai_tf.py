@@ -30,9 +30,10 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from gptlab.config import ConfigError, GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
-from gptlab.model import GPT, ConfigError, GPTConfig
+from gptlab.model import GPT
 from gptlab.progress import progress
 
 OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"

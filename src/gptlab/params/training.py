@@ -8,10 +8,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gptlab.config import GPTConfig
+from gptlab.errors import ParamsError
+
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The ``model`` section: a preset and overrides of :class:`gptlab.model.GPTConfig`'s fields
+    """The ``model`` section: a preset and overrides of :class:`gptlab.config.GPTConfig`'s fields
     (the same names; a test keeps them in step). ``preset`` (e.g. ``gpt2-124M``, ``smollm2-135m``)
     supplies every field left null; without a preset a null field takes GPTConfig's default."""
 
@@ -37,11 +40,9 @@ class ModelParams:
     def __post_init__(self) -> None:
         self.to_config()  # an impossible shape fails here, naming the fields
 
-    def to_config(self, tokenizer_vocab: int | None = None):
+    def to_config(self, tokenizer_vocab: int | None = None) -> GPTConfig:
         """Return the GPTConfig these params describe. ``tokenizer_vocab`` (the data's
         tokenizer size, for training from scratch) is the vocabulary when ``vocab_size`` is null."""
-        from gptlab.model import GPTConfig
-
         given = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
         if self.vocab_size is None and tokenizer_vocab is not None:
             given["vocab_size"] = tokenizer_vocab
@@ -175,8 +176,6 @@ class LoraParams:
     targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc", "mlp_proj"])
 
     def __post_init__(self) -> None:
-        from gptlab.errors import ParamsError
-
         choices = "qkv, proj, fc, mlp_proj, head (or a glob over module names such as blocks.*.attn.qkv)"
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", [self.targets])

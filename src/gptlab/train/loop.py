@@ -31,9 +31,10 @@ import torch
 import torch.distributed as dist
 
 from gptlab.checkpoint import read_config, save_model
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, fault_point, recover_dir, write_json
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import LoopParams
 from gptlab.progress import progress
 from gptlab.train.parallel import Parallel

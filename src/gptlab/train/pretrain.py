@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptlab.config import GPTConfig
 from gptlab.data.download import sha256_file
 from gptlab.data.shards import TokenShards, split_paths
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.progress import progress
 from gptlab.sampling import SamplingConfig, generate

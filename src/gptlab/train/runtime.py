@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPTConfig
 
 # Dense bf16 peak FLOP/s of common accelerators, for model FLOPs utilisation (MFU).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
