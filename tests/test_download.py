@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.data.download import cache_root, download_sources, extract, fetch, sha256_file
+from gptlab.data.download import cache_root, download_sources, extract, fetch
 from gptlab.errors import GptlabError, ParamsError
-from gptlab.io import write_json
+from gptlab.io import sha256_file, write_json
 from gptlab.params import DownloadParams, SourceFile, SourceParams, load_params
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes

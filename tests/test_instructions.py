@@ -5,20 +5,17 @@ import torch
 
 from gptlab.data.instructions import (
     InstructionBatches,
-    PromptStyleError,
     collate,
     drop_duplicates,
     encode_example,
     encode_records,
     eval_batches,
-    format_example,
-    format_prompt,
     load_records,
-    response_text,
     split_instruction_files,
     split_records,
     write_splits,
 )
+from gptlab.data.prompts import PromptStyleError, format_example, format_prompt, response_text
 from gptlab.errors import GptlabError
 from gptlab.params import InstructionsParams
 from gptlab.tokenizer import GPT2_EOT_ID, SimpleTokenizer, gpt2

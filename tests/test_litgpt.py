@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("litgpt")
 
 from gptlab.convert.gguf import GGUFVocab, build_tokenizer  # noqa: E402
-from gptlab.data.instructions import format_prompt  # noqa: E402
+from gptlab.data.prompts import format_prompt  # noqa: E402
 from gptlab.errors import GptlabError, ParamsError  # noqa: E402
 from gptlab.litgpt.checkpoint import tokenizer_config  # noqa: E402
 from gptlab.litgpt.runner import (  # noqa: E402

@@ -7,7 +7,8 @@ from torch import nn
 
 from gptlab.checkpoint import load_model, model_state, save_model
 from gptlab.config import GPTConfig
-from gptlab.data.instructions import InstructionBatches, collate, encode_records, format_example
+from gptlab.data.instructions import InstructionBatches, collate, encode_records
+from gptlab.data.prompts import format_example
 from gptlab.errors import GptlabError
 from gptlab.lora import (
     LoRALinear,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.config import GPTConfig
-from gptlab.data.instructions import format_prompt
+from gptlab.data.prompts import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.score import metrics

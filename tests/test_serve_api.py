@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptlab.config import GPTConfig
-from gptlab.data.instructions import format_prompt
+from gptlab.data.prompts import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.serve import build_app, create_app, running_server

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from gptlab.data.instructions import format_prompt
+from gptlab.data.prompts import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig

@@ -135,29 +135,16 @@ def read_config(folder: str | Path) -> dict:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Return ``(model, tokenizer)`` from a gptlab checkpoint folder, a Hugging Face folder
-    (``config.json`` with ``model_type`` gpt2, llama or qwen2; the tokenizer from its files, see
-    :func:`gptlab.convert.hf_tokenizer.read_hf_tokenizer`) or an OpenAI TensorFlow GPT-2 folder
-    (``hparams.json`` + ``model.ckpt.*``); ``folder`` may carry an ``hf:`` prefix (as
-    ``convert.source`` spells it). The model is in eval mode on ``device``.
+    """Return ``(model, tokenizer)`` from a gptlab checkpoint folder, the model in eval mode on
+    ``device`` (a Hugging Face or OpenAI folder: :func:`gptlab.convert.load_any.load_any`).
 
     The weights' header (names and shapes) is checked against ``config.json`` before the
     model is built, so an absurd config (a million layers) fails at once, naming the key.
     """
-    folder = Path(str(folder).removeprefix("hf:"))
-    if (folder / "hparams.json").exists() and not (folder / "config.json").exists():
-        from gptlab.convert.openai_tf import load_openai_tf
-
-        return load_openai_tf(folder).to(device).eval(), load_tokenizer("gpt2")
+    folder = Path(folder)
     data = read_config(folder)
-    if data.get("model_type") in ("gpt2", "llama", "qwen2"):
-        from gptlab.convert.hf import load_hf_dir
-        from gptlab.convert.hf_tokenizer import read_hf_tokenizer
-
-        model = load_hf_dir(folder)
-        return model.to(device).eval(), read_hf_tokenizer(folder, gpt2_default=data["model_type"] == "gpt2")
     if data.get("format") != FORMAT:
-        raise GptlabError(f"{folder / 'config.json'}: neither a gptlab checkpoint (format: gptlab) nor a Hugging Face GPT-2, Llama or Qwen2 config")
+        raise GptlabError(f"{folder / 'config.json'}: not a gptlab checkpoint (format: gptlab); convert it first (gptlab convert --model {folder} --out DIR)")
     if not isinstance(data.get("model"), dict):
         raise GptlabError(f"{folder / 'config.json'}: key 'model' (the model config) is missing or not an object; save the checkpoint again")
     config = GPTConfig.from_dict(data["model"])

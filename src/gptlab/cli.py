@@ -13,12 +13,22 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from collections.abc import Sequence
 
+from gptlab.checkpoint import save_model
+from gptlab.convert.export import export_model
+from gptlab.convert.openai_tf import export_openai_tf
 from gptlab.errors import GptlabError
+from gptlab.litgpt.checkpoint import export_litgpt
+from gptlab.lora import load_merged
+from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
+from gptlab.sampling import SamplingConfig, stream
+from gptlab.tokenizer import load_tokenizer, token_bytes
+from gptlab.train.retention import clean_checkpoints
 
 STAGE_HELP = {
     "download": "fetch the raw data sources named in params.yaml into data/raw/",
@@ -35,19 +45,11 @@ STAGE_HELP = {
 
 
 def _encode(args: argparse.Namespace) -> None:
-    from gptlab.tokenizer import load_tokenizer
-
     tok = load_tokenizer(args.tokenizer)
     print(json.dumps(tok.encode(args.text, allowed_special="all")))
 
 
 def _sample(args: argparse.Namespace) -> None:
-    import codecs
-
-    from gptlab.lora import load_merged
-    from gptlab.sampling import SamplingConfig, stream
-    from gptlab.tokenizer import token_bytes
-
     model, tok = load_merged(args.model, args.adapter, args.device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     prompt = tok.encode(args.prompt, allowed_special="all")
@@ -63,33 +65,30 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _convert_model(args: argparse.Namespace) -> None:
-    from gptlab.checkpoint import save_model
-    from gptlab.lora import load_merged
-
     model, tok = load_merged(args.model, args.adapter)
     if args.to == "openai-tf":
-        from gptlab.convert.openai_tf import export_openai_tf
-
         out = export_openai_tf(model, args.out)
     elif args.to == "gptlab":
         out = save_model(args.out, model, tok)
+    elif args.to == "litgpt":
+        try:
+            out = export_litgpt(model, tok, args.out)
+        except ModuleNotFoundError as e:  # litgpt is an optional extra
+            if not (e.name or "").startswith("litgpt"):
+                raise
+            raise GptlabError(f"--to litgpt needs litgpt ({e.name} is missing); pip install 'gptlab[litgpt]'") from None
     else:
-        from gptlab.convert.export import export_model
-
         out = export_model(model, tok, args.out, args.to, args.dtype)
     print(f"convert: {args.model} -> {args.to} {out or args.out} ({model.num_parameters():,} parameters)")
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from gptlab.serve import serve
+    from gptlab.serve import serve  # fastapi and uvicorn: only for this command
 
     serve(args.model, args.adapter, args.host, args.port, args.name, threads=args.threads, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin)
 
 
 def _clean(args: argparse.Namespace) -> None:
-    from gptlab.params import load_params
-    from gptlab.train.retention import clean_checkpoints
-
     params = load_params(args.params)
     for section in (params.pretrain, params.finetune):
         removed = clean_checkpoints(section.checkpoint_dir, args.keep if args.keep is not None else section.keep_runs)

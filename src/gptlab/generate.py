@@ -11,8 +11,11 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from gptlab.data.instructions import encode_prompt, format_prompt, load_records, response_text
+from gptlab.data.instructions import load_records
+from gptlab.data.prompts import encode_prompt, format_prompt, response_text
+from gptlab.device import Distributed, pick_device
 from gptlab.io import write_json
+from gptlab.lora import load_merged
 from gptlab.model import GPT
 from gptlab.params import GenerateParams
 from gptlab.progress import progress
@@ -36,9 +39,6 @@ def answer_file(
 ) -> list[dict]:
     """Answer every record of ``test_path`` with the model in ``model_dir`` (plus a LoRA adapter);
     write the records with their ``response`` to ``out_path`` (JSON) and return them."""
-    from gptlab.lora import load_merged
-    from gptlab.train.runtime import Distributed, pick_device
-
     device = pick_device(p.device, Distributed())
     model, tok = load_merged(model_dir, adapter_dir, str(device))
     out = respond(model, tok, load_records(test_path), sampling_config(p, seed), p.batch_size, style)

@@ -11,6 +11,7 @@ point, for the fault-injection tests.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -175,3 +176,12 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (temp file, then rename)."""
     with atomic_file(path, "w") as f:
         f.write(text)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of the file at ``path`` (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from gptlab.checkpoint import FORMAT
+from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.model import GPT
@@ -188,13 +189,13 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().contiguous() for name, p in model.named_parameters() if _is_lora_param(name)}
 
 
-def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str) -> Path:
+def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str, extra: dict | None = None, files: dict[str, dict] | None = None) -> Path:
     """Write ``adapter.safetensors`` and ``adapter.json`` to ``folder`` (replaced as a whole,
     only once complete); return the folder. ``base_hash``: :func:`model_hash` of the base model.
 
-    The same adapter is also written in PEFT's format (``adapter_config.json`` +
-    ``adapter_model.safetensors``, see :mod:`gptlab.convert.peft`) for the Hugging Face model
-    ``export_hf`` makes of the base; where that has no form, ``adapter.json``'s ``peft`` says why."""
+    ``extra`` adds entries to ``adapter.json``; ``files`` more files to the folder, by name: a
+    ``*.safetensors`` name takes a dict of tensors, any other a JSON-able dict (how
+    :func:`gptlab.train.finetune.save_adapter_and_peft` adds the PEFT form of the adapter)."""
     modules = lora_modules(model)
     if not modules:
         raise LoRAError("the model has no LoRA layers to save; call inject_lora(model, cfg) first")
@@ -211,21 +212,15 @@ def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str
         "base_model_hash": base_hash,
         "base_config": model.config.to_dict() if hasattr(model, "config") else None,
     }
-    from gptlab.convert.peft import PEFT_CONFIG, PEFT_WEIGHTS, peft_adapter
-
-    state = lora_state(model)
-    try:
-        peft_config, peft_tensors = peft_adapter(model, cfg, state)
-        meta["peft"] = {"config": PEFT_CONFIG, "weights": PEFT_WEIGHTS}
-    except GptlabError as e:  # no Hugging Face form of this model or module: our format only
-        peft_config, meta["peft"] = None, {"skipped": str(e)}
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(state, tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
-        write_json(tmp / ADAPTER_CONFIG, meta)
-        if peft_config is not None:
-            save_file(peft_tensors, tmp / PEFT_WEIGHTS, metadata={"format": "pt"})
-            write_json(tmp / PEFT_CONFIG, peft_config)
+        save_file(lora_state(model), tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
+        write_json(tmp / ADAPTER_CONFIG, {**meta, **(extra or {})})
+        for name, content in (files or {}).items():
+            if name.endswith(".safetensors"):
+                save_file(content, tmp / name, metadata={"format": "pt"})
+            else:
+                write_json(tmp / name, content)
     return folder
 
 
@@ -346,12 +341,10 @@ def model_hash(source: str | Path | GPT) -> str:
 
 
 def load_merged(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str | torch.device = "cpu"):
-    """Return ``(model, tokenizer)`` of ``model_dir`` (any folder :func:`gptlab.checkpoint.load_model`
+    """Return ``(model, tokenizer)`` of ``model_dir`` (any folder :func:`gptlab.convert.load_any.load_any`
     reads) with the LoRA adapter of ``adapter_dir`` (if given) loaded, checked against the base's
     hash when the base is a gptlab checkpoint, and merged into plain weights; eval mode on ``device``."""
-    from gptlab.checkpoint import load_model
-
-    model, tokenizer = load_model(model_dir, device)
+    model, tokenizer = load_any(model_dir, device)
     if adapter_dir is not None:
         weights = Path(model_dir) / "model.safetensors"
         load_adapter(model, adapter_dir, model_hash(model_dir) if weights.exists() else None)

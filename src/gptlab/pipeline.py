@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from gptlab.errors import GptlabError
+from gptlab.params import load_params
 
 # The stages of dvc.yaml, in pipeline order (each is stages/<name>.py and `gptlab <name>`).
 STAGES = ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score")
@@ -57,8 +58,6 @@ def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Parse a stage's command line, load its params and call ``run(params)``; return the exit code."""
-    from gptlab.params import load_params
-
     args = stage_parser(prog or "python -m stages.<name>", doc).parse_args(argv)
     return run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
 

@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 
 from gptlab.checkpoint import load_model, save_model
-from gptlab.data.download import sha256_file
+from gptlab.convert.download_checkpoint import GGUF_FILE
+from gptlab.convert.gguf import gguf_to_gptlab
+from gptlab.convert.load_any import load_any
+from gptlab.convert.openai_tf import load_openai_tf
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, sha256_file, write_json
 from gptlab.params import ConvertParams
 
 
@@ -83,18 +86,13 @@ def build_base(
         if not (checkpoint_dir / "SOURCE.json").exists():
             raise GptlabError(f"{checkpoint_dir}: not fetched; run `dvc repro download_checkpoint` first")
         if p.source == "smollm2-135m-instruct":
-            from gptlab.convert.download_checkpoint import GGUF_FILE
-            from gptlab.convert.gguf import gguf_to_gptlab
-
             gguf_to_gptlab(checkpoint_dir / GGUF_FILE, out_dir)
             model, _ = load_model(out_dir)
         elif p.source.startswith("hf:"):
-            hf_model, tokenizer = load_model(checkpoint_dir)  # GPT-2, Llama or Qwen2, with the folder's tokenizer
+            hf_model, tokenizer = load_any(checkpoint_dir)  # GPT-2, Llama or Qwen2, with the folder's tokenizer
             save_model(out_dir, hf_model, tokenizer, {"source": p.source})
             model, _ = load_model(out_dir)
         else:
-            from gptlab.convert.openai_tf import load_openai_tf
-
             model = load_openai_tf(checkpoint_dir)
             save_model(out_dir, model, "gpt2", {"source": p.source})
         source_bytes = sum(f.stat().st_size for f in checkpoint_dir.iterdir() if f.is_file())

@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from gptlab.data.download import fetch
+from gptlab.convert.openai_tf import OPENAI_BASE_URL, OPENAI_FILES, OPENAI_SIZES
+from gptlab.data.download import cache_root, extract, fetch
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.params import ConvertParams, DownloadParams, SourceParams
@@ -41,8 +42,6 @@ OFFLINE_HELP = "set convert.mirror to a file:// copy of OpenAI's files (README: 
 
 def checkpoint_sources(p: ConvertParams) -> dict[str, SourceParams]:
     """Return the files to fetch for ``p.source``: name -> source (empty for ``pretrained``)."""
-    from gptlab.convert.openai_tf import OPENAI_BASE_URL, OPENAI_FILES, OPENAI_SIZES
-
     if p.source == "pretrained":
         return {}
     if p.source == "smollm2-135m-instruct":
@@ -64,8 +63,6 @@ def download_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str
     """Fetch the files of ``p.source`` into ``out_dir`` (replaced once complete); return a summary
     (source, files with bytes and sha256). Without network a ``gpt2-*`` source fails with one
     line naming the URL and the way out (a ``file://`` mirror)."""
-    from gptlab.data.download import cache_root
-
     sources = checkpoint_sources(p)
     cache = cache_root(download.cache_dir)
     summary: dict = {"source": p.source, "files": {}}
@@ -94,8 +91,6 @@ def download_checkpoint(p: ConvertParams, download: DownloadParams, out_dir: str
 def extract_one(archive: Path, source: SourceParams, dest: Path) -> Path:
     """Extract the one member of ``archive`` matching ``source``'s ``#GLOB`` into ``dest``; return
     its path (GptlabError naming the URI unless exactly one matches)."""
-    from gptlab.data.download import extract
-
     members = extract(archive, source.glob, dest, uri=source.uri)
     if len(members) != 1:
         raise GptlabError(f"{source.uri}: expected one file matching {source.glob!r}, found {[m.name for m in members]}")

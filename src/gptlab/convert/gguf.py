@@ -12,6 +12,8 @@ is rebuilt from the ``tokenizer.ggml.*`` metadata with the ``tokenizers`` librar
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +21,13 @@ import gguf
 import numpy as np
 import torch
 
+from gptlab.checkpoint import check_shapes, load_state, save_model
 from gptlab.config import GPTConfig
+from gptlab.convert.hf_llama import from_hf_state_dict
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.progress import progress
+from gptlab.tokenizer import HFTokenizer, gpt2_bpe_dir
 
 # llama.cpp's pre-tokenizer names (``tokenizer.ggml.pre``) -> does it split digits one by one
 # before the GPT-2 byte-level regex? (llama.cpp's llama-vocab.cpp: SMOLLM/STARCODER use
@@ -285,7 +290,6 @@ def gguf_gpt2_state(reader: gguf.GGUFReader, path: Path) -> tuple[GPTConfig, dic
 
     Names and shapes are checked against the ``gpt2.*`` metadata (layer count first) before
     any tensor is dequantised."""
-    from gptlab.checkpoint import check_shapes
 
     def get(key: str):
         return field_value(reader, key.format(arch="gpt2"), path)
@@ -323,10 +327,6 @@ def gguf_gpt2_state(reader: gguf.GGUFReader, path: Path) -> tuple[GPTConfig, dic
 
 def _is_gpt2_vocab(vocab: GGUFVocab) -> bool:
     """True when the GGUF vocabulary is GPT-2's BPE (then the checkpoint names the built-in ``gpt2``)."""
-    import json
-
-    from gptlab.tokenizer import gpt2_bpe_dir
-
     if vocab.pre != "gpt-2" or len(vocab.tokens) < 50257 or vocab.tokens[50256] != "<|endoftext|>":
         return False
     encoder = json.loads((gpt2_bpe_dir() / "encoder.json").read_text(encoding="utf-8"))
@@ -344,12 +344,6 @@ def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtyp
     byte-level BPE, the chat template, ``eot_token`` = the GGUF eos and ``stop_tokens`` =
     eos + ``<|im_end|>``/``<|endoftext|>`` where present). The folder appears complete or not at all.
     """
-    import tempfile
-
-    from gptlab.checkpoint import load_state, save_model
-    from gptlab.convert.hf_llama import from_hf_state_dict
-    from gptlab.tokenizer import HFTokenizer
-
     gguf_path = Path(gguf_path)
     reader = open_gguf(gguf_path)
     vocab = read_gguf_vocab(reader)

@@ -1,5 +1,6 @@
-"""Hugging Face interop for the Llama family: ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` configs
-and state dicts, in and out.
+"""The Llama family in Hugging Face's layout (``LlamaForCausalLM`` / ``Qwen2ForCausalLM``): its
+``config.json`` and its tensor names, both ways. Loading and exporting folders is
+:mod:`gptlab.convert.hf`'s (one loader for every family).
 
 gptlab fuses ``q_proj``/``k_proj``/``v_proj`` into ``attn.qkv`` (rows ``[q | k | v]``) and
 ``gate_proj``/``up_proj`` into ``mlp.fc`` (rows ``[gate | up]``); everything else is a rename.
@@ -13,19 +14,16 @@ together) and ``mlp_bias``; ``model_type: qwen2`` has q/k/v biases and no others
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 
 MODEL_TYPES = ("llama", "qwen2")
-_LAYER_INDEX = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
+LAYER_INDEX = re.compile(r"^(?:model\.)?layers\.(\d+)\.")  # a block's tensors, for the layer count
 
 # ours -> theirs (per block, under model.layers.{i}.)
 _BLOCK_RENAMES = {
@@ -37,11 +35,6 @@ _BLOCK_RENAMES = {
     "mlp.proj.bias": "mlp.down_proj.bias",
 }
 _TOP_RENAMES = {"tok_emb.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight"}
-
-
-def is_llama_config(hf: dict) -> bool:
-    """True when a Hugging Face ``config.json`` dict is a Llama-family model gptlab holds."""
-    return hf.get("model_type") in MODEL_TYPES
 
 
 def _rope_theta(hf: dict) -> float:
@@ -183,111 +176,3 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     if not config.tie_embeddings:
         out["lm_head.weight"] = sd["head.weight"].contiguous()
     return out
-
-
-def check_hf_llama_shapes(shapes: dict[str, tuple[int, ...]], config: GPTConfig, source: str, config_path: str | Path = "config.json") -> None:
-    """Check ``transformers`` Llama/Qwen2 tensor ``shapes`` (name -> shape, e.g. from safetensors
-    headers) against ``config`` without allocating the model; GptlabError names the mismatch.
-
-    The layer count (``num_hidden_layers`` of ``config_path`` against the ``model.layers.N``
-    indices) comes first, so an absurd config fails before anything grows with it; then names
-    and shapes against a model built on the meta device.
-    """
-    from gptlab.checkpoint import check_layer_count, check_shapes
-
-    check_layer_count(shapes, _LAYER_INDEX, config.n_layers, "num_hidden_layers", source, config_path)
-    meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
-    try:
-        ours = from_hf_state_dict(meta, config)
-    except RuntimeError as e:  # torch.cat of q/k/v or gate/up with mismatched widths
-        raise GptlabError(
-            f"{source}: q/k/v or gate/up projections do not fit together ({str(e).splitlines()[0]}); the config and the weights disagree"
-        ) from None
-    check_shapes(config, {k: tuple(v.shape) for k, v in ours.items()}, source, config_path)
-
-
-def gpt_from_hf(state: dict[str, torch.Tensor], hf_config: dict, source: str = "Hugging Face state dict") -> GPT:
-    """Return a GPT holding a ``transformers`` Llama/Qwen2 state dict, shaped by its ``config.json`` dict.
-
-    Names and shapes are checked against the config before the model is built."""
-    from gptlab.checkpoint import load_state
-
-    config = config_from_hf(hf_config)
-    check_hf_llama_shapes({k: tuple(v.shape) for k, v in state.items()}, config, source)
-    model = GPT(config)
-    load_state(model, from_hf_state_dict(state, config), source)
-    return model
-
-
-def load_hf_llama_dir(folder: str | Path) -> GPT:
-    """Return a GPT from a Hugging Face Llama/Qwen2 folder: ``config.json`` and ``model.safetensors``
-    (one file or ``model.safetensors.index.json`` shards).
-
-    The safetensors headers are checked against ``config.json`` (layer count first) before any
-    tensor is read or the model built; GptlabError (one line) names the file and the fix."""
-    from gptlab.checkpoint import load_tensors, read_shapes
-
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    try:
-        hf_config = json.loads(config_path.read_text())
-        config = config_from_hf(hf_config)
-    except FileNotFoundError:
-        raise GptlabError(f"{config_path}: not found; a Hugging Face folder needs config.json beside the weights") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{config_path}: not valid JSON ({e}); fix or re-download it") from None
-    except KeyError as e:
-        raise GptlabError(f"{config_path}: key {e.args[0]!r} is missing; is this a Llama/Qwen2 config.json?") from None
-    except TypeError as e:
-        raise GptlabError(f"{config_path}: a shape key has the wrong type ({e}); fix config.json") from None
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise GptlabError(f"{index}: not a safetensors index ({e}); re-download it") from None
-    elif (folder / "model.safetensors").exists():
-        files = [folder / "model.safetensors"]
-    else:
-        raise GptlabError(f"{folder}: no model.safetensors (or its index) found; download the safetensors weights")
-    shapes = {k: v for f in files for k, v in read_shapes(f).items()}
-    config_source = str(files[0]) if len(files) == 1 else str(index)
-    check_hf_llama_shapes(shapes, config, config_source, config_path)
-    state = {k: v for f in files for k, v in load_tensors(f).items()}
-    model = GPT(config)
-    from gptlab.checkpoint import load_state
-
-    load_state(model, from_hf_state_dict(state, config), str(folder))
-    return model
-
-
-def export_hf_llama(model: GPT, folder: str | Path, bos_token_id: int | None = None, eos_token_id: int | None = None, tokenizer=None) -> Path:
-    """Write ``model`` as ``model.safetensors`` + ``config.json`` that
-    ``transformers.AutoModelForCausalLM.from_pretrained(folder)`` loads (Llama or Qwen2); return the folder.
-
-    With ``tokenizer`` (a gptlab tokenizer) the folder is complete for ``AutoTokenizer`` and
-    ``pipeline``: ``tokenizer.json``, ``tokenizer_config.json`` (chat template included) and
-    ``generation_config.json``; its bos/eos ids fill ``config.json`` where not given.
-    """
-    from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
-    from gptlab.io import atomic_dir, write_json
-
-    if tokenizer is not None:
-        check_tokenizer_fits(tokenizer, model.config)
-        ids = special_ids(tokenizer)
-        bos_token_id = ids["bos_token_id"] if bos_token_id is None else bos_token_id
-        eos_token_id = ids["eos_token_id"] if eos_token_id is None else eos_token_id
-    with atomic_dir(folder) as tmp:
-        save_file(to_hf_state_dict(model), tmp / "model.safetensors", metadata={"format": "pt"})
-        write_json(tmp / "config.json", config_to_hf(model.config, bos_token_id, eos_token_id))
-        if tokenizer is not None:
-            write_hf_tokenizer(tokenizer, tmp, model.config.context_length)
-    return Path(folder)
-
-
-def check_tokenizer_fits(tokenizer, config: GPTConfig) -> None:
-    """GptlabError when the tokenizer has more ids than the model's ``vocab_size``."""
-    if tokenizer.n_vocab > config.vocab_size:
-        raise GptlabError(
-            f"the tokenizer has {tokenizer.n_vocab} ids but the model's vocab_size is {config.vocab_size}; export with the tokenizer the model was trained with"
-        )

@@ -35,6 +35,7 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.model import GPT
 from gptlab.progress import progress
+from gptlab.tokenizer import gpt2_bpe_dir
 
 OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 OPENAI_FILES = (
@@ -265,8 +266,6 @@ def export_openai_tf(model: GPT, folder: str | Path) -> Path:
     ``encoder.json`` + ``vocab.bpe`` (from :func:`gptlab.tokenizer.gpt2_bpe_dir`). The model needs a
     tied head, qkv biases and GPT-2's 50,257-token vocabulary; anything else raises GptlabError.
     """
-    from gptlab.tokenizer import gpt2_bpe_dir
-
     config = model.config
     folder = Path(folder)
     problems = []

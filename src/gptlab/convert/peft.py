@@ -28,6 +28,7 @@ import re
 
 import torch
 
+from gptlab.convert.hf import family_of
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params.training import LoraParams
@@ -47,14 +48,21 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 def _family(model: GPT) -> str:
     """``gpt2`` or ``llama`` (Llama/Qwen2), checked the way :func:`~gptlab.convert.hf.export_hf` checks it."""
-    from gptlab.convert import hf, hf_llama
+    family = family_of(model.config)
+    family.config_to_hf(model.config)  # GptlabError when the model has no Hugging Face form
+    return family.key
 
-    c = model.config
-    if c.norm == "rmsnorm" or c.positions == "rope" or c.mlp == "swiglu":
-        hf_llama.config_to_hf(c)
-        return "llama"
-    hf.config_to_hf(c)
-    return "gpt2"
+
+def peft_files(model: GPT, cfg: LoraParams, lora: dict[str, torch.Tensor]) -> tuple[dict, dict[str, dict]]:
+    """Return ``(adapter.json entries, files)`` publishing gptlab adapter tensors ``lora`` in PEFT's
+    format beside ours: ``{"peft": {"config", "weights"}}`` and ``{PEFT_CONFIG: config, PEFT_WEIGHTS:
+    tensors}``; where the model or a module has no Hugging Face form, ``{"peft": {"skipped": why}}``
+    and no files (see :func:`gptlab.lora.save_adapter`'s ``extra`` and ``files``)."""
+    try:
+        config, tensors = peft_adapter(model, cfg, lora)
+    except GptlabError as e:  # no Hugging Face form of this model or module: our format only
+        return {"peft": {"skipped": str(e)}}, {}
+    return {"peft": {"config": PEFT_CONFIG, "weights": PEFT_WEIGHTS}}, {PEFT_WEIGHTS: tensors, PEFT_CONFIG: config}
 
 
 def peft_adapter(model: GPT, cfg: LoraParams, lora: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:

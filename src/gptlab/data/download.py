@@ -37,21 +37,12 @@ from urllib.request import url2pathname
 import requests
 
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, sha256_file, write_json
 from gptlab.params import DownloadParams, SourceParams
 from gptlab.progress import progress
 
 CHUNK_BYTES = 1 << 14  # a dropped connection loses at most one partly read chunk
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Return the hex sha256 of the file at ``path`` (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_root(cache_dir: str | None = None) -> Path:

@@ -21,16 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.data.prompts import (  # noqa: F401  (re-exported: the styles' home is gptlab.data.prompts)
-    ALPACA_HEADER,
-    ALPACA_HEADER_WITH_INPUT,
-    PROMPT_STYLES,
-    PromptStyleError,
-    encode_prompt,
-    format_example,
-    format_prompt,
-    response_text,
-)
+from gptlab.data.prompts import encode_prompt, format_example
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.params import InstructionsParams

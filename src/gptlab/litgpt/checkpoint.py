@@ -25,6 +25,8 @@ from gptlab.convert.gguf import (
     read_gguf_vocab,
     tensor_name,
 )
+from gptlab.convert.hf import check_tokenizer_fits
+from gptlab.convert.hf_tokenizer import write_hf_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.progress import progress
@@ -307,9 +309,6 @@ def export_litgpt(model, tokenizer, out_dir: str | Path, name: str = "gptlab") -
     complete or not at all.
     """
     from litgpt.utils import save_config
-
-    from gptlab.convert.hf_llama import check_tokenizer_fits
-    from gptlab.convert.hf_tokenizer import write_hf_tokenizer
 
     config = litgpt_config_of(model.config, name)
     check_tokenizer_fits(tokenizer, model.config)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from gptlab.convert.download_checkpoint import SMOLLM2_SOURCE, extract_one
 from gptlab.data.download import cache_root, fetch
+from gptlab.data.instructions import load_records
 from gptlab.io import atomic_dir, write_json
+from gptlab.litgpt.checkpoint import gguf_to_litgpt
+from gptlab.litgpt.runner import finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
 from gptlab.params import DownloadParams, LitgptParams
 
 
@@ -33,10 +36,6 @@ def run_litgpt_track(p: LitgptParams, download: DownloadParams, splits_dir: str 
             (tmp / "README.md").write_text("The litgpt track is off (params.yaml litgpt.enabled: false).\n")
         write_json(responses_path, [])
         return {"enabled": False}
-
-    from gptlab.data.instructions import load_records
-    from gptlab.litgpt.checkpoint import gguf_to_litgpt
-    from gptlab.litgpt.runner import finetune_lora, generate_responses, read_litgpt_losses, write_litgpt_json
 
     summary: dict = {"enabled": True, "config_name": p.config_name}
     with atomic_dir(models_dir) as tmp:

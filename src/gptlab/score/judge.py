@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gptlab.data.instructions import format_prompt
+from gptlab.data.prompts import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.params import JudgeParams
 from gptlab.progress import progress

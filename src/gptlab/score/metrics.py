@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from gptlab.data.instructions import collate, encode_prompt, format_example
+from gptlab.data.instructions import collate
+from gptlab.data.prompts import encode_prompt, format_example
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.progress import progress

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
 from gptlab.io import write_json
 from gptlab.params import ScoreParams
@@ -44,9 +45,7 @@ def score_engine(records: list[dict], p: ScoreParams, model_dir: str | Path | No
     df = pd.DataFrame([record_metrics(r) for r in records])
     df.insert(0, "record", range(len(records)))
     if model_dir is not None:
-        from gptlab.checkpoint import load_model
-
-        model, tok = load_model(model_dir)
+        model, tok = load_any(model_dir)
         df["loss"] = reference_loss(model, tok, records, style, p.loss_batch_size)
     if p.judge.api != "none":
         results = judge_records(records, p.judge)

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptlab import __version__
 from gptlab.errors import GptlabError
+from gptlab.lora import load_merged
 from gptlab.model import GPT
 from gptlab.serve import ollama, openai
 from gptlab.serve.common import DEFAULT_MAX_BODY_BYTES, Served
@@ -104,8 +105,6 @@ def build_app(
     With ``adapter_dir`` the LoRA adapters there are loaded and merged into the weights
     first. ``model_name`` defaults to the folder's name (``models/finetuned`` -> ``finetuned``).
     """
-    from gptlab.lora import load_merged
-
     model, tokenizer = load_merged(model_dir, adapter_dir)
     name = model_name or Path(model_dir).resolve().name
     return create_app(

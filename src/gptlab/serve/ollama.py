@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ConfigDict, Field
 
 from gptlab import __version__
-from gptlab.data.instructions import format_prompt
+from gptlab.data.prompts import format_prompt
 from gptlab.serve.common import RequestModel, Served, StopMixin, check_model, json_body, now_iso, refuse_unless, served
 from gptlab.serve.engine import Completion, sampling_config
 from gptlab.serve.errors import ApiError

@@ -17,8 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 
-from gptlab.data.instructions import format_prompt
-from gptlab.data.prompts import compile_chat_template
+from gptlab.data.prompts import compile_chat_template, format_prompt
 from gptlab.errors import GptlabError
 from gptlab.serve.errors import ApiError, from_validation
 

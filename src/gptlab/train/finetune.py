@@ -20,15 +20,20 @@ from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import load_model, load_weights, read_config, save_model
-from gptlab.data.instructions import InstructionBatches, encode_prompt, encode_records, eval_batches, format_prompt, load_records
+from gptlab.checkpoint import load_weights, read_config, save_model
+from gptlab.convert.load_any import load_any
+from gptlab.convert.peft import peft_files
+from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, load_records
+from gptlab.data.prompts import encode_prompt, format_prompt
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir
+from gptlab.lora import inject_lora, lora_parameter_counts, lora_state, mark_only_lora_trainable, merge_lora, model_hash, save_adapter
 from gptlab.model import GPT
-from gptlab.params import FinetuneParams
+from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.train.loop import LoopRun, TrainResult, train_loop
-from gptlab.train.runtime import pick_device, setup_distributed
+from gptlab.train.runtime import setup_distributed
 
 
 @dataclasses.dataclass
@@ -124,12 +129,10 @@ def finetune(
     Returns the result with the summary (train/val loss, the base model's val loss on the same
     split, trainable and total parameters) and the tuned model in memory.
     """
-    from gptlab.lora import inject_lora, lora_parameter_counts, mark_only_lora_trainable, model_hash
-
     base_dir = Path(base_dir)
     ddp = setup_distributed(p.device)
     device = pick_device(p.device, ddp)
-    model, tokenizer = load_model(base_dir, device)
+    model, tokenizer = load_any(base_dir, device)
     tokenizer_spec = base_tokenizer_spec(base_dir)
     train_records = load_records(train_path)
     val_records = load_records(val_path)
@@ -185,7 +188,7 @@ def finetune(
     )
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
     if p.parallel == "fsdp" and ddp.world > 1:  # the trained model is sharded: take the full one from latest/
-        model, _ = load_model(base_dir, device)
+        model, _ = load_any(base_dir, device)
         if lora_cfg is not None:
             inject_lora(model, lora_cfg)
         load_weights(model, result.latest)
@@ -199,13 +202,11 @@ def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
     """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
     checkpoint any stage can load) and, for LoRA, ``out/adapter/`` (adapter weights + JSON).
     Replaces ``out`` once complete; returns it."""
-    from gptlab.lora import merge_lora, save_adapter
-
     out = Path(out)
     with atomic_dir(out) as tmp:
         model = result.model
         if result.lora is not None:
-            save_adapter(model, result.lora, tmp / "adapter", result.base_sha256)
+            save_adapter_and_peft(model, result.lora, tmp / "adapter", result.base_sha256)
             model = merge_lora(model)
         staged = save_model(
             tmp / "merged", model, result.tokenizer_spec, {"finetune": {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}}
@@ -214,3 +215,12 @@ def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
             shutil.move(str(f), tmp / f.name)
         staged.rmdir()
     return out
+
+
+def save_adapter_and_peft(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str) -> Path:
+    """Write the LoRA adapter of ``model`` to ``folder`` (:func:`gptlab.lora.save_adapter`) with its
+    PEFT form beside it (``adapter_config.json`` + ``adapter_model.safetensors`` for the Hugging
+    Face model ``export_hf`` makes of the base, :func:`gptlab.convert.peft.peft_files`; where that
+    has no form, ``adapter.json``'s ``peft`` says why); return the folder."""
+    extra, files = peft_files(model, cfg, lora_state(model))
+    return save_adapter(model, cfg, folder, base_hash, extra, files)

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from gptlab.checkpoint import read_config, save_model
 from gptlab.config import GPTConfig
+from gptlab.device import pick_precision
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, fault_point, recover_dir, write_json
 from gptlab.model import GPT
@@ -39,7 +40,7 @@ from gptlab.params import LoopParams
 from gptlab.progress import progress
 from gptlab.train.parallel import Parallel
 from gptlab.train.retention import clean_checkpoints, mark_used
-from gptlab.train.runtime import Distributed, StopRequest, is_main_process, peak_flops, pick_precision
+from gptlab.train.runtime import Distributed, StopRequest, is_main_process, peak_flops
 
 
 def lr_at(step: int, p: LoopParams) -> float:
@@ -380,7 +381,7 @@ def train_loop(
         for key in [k for k in live.summary if k not in COMPARABLE_METRICS and k != "step"]:
             del live.summary[key]
         if history:
-            from gptlab.plots import loss_figure
+            from gptlab.plots import loss_figure  # matplotlib (slow to import): only when a run ends with history
 
             live.log_image("loss.png", loss_figure(history, run.name))
         live.make_summary()

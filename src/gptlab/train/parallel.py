@@ -19,9 +19,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
+from gptlab.checkpoint import save_model
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params import LoopParams
+from gptlab.train.dcp import load_any, save_sharded
 from gptlab.train.runtime import Distributed
 
 
@@ -106,14 +108,10 @@ class Parallel:
 
     def save(self, folder: Path, model: GPT, optimizer, tokenizer: str, extra: dict, state: dict | None) -> None:
         """Write the training checkpoint ``folder`` (rank 0 writes; FSDP: every rank writes its shards)."""
-        from gptlab.checkpoint import save_model
-
         if not self.sharded:
             if self.ddp.main:
                 save_model(folder, model, tokenizer, extra, optimizer, state)
             return
-        from gptlab.train.dcp import save_sharded
-
         full = self.view(model)
         save_sharded(folder, model, optimizer, full, tokenizer, extra, state, self.ddp)
         dist.barrier()
@@ -121,8 +119,6 @@ class Parallel:
     def load(self, folder: Path, model: GPT, optimizer) -> dict:
         """Restore weights, optimizer and RNG states from ``folder`` (either format, any former
         process count); return ``state.json``."""
-        from gptlab.train.dcp import load_any
-
         state = load_any(folder, model, optimizer, self.sharded)
         if self.sharded:
             self.view(model)  # the replica takes the loaded weights (a collective)

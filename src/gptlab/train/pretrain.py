@@ -14,16 +14,17 @@ import numpy as np
 import torch
 
 from gptlab.config import GPTConfig
-from gptlab.data.download import sha256_file
 from gptlab.data.shards import TokenShards, split_paths
+from gptlab.device import pick_device
 from gptlab.errors import GptlabError
+from gptlab.io import sha256_file
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.progress import progress
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.loop import LoopRun, TrainResult, train_loop
-from gptlab.train.runtime import flops_per_token, pick_device, setup_distributed
+from gptlab.train.runtime import flops_per_token, setup_distributed
 
 
 def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> str:

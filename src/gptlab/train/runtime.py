@@ -1,17 +1,17 @@
-"""Where and how a training process runs: device, precision, torchrun process group, FLOPs."""
+"""How a training process runs: the torchrun process group, stop signals, FLOPs (its device and
+precision: :mod:`gptlab.device`)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from gptlab.config import GPTConfig
-from gptlab.errors import GptlabError
+from gptlab.device import Distributed
 
 # Dense bf16 peak FLOP/s of common accelerators, for model FLOPs utilisation (MFU).
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -55,20 +55,6 @@ class StopRequest:
         self._previous.clear()
 
 
-@dataclass
-class Distributed:
-    """Where this process stands: rank, world size, local rank, and whether it writes outputs."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """True on the process that writes checkpoints, metrics and logs (rank 0)."""
-        return self.rank == 0
-
-
 def is_main_process() -> bool:
     """True in the process that writes outputs: rank 0 under torchrun, or a single process."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -86,35 +72,6 @@ def setup_distributed(device_hint: str) -> Distributed:
     if use_cuda:
         torch.cuda.set_device(local)
     return Distributed(rank, world, local)
-
-
-def pick_device(hint: str, ddp: Distributed) -> torch.device:
-    """Return the device: ``auto`` takes CUDA (this rank's GPU) when present, else the CPU."""
-    if hint == "auto":
-        return torch.device(f"cuda:{ddp.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if hint == "cuda" and ddp.world > 1:
-        return torch.device(f"cuda:{ddp.local_rank}")
-    if hint.startswith("cuda") and not torch.cuda.is_available():
-        raise GptlabError(f"pretrain.device={hint!r} but no CUDA device is visible; use device: auto or cpu")
-    return torch.device(hint)
-
-
-def pick_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Return the autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 support (else
-    fp16), fp32 on the CPU: the same params give the same numbers on every CPU, with or without
-    native bf16 (ask for ``bf16`` explicitly to use it there). ``fp16`` is CUDA-only (it needs a
-    grad scaler)."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise GptlabError("pretrain.precision=fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
 
 
 def flops_per_token(config: GPTConfig, n_params: int) -> float:
