@@ -121,9 +121,10 @@ def test_outputs_honour_the_umask(tmp_path):
 def test_convert_a_model_to_hf_and_gguf_from_the_command_line(tmp_path):
     import torch
 
-    from gptlab.checkpoint import load_model, save_model
+    from gptlab.checkpoint import save_model
     from gptlab.config import GPTConfig
     from gptlab.convert.gguf import gguf_to_gptlab
+    from gptlab.convert.load_any import load_any
     from gptlab.model import GPT
 
     torch.manual_seed(0)
@@ -134,13 +135,13 @@ def test_convert_a_model_to_hf_and_gguf_from_the_command_line(tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "generation_config.json"} <= {
         p.name for p in (tmp_path / "hf").iterdir()
     }
-    back, tok = load_model(tmp_path / "hf")
+    back, tok = load_any(tmp_path / "hf")
     x = torch.tensor([tok.encode("Hello, world.")])
     assert torch.allclose(back(x)[0], model(x)[0], atol=1e-5)
     r = run("convert", "--model", str(tmp_path / "m"), "--to", "gguf", "--out", str(tmp_path / "m.gguf"))
     assert r.returncode == 0, r.stderr
     gguf_to_gptlab(tmp_path / "m.gguf", tmp_path / "from-gguf")
-    again, _ = load_model(tmp_path / "from-gguf")
+    again, _ = load_any(tmp_path / "from-gguf")
     assert torch.equal(again(x)[0], model(x)[0])
     r = run("convert", "--model", str(tmp_path / "m"), "--to", "gguf")
     assert r.returncode == 2 and "needs --out" in r.stderr

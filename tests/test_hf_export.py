@@ -7,9 +7,10 @@ import time
 import pytest
 import torch
 
-from gptlab.checkpoint import load_model, model_state
+from gptlab.checkpoint import model_state
 from gptlab.config import GPTConfig
 from gptlab.convert.hf import export_hf
+from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig, generate
@@ -76,7 +77,7 @@ def test_gpt2_folder_is_complete_for_transformers(tmp_path):
     prompt = "The meaning of life is"
     ours = ours_greedy(model, tok, prompt, 12)
     assert ours and pipeline_greedy(folder, prompt, 12) == ours
-    back, back_tok = load_model(folder)
+    back, back_tok = load_any(folder)
     assert back_tok.name == "gpt2"
     assert all(torch.equal(v, model_state(model)[k]) for k, v in model_state(back).items())
 
@@ -96,7 +97,7 @@ def test_llama_family_folder_is_complete_for_transformers(tmp_path, family):
     prompt = "the quick brown"
     ours = ours_greedy(model, tok, prompt, 10)
     assert ours and pipeline_greedy(folder, prompt, 10) == ours
-    back, back_tok = load_model(f"hf:{folder}")
+    back, back_tok = load_any(f"hf:{folder}")
     assert isinstance(back_tok, HFTokenizer) and back_tok.chat_template == CHATML and back_tok.stop_tokens == tok.stop_tokens
     assert back_tok.encode(text) == tok.encode(text)
     assert back.config == model.config
@@ -110,7 +111,7 @@ def test_simple_tokenizer_exports_as_word_level(tmp_path):
     text = "Hello, world.<|endoftext|> unseen  hello 12"
     assert auto(text)["input_ids"] == tok.encode(text)
     assert auto.decode(tok.encode(text)) == tok.decode(tok.encode(text))
-    _, back_tok = load_model(folder)
+    _, back_tok = load_any(folder)
     assert back_tok.encode(text) == tok.encode(text)
 
 
@@ -127,16 +128,16 @@ def test_llama_folder_header_checked_before_building(tmp_path):
     (folder / "config.json").write_text(json.dumps(data))
     start = time.perf_counter()
     with pytest.raises(GptlabError, match=r"config.json: num_hidden_layers=1000000 but .* holds 2 layers"):
-        load_model(folder)
+        load_any(folder)
     assert time.perf_counter() - start < 2
     data["num_hidden_layers"], data["intermediate_size"] = 2, 30
     (folder / "config.json").write_text(json.dumps(data))
     with pytest.raises(GptlabError, match="mlp.fc.weight has shape"):
-        load_model(folder)
+        load_any(folder)
     with pytest.raises(GptlabError, match="tokenizer.json: not found"):
         data["intermediate_size"] = 24
         (folder / "config.json").write_text(json.dumps(data))
-        load_model(folder)
+        load_any(folder)
 
 
 def test_export_model_dispatches_by_format(tmp_path):
@@ -146,5 +147,5 @@ def test_export_model_dispatches_by_format(tmp_path):
     model = random_model(GPTConfig(vocab_size=tok.n_vocab, context_length=16, emb_dim=16, n_heads=2, n_layers=1, mlp_hidden=24, **LLAMA))
     assert export_model(model, tok, tmp_path / "g", "gguf", "f16") == tmp_path / "g" / "model.gguf"
     assert (export_model(model, tok, tmp_path / "h", "hf") / "tokenizer.json").is_file()
-    with pytest.raises(GptlabError, match="export format 'onnx' is unknown; choose among hf, gguf, litgpt"):
+    with pytest.raises(GptlabError, match="export format 'onnx' is unknown; choose among hf, gguf"):
         export_model(model, tok, tmp_path / "o", "onnx")

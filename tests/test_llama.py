@@ -9,6 +9,7 @@ import torch
 
 from gptlab.config import PRESETS, ConfigError, GPTConfig
 from gptlab.convert import hf_llama
+from gptlab.convert.hf import export_hf, gpt_from_hf, load_hf_dir
 from gptlab.errors import GptlabError
 from gptlab.fused_loss import linear_cross_entropy
 from gptlab.lora import inject_lora, merge_lora
@@ -46,7 +47,7 @@ def hf_model(config: GPTConfig, seed: int = 0):
 
 
 def ours_from(hf, config: GPTConfig) -> GPT:
-    model = hf_llama.gpt_from_hf(hf.state_dict(), hf.config.to_dict())
+    model = gpt_from_hf(hf.state_dict(), hf.config.to_dict())
     assert model.config == config
     return model.eval()
 
@@ -116,9 +117,9 @@ def test_state_dict_round_trip_and_transformers_loads_the_export(tmp_path, pair)
     expected = {k for k in ref if not (config.tie_embeddings and k == "lm_head.weight")}
     assert set(back) == expected
     assert all(torch.equal(back[k], ref[k]) for k in expected)
-    hf_llama.export_hf_llama(ours, tmp_path / "hf")
+    export_hf(ours, tmp_path / "hf")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    again = hf_llama.load_hf_llama_dir(tmp_path / "hf")
+    again = load_hf_dir(tmp_path / "hf")
     idx = torch.randint(0, config.vocab_size, (1, 9))
     with torch.no_grad():
         assert (loaded(idx).logits - ours(idx)[0]).abs().max().item() < 1e-5

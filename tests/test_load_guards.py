@@ -6,9 +6,10 @@ import time
 import pytest
 import torch
 
-from gptlab.checkpoint import load_model, save_model
+from gptlab.checkpoint import save_model
 from gptlab.config import GPTConfig
 from gptlab.convert.hf import export_hf, load_hf_dir
+from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 
@@ -44,26 +45,26 @@ def one_line_error(fn, match):
 
 def test_good_folders_still_load(ours, hf):
     for folder in (ours, hf):
-        model, _ = load_model(folder)
+        model, _ = load_any(folder)
         assert model.config.n_layers == 2
 
 
 def test_a_million_layers_in_a_gptlab_config_fails_fast(ours):
     edit_config(ours, lambda d: d["model"].update(n_layers=1_000_000))
-    seconds = one_line_error(lambda: load_model(ours), r"ours/config.json: n_layers=1000000 but .*model.safetensors holds 2 layers")
+    seconds = one_line_error(lambda: load_any(ours), r"ours/config.json: n_layers=1000000 but .*model.safetensors holds 2 layers")
     assert seconds < 2
 
 
 def test_a_million_layers_in_an_hf_config_fails_fast(hf):
     edit_config(hf, lambda d: d.update(n_layer=1_000_000))
-    for load in (lambda: load_hf_dir(hf), lambda: load_model(hf)):
+    for load in (lambda: load_hf_dir(hf), lambda: load_any(hf)):
         seconds = one_line_error(load, r"hf/config.json: n_layer=1000000 but .*model.safetensors holds 2 layers")
         assert seconds < 2
 
 
 def test_a_shape_the_config_does_not_fit_names_the_tensor(ours, hf):
     edit_config(ours, lambda d: d["model"].update(emb_dim=1_000_000, n_heads=1))
-    one_line_error(lambda: load_model(ours), r"model.safetensors: tok_emb.weight has shape \(64, 16\), the config needs \(64, 1000000\)")
+    one_line_error(lambda: load_any(ours), r"model.safetensors: tok_emb.weight has shape \(64, 16\), the config needs \(64, 1000000\)")
     edit_config(hf, lambda d: d.update(n_positions=4096))
     one_line_error(lambda: load_hf_dir(hf), r"model.safetensors: pos_emb.weight has shape \(16, 16\), the config needs \(4096, 16\)")
 
@@ -73,7 +74,7 @@ def test_a_truncated_safetensors_file_is_refused_in_one_line(request, which):
     folder = request.getfixturevalue(which)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    one_line_error(lambda: load_model(folder), r"model.safetensors: is truncated or not a safetensors file \(.*\); copy, download or convert it again")
+    one_line_error(lambda: load_any(folder), r"model.safetensors: is truncated or not a safetensors file \(.*\); copy, download or convert it again")
 
 
 class Evil:

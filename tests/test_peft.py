@@ -1,4 +1,4 @@
-"""PEFT adapters (issue 15.4): save_adapter's PEFT files load with peft onto the Hugging Face
+"""PEFT adapters (issue 15.4): save_adapter_and_peft's PEFT files load with peft onto the Hugging Face
 export of the base model and give the logits of gptlab's merged model."""
 
 import copy
@@ -9,9 +9,10 @@ import torch
 
 from gptlab.config import GPTConfig
 from gptlab.convert.hf import export_hf
-from gptlab.lora import inject_lora, lora_modules, merge_lora, model_hash, save_adapter
+from gptlab.lora import inject_lora, lora_modules, merge_lora, model_hash
 from gptlab.model import GPT
 from gptlab.params import LoraParams
+from gptlab.train.finetune import save_adapter_and_peft
 from test_hf_export import LLAMA, QWEN2, random_model
 
 transformers = pytest.importorskip("transformers")
@@ -43,7 +44,7 @@ def adapted(config: GPTConfig, targets, seed=0):
 )  # fmt: skip
 def test_peft_loads_our_adapter_onto_the_hf_export(tmp_path, config):
     base, model, cfg = adapted(config, ALL)
-    folder = save_adapter(model, cfg, tmp_path / "adapter", model_hash(base))
+    folder = save_adapter_and_peft(model, cfg, tmp_path / "adapter", model_hash(base))
     peft_config = json.loads((folder / "adapter_config.json").read_text())
     assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 4 and peft_config["lora_alpha"] == 8.0
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(export_hf(base, tmp_path / "hf")).eval()
@@ -60,7 +61,7 @@ def test_gpt2_key_names_are_peft_s(tmp_path):
     from safetensors.torch import load_file
 
     base, model, cfg = adapted(GPT2, ["qkv"])
-    keys = set(load_file(save_adapter(model, cfg, tmp_path / "a", model_hash(base)) / "adapter_model.safetensors"))
+    keys = set(load_file(save_adapter_and_peft(model, cfg, tmp_path / "a", model_hash(base)) / "adapter_model.safetensors"))
     assert "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight" in keys and len(keys) == 4
 
 
@@ -70,6 +71,6 @@ def test_model_without_hf_form_keeps_our_format_only(tmp_path):
     model = copy.deepcopy(base)
     cfg = LoraParams(r=2, alpha=4.0, targets=["qkv"])
     inject_lora(model, cfg)
-    folder = save_adapter(model, cfg, tmp_path / "a", model_hash(base))
+    folder = save_adapter_and_peft(model, cfg, tmp_path / "a", model_hash(base))
     assert not (folder / "adapter_config.json").exists()
     assert "qkv biases" in json.loads((folder / "adapter.json").read_text())["peft"]["skipped"]
