@@ -10,6 +10,7 @@ SIGTERM (after the stage saved what it can) with exit code 130.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -84,6 +85,36 @@ def _module_file(name: str, src: Path) -> Path | None:
     return None
 
 
+def _imported_names(path: Path, src: Path) -> list[str]:
+    """Return the absolute module names the file at ``path`` imports, anywhere in it (lazy imports
+    inside functions included). ``from pkg import name`` gives ``pkg.name`` when that is a module
+    under ``src``, else ``pkg``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                names.append(full if _module_file(full, src) is not None else node.module)
+    return names
+
+
+def module_imports(src: str | Path = "src", package: str = "gptlab") -> dict[str, set[str]]:
+    """Return ``{module: the modules of package it imports}`` for every module of ``package`` under
+    ``src`` (dotted names; a package stands for its ``__init__``), lazy imports included. Parent
+    packages Python runs on the way are not counted (:func:`imported_files` counts them)."""
+    src = Path(src)
+    graph: dict[str, set[str]] = {}
+    for path in sorted((src / package).rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        names = _imported_names(path, src)
+        graph[module] = {n for n in names if (n == package or n.startswith(package + ".")) and _module_file(n, src) is not None}
+    return graph
+
+
 def imported_files(entry: str | Path, src: str | Path = "src", package: str = "gptlab") -> set[Path]:
     """Return every file of ``package`` under ``src`` that running ``entry`` may import.
 
@@ -91,8 +122,6 @@ def imported_files(entry: str | Path, src: str | Path = "src", package: str = "g
     functions included) through the package, transitively, and counts each parent package's
     ``__init__.py``. Paths are relative to the current folder, like dvc.yaml's ``deps``.
     """
-    import ast
-
     src = Path(src)
     seen: set[Path] = set()
     todo = [Path(entry)]
@@ -101,15 +130,7 @@ def imported_files(entry: str | Path, src: str | Path = "src", package: str = "g
         if path in seen:
             continue
         seen.add(path)
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        names: list[str] = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.append(node.module)
-                names += [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import module`
-        for name in names:
+        for name in _imported_names(path, src):
             if name != package and not name.startswith(package + "."):
                 continue
             parts = name.split(".")
