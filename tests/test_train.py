@@ -270,7 +270,8 @@ def test_full_val_covers_every_token_of_the_val_split_once(shards, tmp_path):
     import torch.nn.functional as F
 
     from gptlab.data.shards import TokenShards
-    from gptlab.train.pretrain import split_loss
+    from gptlab.train.evaluate import split_loss
+    from gptlab.train.pretrain import full_split_batches
 
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(tiny_config(shards), context_length=64)).eval()
@@ -287,7 +288,7 @@ def test_full_val_covers_every_token_of_the_val_split_once(shards, tmp_path):
     assert count == val.n_tokens - len(val.paths) and val.n_tokens % 64  # a shorter last window is included
     off = torch.autocast("cpu", enabled=False)
     for batch in (1, 3, 64):
-        assert split_loss(model, val, 64, batch, torch.device("cpu"), off) == pytest.approx(total / count, rel=1e-5)
+        assert split_loss(model, full_split_batches(val, 64, batch), torch.device("cpu"), off) == pytest.approx(total / count, rel=1e-5)
     result = pretrain(tiny_config(shards), params(tmp_path, max_steps=4), shards, seed=0, live_dir=tmp_path / "live")
     meta = json.loads((shards / "meta.json").read_text())["splits"]["val"]
     bpb = result.summary["full_val_bits_per_byte"]

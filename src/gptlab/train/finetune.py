@@ -9,25 +9,24 @@ The base model's val loss on the same split is measured first, so the gain is a 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import itertools
 import math
 import random
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from gptlab.checkpoint import load_model, load_weights, read_config, save_model
 from gptlab.data.instructions import InstructionBatches, encode_prompt, encode_records, eval_batches, format_prompt, load_records
-from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir
 from gptlab.model import GPT
 from gptlab.params import FinetuneParams
 from gptlab.sampling import SamplingConfig, generate
-from gptlab.train.loop import LoopRun, TrainResult, train_loop
+from gptlab.train.evaluate import split_loss
+from gptlab.train.loop import train_loop
+from gptlab.train.run import LoopRun, TrainResult, json_sha256, run_id
 from gptlab.train.runtime import pick_device, setup_distributed
 
 
@@ -67,46 +66,20 @@ class InstructionSource:
         self.batches.load_state_dict(state)
 
 
-@torch.no_grad()
-def split_loss(model: GPT, examples: list, batch_size: int, device: torch.device, autocast=None, max_batches: int | None = None, **collate_kwargs) -> float:
-    """Mean next-token loss (nats/token, weighted by target tokens) of ``model`` over ``examples``
-    in order (the first ``max_batches`` batches when given)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i, (x, y) in enumerate(eval_batches(examples, batch_size, **collate_kwargs)):
-        if max_batches is not None and i >= max_batches:
-            break
-        n = int((y != -100).sum())
-        if n == 0:
-            continue
-        with autocast if autocast is not None else nullcontext():
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * n
-        count += n
-    model.train(was_training)
-    if count == 0:
-        raise GptlabError("no target tokens to score: every example was masked or truncated away; raise finetune.allowed_max_length")
-    return total / count
+NO_TARGETS = "no target tokens to score: every example was masked or truncated away; raise finetune.allowed_max_length"
+
+
+def scored_batches(examples: list, batch_size: int, max_batches: int | None = None, **collate_kwargs) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """``examples`` in order for :func:`split_loss` (the first ``max_batches`` batches when given):
+    ``(inputs, targets, target tokens)``, (batch, T) int64, each batch weighted by its unmasked targets."""
+    for x, y in itertools.islice(eval_batches(examples, batch_size, **collate_kwargs), max_batches):
+        yield x, y, int((y != -100).sum())
 
 
 def base_tokenizer_spec(base_dir: Path) -> str:
     """Return the tokenizer spec to save beside a model derived from ``base_dir``."""
     spec = read_config(base_dir).get("tokenizer", "gpt2")
     return spec if spec == "gpt2" else str(base_dir / spec)
-
-
-def _run_id(base_sha: str, p: FinetuneParams, seed: int, train_records: list[dict], val_records: list[dict] | None = None) -> str:
-    """A short hash of the base weights, the params, the seed and the records' content (resume key)."""
-    keep = {
-        k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")
-    }
-    data = hashlib.sha256(json.dumps(train_records, sort_keys=True).encode()).hexdigest()
-    blob = {"base": base_sha, "finetune": keep, "seed": seed, "data": data}
-    if val_records:
-        blob["val"] = hashlib.sha256(json.dumps(val_records, sort_keys=True).encode()).hexdigest()
-    blob = json.dumps(blob, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def finetune(
@@ -142,7 +115,7 @@ def finetune(
     base_sha = model_hash(base_dir)
     torch.manual_seed(seed)
     random.seed(seed)
-    base_val = split_loss(model, val_examples, p.batch_size, device, max_batches=p.eval_batches, **collate_kwargs)
+    base_val = split_loss(model, scored_batches(val_examples, p.batch_size, p.eval_batches, **collate_kwargs), device, empty=NO_TARGETS)
     lora_cfg = None
     if p.method == "lora":
         lora_cfg = p.lora
@@ -156,8 +129,9 @@ def finetune(
     batches = InstructionBatches(train_examples, p.batch_size, seed=seed, **collate_kwargs)
 
     def evaluate(m: GPT, autocast) -> dict:
-        val = split_loss(m, val_examples, p.batch_size, device, autocast, p.eval_batches, **collate_kwargs)
-        train = split_loss(m, train_examples, p.batch_size, device, autocast, p.eval_batches or len(val_examples) // p.batch_size + 1, **collate_kwargs)
+        val = split_loss(m, scored_batches(val_examples, p.batch_size, p.eval_batches, **collate_kwargs), device, autocast, NO_TARGETS)
+        train_batches = scored_batches(train_examples, p.batch_size, p.eval_batches or len(val_examples) // p.batch_size + 1, **collate_kwargs)
+        train = split_loss(m, train_batches, device, autocast, NO_TARGETS)
         return {"train_loss": round(train, 5), "val_loss": round(val, 5), "val_perplexity": round(math.exp(min(val, 50)), 3)}
 
     sample_record = val_records[0] if val_records else train_records[0]
@@ -170,7 +144,8 @@ def finetune(
         out = generate(m, [sample_ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
         return sample_record["instruction"] + "\n-> " + tokenizer.decode(out[0])
 
-    rid = _run_id(base_sha, p, seed, train_records, val_records)
+    data = {"base": base_sha, "seed": seed, "data": json_sha256(train_records), **({"val": json_sha256(val_records)} if val_records else {})}
+    rid = run_id("finetune", p, **data)
     run = LoopRun(
         name="finetune",
         run_id=rid,
