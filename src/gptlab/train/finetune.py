@@ -21,6 +21,7 @@ import torch
 from gptlab.checkpoint import load_model, load_weights, read_config, save_model
 from gptlab.data.instructions import InstructionBatches, encode_prompt, encode_records, eval_batches, format_prompt, load_records
 from gptlab.io import atomic_dir
+from gptlab.lora import inject_lora, lora_parameter_counts, mark_only_lora_trainable, merge_lora, model_hash, save_adapter
 from gptlab.model import GPT
 from gptlab.params import FinetuneParams
 from gptlab.sampling import SamplingConfig, generate
@@ -97,8 +98,6 @@ def finetune(
     Returns the result with the summary (train/val loss, the base model's val loss on the same
     split, trainable and total parameters) and the tuned model in memory.
     """
-    from gptlab.lora import inject_lora, lora_parameter_counts, mark_only_lora_trainable, model_hash
-
     base_dir = Path(base_dir)
     ddp = setup_distributed(p.device)
     device = pick_device(p.device, ddp)
@@ -134,16 +133,7 @@ def finetune(
         train = split_loss(m, train_batches, device, autocast, NO_TARGETS)
         return {"train_loss": round(train, 5), "val_loss": round(val, 5), "val_perplexity": round(math.exp(min(val, 50)), 3)}
 
-    sample_record = val_records[0] if val_records else train_records[0]
-    template = getattr(tokenizer, "chat_template", None)
-    sample_ids = encode_prompt(
-        tokenizer, format_prompt(sample_record["instruction"], sample_record.get("input") or "", p.prompt_style, template), p.prompt_style
-    )
-
-    def sample(m: GPT) -> str:
-        out = generate(m, [sample_ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
-        return sample_record["instruction"] + "\n-> " + tokenizer.decode(out[0])
-
+    sample = _sampler(tokenizer, val_records[0] if val_records else train_records[0], p.prompt_style, ctx)
     data = {"base": base_sha, "seed": seed, "data": json_sha256(train_records), **({"val": json_sha256(val_records)} if val_records else {})}
     rid = run_id("finetune", p, **data)
     run = LoopRun(
@@ -160,22 +150,37 @@ def finetune(
     )
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
     if p.parallel == "fsdp" and ddp.world > 1:  # the trained model is sharded: take the full one from latest/
-        model, _ = load_model(base_dir, device)
-        if lora_cfg is not None:
-            inject_lora(model, lora_cfg)
-        load_weights(model, result.latest)
-        model.to(device)
+        model = _trained_model(base_dir, lora_cfg, result.latest, device)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
     return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha)
+
+
+def _sampler(tokenizer, record: dict, prompt_style: str, ctx: int) -> Callable[[GPT], str]:
+    """Return ``sample(model)``: the instruction of ``record`` and the model's greedy 32-token answer to its prompt."""
+    template = getattr(tokenizer, "chat_template", None)
+    ids = encode_prompt(tokenizer, format_prompt(record["instruction"], record.get("input") or "", prompt_style, template), prompt_style)
+
+    def sample(m: GPT) -> str:
+        out = generate(m, [ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
+        return record["instruction"] + "\n-> " + tokenizer.decode(out[0])
+
+    return sample
+
+
+def _trained_model(base_dir: Path, lora_cfg, latest: Path, device: torch.device) -> GPT:
+    """The base model (with LoRA layers for ``lora_cfg``) carrying the trained weights of ``latest/``, on ``device``."""
+    model, _ = load_model(base_dir, device)
+    if lora_cfg is not None:
+        inject_lora(model, lora_cfg)
+    load_weights(model, latest)
+    return model.to(device)
 
 
 def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
     """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
     checkpoint any stage can load) and, for LoRA, ``out/adapter/`` (adapter weights + JSON).
     Replaces ``out`` once complete; returns it."""
-    from gptlab.lora import merge_lora, save_adapter
-
     out = Path(out)
     with atomic_dir(out) as tmp:
         model = result.model
