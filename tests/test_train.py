@@ -17,7 +17,8 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
-from gptlab.train.loop import lr_at, make_optimizer, publish
+from gptlab.train.loop import publish
+from gptlab.train.optim import lr_at, make_optimizer
 from gptlab.train.pretrain import pretrain
 
 
@@ -217,7 +218,9 @@ def test_clipped_warmup_is_printed_once(shards, tmp_path, capsys):
 
 
 def test_rising_val_loss_warns_and_is_counted(tmp_path, capsys):
-    from gptlab.train.loop import LoopRun, rising_evals, train_loop
+    from gptlab.train.evaluate import rising_evals
+    from gptlab.train.loop import train_loop
+    from gptlab.train.run import LoopRun
     from gptlab.train.runtime import Distributed
 
     class Batches:

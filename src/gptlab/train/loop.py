@@ -47,8 +47,6 @@ from gptlab.train.run import LoopRun, TrainResult
 from gptlab.train.runtime import Distributed, StopRequest, peak_flops, pick_precision
 from gptlab.train.state import LoopState
 
-__all__ = ["LoopRun", "TrainResult", "Trainer", "lr_at", "make_optimizer", "publish", "rising_evals", "train_loop"]
-
 
 @dataclass
 class StepResult:
