@@ -94,7 +94,7 @@ def prepare(workdir: Path, params_path: str) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- LoRA step
 def gptlab_lora(ckpt: Path, r: int, alpha: float, params_path: str):
     from gptlab.lora import inject_lora, mark_only_lora_trainable
-    from gptlab.train.loop import make_optimizer
+    from gptlab.train.optim import make_optimizer
 
     model, _ = load_model(ckpt)
     inject_lora(model, LoraParams(r=r, alpha=alpha, dropout=0.0, targets=LORA_TARGETS))

@@ -52,7 +52,7 @@ from gptlab.device import pick_precision  # noqa: E402
 from gptlab.io import write_json  # noqa: E402
 from gptlab.model import GPT, GPTConfig  # noqa: E402
 from gptlab.params import load_params  # noqa: E402
-from gptlab.train.loop import lr_at, make_optimizer  # noqa: E402
+from gptlab.train.optim import lr_at, make_optimizer  # noqa: E402
 from gptlab.train.pretrain import ShardBatches  # noqa: E402
 
 CATEGORIES = ("embedding_head", "attention", "mlp", "norms_elementwise", "optimizer", "data", "overhead")

@@ -28,7 +28,7 @@ from gptlab.data.shards import shards_vocab_size  # noqa: E402
 from gptlab.device import Distributed, pick_device, pick_precision  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
 from gptlab.params import load_params  # noqa: E402
-from gptlab.train.loop import make_optimizer  # noqa: E402
+from gptlab.train.optim import make_optimizer  # noqa: E402
 from gptlab.train.pretrain import pretrain  # noqa: E402
 from gptlab.train.runtime import flops_per_token, peak_flops  # noqa: E402
 

@@ -10,7 +10,6 @@ import sys
 from gptlab.params import Params
 from gptlab.pipeline import stage_main
 from gptlab.train.finetune import finetune, publish_finetuned
-from gptlab.train.runtime import is_main_process
 
 BASE = "models/base"
 TRAIN = "data/instructions/train.json"
@@ -22,7 +21,7 @@ LIVE = "metrics/finetune"
 def run(params: Params) -> None:
     """Measure the base on the val split, fine-tune (resuming if interrupted), publish."""
     result = finetune(BASE, TRAIN, VAL, params.finetune, params.seed, live_dir=LIVE)
-    if is_main_process():
+    if result.train.ddp.main:
         publish_finetuned(result, FINETUNED)
         s = result.train.summary
         print(f"finetune: {s['method']}, {s['steps']} steps, val loss {s['base_val_loss']} -> {s['val_loss']} -> {FINETUNED}")

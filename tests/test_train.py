@@ -17,7 +17,8 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
-from gptlab.train.loop import lr_at, make_optimizer, publish
+from gptlab.train.loop import publish
+from gptlab.train.optim import lr_at, make_optimizer
 from gptlab.train.pretrain import pretrain
 
 
@@ -217,7 +218,9 @@ def test_clipped_warmup_is_printed_once(shards, tmp_path, capsys):
 
 
 def test_rising_val_loss_warns_and_is_counted(tmp_path, capsys):
-    from gptlab.train.loop import LoopRun, rising_evals, train_loop
+    from gptlab.train.evaluate import rising_evals
+    from gptlab.train.loop import train_loop
+    from gptlab.train.run import LoopRun
     from gptlab.train.runtime import Distributed
 
     class Batches:
@@ -270,7 +273,8 @@ def test_full_val_covers_every_token_of_the_val_split_once(shards, tmp_path):
     import torch.nn.functional as F
 
     from gptlab.data.shards import TokenShards
-    from gptlab.train.pretrain import split_loss
+    from gptlab.train.evaluate import split_loss
+    from gptlab.train.pretrain import full_split_batches
 
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(tiny_config(shards), context_length=64)).eval()
@@ -287,7 +291,7 @@ def test_full_val_covers_every_token_of_the_val_split_once(shards, tmp_path):
     assert count == val.n_tokens - len(val.paths) and val.n_tokens % 64  # a shorter last window is included
     off = torch.autocast("cpu", enabled=False)
     for batch in (1, 3, 64):
-        assert split_loss(model, val, 64, batch, torch.device("cpu"), off) == pytest.approx(total / count, rel=1e-5)
+        assert split_loss(model, full_split_batches(val, 64, batch), torch.device("cpu"), off) == pytest.approx(total / count, rel=1e-5)
     result = pretrain(tiny_config(shards), params(tmp_path, max_steps=4), shards, seed=0, live_dir=tmp_path / "live")
     meta = json.loads((shards / "meta.json").read_text())["splits"]["val"]
     bpb = result.summary["full_val_bits_per_byte"]

@@ -70,18 +70,18 @@ def test_sigint_mid_step_finishes_the_step_saves_it_and_resumes_bit_exact(shards
 def test_hard_interrupt_during_the_last_evaluation_is_redone_on_resume(shards, tmp_path, monkeypatch):
     cfg = tiny_config(shards)
     straight = pretrain(cfg, params(tmp_path / "a"), shards, seed=2, live_dir=tmp_path / "a" / "live")
-    original, calls = pretrain_module.mean_loss, {"n": 0}
+    original, calls = pretrain_module.split_loss, {"n": 0}
 
-    def mean_loss(*args, **kw):
+    def split_loss(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 3:  # evaluations call it twice (val, train): the one of step 8
             raise KeyboardInterrupt  # a second Ctrl-C in the middle of the evaluation
         return original(*args, **kw)
 
-    monkeypatch.setattr(pretrain_module, "mean_loss", mean_loss)
+    monkeypatch.setattr(pretrain_module, "split_loss", split_loss)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, params(tmp_path / "b"), shards, seed=2, live_dir=tmp_path / "b" / "live")
-    monkeypatch.setattr(pretrain_module, "mean_loss", original)
+    monkeypatch.setattr(pretrain_module, "split_loss", original)
     resumed = pretrain(cfg, params(tmp_path / "b"), shards, seed=2, live_dir=tmp_path / "b" / "live")
     s = state(resumed.latest)
     assert [r["step"] for r in s["history"]] == [4, 8]

@@ -12,7 +12,6 @@ resumed run continues bit for bit.
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.model import GPT
+from gptlab.rng import capture_rng, restore_rng
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "gptlab"
@@ -83,21 +83,13 @@ def _training_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
                 tensors[f"optimizer.{idx}.{name}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[name] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    meta = {"optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars, "rng_python": _py_rng_to_json(random.getstate())}
-    return tensors, meta
-
-
-def _py_rng_to_json(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
+    rng_tensors, rng_meta = capture_rng()
+    tensors.update(rng_tensors)
+    return tensors, {"optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars, **rng_meta}
 
 
 def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore ``optimizer`` and the torch/python RNG states from a training checkpoint; return
+    """Restore ``optimizer`` and the RNG states (torch, CUDA, python) from a training checkpoint; return
     ``state.json`` (step, data generator state, history...)."""
     folder = Path(folder)
     try:
@@ -113,12 +105,7 @@ def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer) ->
     for idx, scalars in meta["optimizer_scalars"].items():
         state.setdefault(int(idx), {}).update(scalars)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-    version, internal, gauss = meta["rng_python"]
-    random.setstate((version, tuple(internal), gauss))
+    restore_rng(tensors, meta)
     return meta
 
 

@@ -4,26 +4,25 @@ checkpoint of either format into a plain, DDP or FSDP model on any number of pro
 A sharded ``latest/`` (written under FSDP with several processes) holds ``dcp/`` (the model and
 optimizer tensors, one ``.distcp`` file per rank and DCP's ``.metadata``), a full
 ``model.safetensors`` + ``config.json`` (gathered on rank 0, what :func:`gptlab.train.loop.publish`
-copies) and ``state.json`` (step, data position, history, torch and python RNG states). A plain
+copies) and ``state.json`` (step, data position, history, the torch, CUDA and python RNG states). A plain
 ``latest/`` (one process or DDP) is :func:`gptlab.checkpoint.save_model`'s training checkpoint.
 DCP reshards on load, so either kind resumes on 1 or N processes, sharded or not.
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from gptlab.checkpoint import load_tensors, load_training_state, load_weights, save_model
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
+from gptlab.rng import capture_rng, restore_rng, rng_from_json, rng_to_json
 from gptlab.train.runtime import Distributed
 
 SHARDED = "dcp"  # the sub-folder of a sharded checkpoint
@@ -52,25 +51,21 @@ def save_sharded(folder: Path, model: GPT, optimizer, full: GPT | None, tokenize
         for f in staged.iterdir():
             shutil.move(str(f), tmp / f.name)
         staged.rmdir()
-        rng = {"rng_torch": torch.get_rng_state().tolist(), "rng_python": _py_rng_to_json(random.getstate())}
-        write_json(tmp / "state.json", {"format": "gptlab-dcp", **rng, **(state or {})})
+        rng_tensors, rng_meta = capture_rng()
+        write_json(tmp / "state.json", {"format": "gptlab-dcp", **rng_to_json(rng_tensors), **rng_meta, **(state or {})})
 
 
 def load_any(folder: Path, model: GPT, optimizer, sharded: bool) -> dict:
     """Restore ``model``, ``optimizer`` and the RNG states from the training checkpoint
     ``folder`` (sharded or plain) into a plain (``sharded`` False) or FSDP model; return ``state.json``."""
-    import json
-
     folder = Path(folder)
     if is_sharded(folder):
         msd, osd = get_state_dict(model, optimizer)
         tensors = {"model": msd, "optim": osd["state"]}
         dcp.load(tensors, checkpoint_id=folder / SHARDED, no_dist=not dist.is_initialized())
         set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict={"state": tensors["optim"], "param_groups": osd["param_groups"]})
-        meta = json.loads((folder / "state.json").read_text())
-        torch.set_rng_state(torch.tensor(meta["rng_torch"], dtype=torch.uint8))
-        version, internal, gauss = meta["rng_python"]
-        random.setstate((version, tuple(internal), gauss))
+        meta = read_json(folder / "state.json", "a sharded checkpoint's state.json")
+        restore_rng(rng_from_json(meta), meta)
         return meta
     if not sharded:
         load_weights(model, folder)
@@ -82,9 +77,7 @@ def _load_plain_into_sharded(folder: Path, model: GPT, optimizer) -> dict:
     """Load a plain training checkpoint (one process or DDP) into an FSDP model: every rank reads
     the full tensors and keeps its shard. The optimizer's tensors are keyed by parameter index,
     mapped to names through the optimizer's parameter order (the same in both modes)."""
-    import json
-
-    meta = json.loads((folder / "state.json").read_text())
+    meta = read_json(folder / "state.json", "a training checkpoint's state.json")
     weights = load_tensors(folder / "model.safetensors")
     if model.config.tie_embeddings:
         weights["head.weight"] = weights["tok_emb.weight"]
@@ -102,12 +95,5 @@ def _load_plain_into_sharded(folder: Path, model: GPT, optimizer) -> dict:
         state.setdefault(names[int(idx)], {}).update(scalars)
     options = StateDictOptions(full_state_dict=True)
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict={"state": state, "param_groups": osd["param_groups"]}, options=options)
-    torch.set_rng_state(tensors["rng.torch"])
-    version, internal, gauss = meta["rng_python"]
-    random.setstate((version, tuple(internal), gauss))
+    restore_rng(tensors, meta)
     return meta
-
-
-def _py_rng_to_json(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]

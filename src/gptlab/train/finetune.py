@@ -9,13 +9,11 @@ The base model's val loss on the same split is measured first, so the gain is a 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import itertools
 import math
 import random
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,13 +24,14 @@ from gptlab.convert.peft import peft_files
 from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, load_records
 from gptlab.data.prompts import encode_prompt, format_prompt
 from gptlab.device import pick_device
-from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir
 from gptlab.lora import inject_lora, lora_parameter_counts, lora_state, mark_only_lora_trainable, merge_lora, model_hash, save_adapter
 from gptlab.model import GPT
 from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
-from gptlab.train.loop import LoopRun, TrainResult, train_loop
+from gptlab.train.evaluate import split_loss
+from gptlab.train.loop import train_loop
+from gptlab.train.run import LoopRun, TrainResult, json_sha256, run_id
 from gptlab.train.runtime import setup_distributed
 
 
@@ -72,46 +71,20 @@ class InstructionSource:
         self.batches.load_state_dict(state)
 
 
-@torch.no_grad()
-def split_loss(model: GPT, examples: list, batch_size: int, device: torch.device, autocast=None, max_batches: int | None = None, **collate_kwargs) -> float:
-    """Mean next-token loss (nats/token, weighted by target tokens) of ``model`` over ``examples``
-    in order (the first ``max_batches`` batches when given)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i, (x, y) in enumerate(eval_batches(examples, batch_size, **collate_kwargs)):
-        if max_batches is not None and i >= max_batches:
-            break
-        n = int((y != -100).sum())
-        if n == 0:
-            continue
-        with autocast if autocast is not None else nullcontext():
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * n
-        count += n
-    model.train(was_training)
-    if count == 0:
-        raise GptlabError("no target tokens to score: every example was masked or truncated away; raise finetune.allowed_max_length")
-    return total / count
+NO_TARGETS = "no target tokens to score: every example was masked or truncated away; raise finetune.allowed_max_length"
+
+
+def scored_batches(examples: list, batch_size: int, max_batches: int | None = None, **collate_kwargs) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """``examples`` in order for :func:`split_loss` (the first ``max_batches`` batches when given):
+    ``(inputs, targets, target tokens)``, (batch, T) int64, each batch weighted by its unmasked targets."""
+    for x, y in itertools.islice(eval_batches(examples, batch_size, **collate_kwargs), max_batches):
+        yield x, y, int((y != -100).sum())
 
 
 def base_tokenizer_spec(base_dir: Path) -> str:
     """Return the tokenizer spec to save beside a model derived from ``base_dir``."""
     spec = read_config(base_dir).get("tokenizer", "gpt2")
     return spec if spec == "gpt2" else str(base_dir / spec)
-
-
-def _run_id(base_sha: str, p: FinetuneParams, seed: int, train_records: list[dict], val_records: list[dict] | None = None) -> str:
-    """A short hash of the base weights, the params, the seed and the records' content (resume key)."""
-    keep = {
-        k: v for k, v in dataclasses.asdict(p).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")
-    }
-    data = hashlib.sha256(json.dumps(train_records, sort_keys=True).encode()).hexdigest()
-    blob = {"base": base_sha, "finetune": keep, "seed": seed, "data": data}
-    if val_records:
-        blob["val"] = hashlib.sha256(json.dumps(val_records, sort_keys=True).encode()).hexdigest()
-    blob = json.dumps(blob, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def finetune(
@@ -145,7 +118,7 @@ def finetune(
     base_sha = model_hash(base_dir)
     torch.manual_seed(seed)
     random.seed(seed)
-    base_val = split_loss(model, val_examples, p.batch_size, device, max_batches=p.eval_batches, **collate_kwargs)
+    base_val = split_loss(model, scored_batches(val_examples, p.batch_size, p.eval_batches, **collate_kwargs), device, empty=NO_TARGETS)
     lora_cfg = None
     if p.method == "lora":
         lora_cfg = p.lora
@@ -159,21 +132,14 @@ def finetune(
     batches = InstructionBatches(train_examples, p.batch_size, seed=seed, **collate_kwargs)
 
     def evaluate(m: GPT, autocast) -> dict:
-        val = split_loss(m, val_examples, p.batch_size, device, autocast, p.eval_batches, **collate_kwargs)
-        train = split_loss(m, train_examples, p.batch_size, device, autocast, p.eval_batches or len(val_examples) // p.batch_size + 1, **collate_kwargs)
+        val = split_loss(m, scored_batches(val_examples, p.batch_size, p.eval_batches, **collate_kwargs), device, autocast, NO_TARGETS)
+        train_batches = scored_batches(train_examples, p.batch_size, p.eval_batches or len(val_examples) // p.batch_size + 1, **collate_kwargs)
+        train = split_loss(m, train_batches, device, autocast, NO_TARGETS)
         return {"train_loss": round(train, 5), "val_loss": round(val, 5), "val_perplexity": round(math.exp(min(val, 50)), 3)}
 
-    sample_record = val_records[0] if val_records else train_records[0]
-    template = getattr(tokenizer, "chat_template", None)
-    sample_ids = encode_prompt(
-        tokenizer, format_prompt(sample_record["instruction"], sample_record.get("input") or "", p.prompt_style, template), p.prompt_style
-    )
-
-    def sample(m: GPT) -> str:
-        out = generate(m, [sample_ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
-        return sample_record["instruction"] + "\n-> " + tokenizer.decode(out[0])
-
-    rid = _run_id(base_sha, p, seed, train_records, val_records)
+    sample = _sampler(tokenizer, val_records[0] if val_records else train_records[0], p.prompt_style, ctx)
+    data = {"base": base_sha, "seed": seed, "data": json_sha256(train_records), **({"val": json_sha256(val_records)} if val_records else {})}
+    rid = run_id("finetune", p, **data)
     run = LoopRun(
         name="finetune",
         run_id=rid,
@@ -188,14 +154,31 @@ def finetune(
     )
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
     if p.parallel == "fsdp" and ddp.world > 1:  # the trained model is sharded: take the full one from latest/
-        model, _ = load_any(base_dir, device)
-        if lora_cfg is not None:
-            inject_lora(model, lora_cfg)
-        load_weights(model, result.latest)
-        model.to(device)
+        model = _trained_model(base_dir, lora_cfg, result.latest, device)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
     return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha)
+
+
+def _sampler(tokenizer, record: dict, prompt_style: str, ctx: int) -> Callable[[GPT], str]:
+    """Return ``sample(model)``: the instruction of ``record`` and the model's greedy 32-token answer to its prompt."""
+    template = getattr(tokenizer, "chat_template", None)
+    ids = encode_prompt(tokenizer, format_prompt(record["instruction"], record.get("input") or "", prompt_style, template), prompt_style)
+
+    def sample(m: GPT) -> str:
+        out = generate(m, [ids[-(ctx - 32) :]], SamplingConfig(32, temperature=0.0), [tokenizer.eot_token], pad_token=tokenizer.eot_token)
+        return record["instruction"] + "\n-> " + tokenizer.decode(out[0])
+
+    return sample
+
+
+def _trained_model(base_dir: Path, lora_cfg, latest: Path, device: torch.device) -> GPT:
+    """The base model (with LoRA layers for ``lora_cfg``) carrying the trained weights of ``latest/``, on ``device``."""
+    model, _ = load_any(base_dir, device)
+    if lora_cfg is not None:
+        inject_lora(model, lora_cfg)
+    load_weights(model, latest)
+    return model.to(device)
 
 
 def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:

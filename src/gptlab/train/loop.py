@@ -1,4 +1,4 @@
-"""The training loop: one process or DistributedDataParallel under torchrun.
+"""The training loop: one process or DistributedDataParallel / FSDP under torchrun.
 
 Each optimizer step draws its global batch of ``tokens_per_step / context_length`` random
 windows from one data generator that every rank holds, and rank ``r`` takes its share of
@@ -12,122 +12,259 @@ and train windows, perplexity and bits per byte, samples a continuation, logs th
 and writes a training checkpoint (``latest/``; ``best/`` when val loss improved). A resumed
 run restores weights, optimizer moments, step, data generator and RNG states and continues
 bit for bit.
+
+The parts: :class:`~gptlab.train.state.LoopState` (what a step carries to the next, saved in
+``state.json``), :meth:`Trainer.train_step`, the :class:`~gptlab.train.evaluate.Evaluator`, the
+:class:`~gptlab.train.checkpointer.Checkpointer`, the :class:`~gptlab.train.logger.LiveLogger`,
+and :meth:`Trainer.train` over them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
-from gptlab.checkpoint import read_config, save_model
-from gptlab.config import GPTConfig
-from gptlab.device import pick_precision
+from gptlab.device import Distributed, pick_precision
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, fault_point, recover_dir, write_json
+from gptlab.io import atomic_dir, fault_point
 from gptlab.model import GPT
 from gptlab.params import LoopParams
 from gptlab.progress import progress
+from gptlab.rng import capture_rng, restore_rng
+from gptlab.train.checkpointer import Checkpointer
+from gptlab.train.evaluate import Evaluator, rising_evals
+from gptlab.train.logger import LiveLogger
+from gptlab.train.optim import lr_at, make_optimizer
 from gptlab.train.parallel import Parallel
-from gptlab.train.retention import clean_checkpoints, mark_used
-from gptlab.train.runtime import Distributed, StopRequest, is_main_process, peak_flops
-
-
-def lr_at(step: int, p: LoopParams) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup over
-    ``p.effective_warmup`` steps (``warmup_steps``, at most ``max_steps // 10``), then cosine
-    decay from ``lr`` to ``min_lr`` at ``max_steps``."""
-    warmup = p.effective_warmup
-    if step < warmup:
-        return p.lr * (step + 1) / warmup
-    progress_ = min(1.0, (step - warmup) / max(1, p.max_steps - warmup))
-    return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * progress_))
-
-
-def make_optimizer(model: GPT, p: LoopParams, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (dim >= 2: linear weights, embeddings) only; fused on CUDA."""
-    params = {id(q): q for q in model.parameters() if q.requires_grad}.values()
-    decay = [q for q in params if q.dim() >= 2]
-    no_decay = [q for q in params if q.dim() < 2]
-    groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), **extra)
-
-
-def config_differences(a: GPTConfig, b: GPTConfig) -> list[str]:
-    """Return ``field: a -> b`` for each differing field."""
-    return [f"{f}: {getattr(a, f)} -> {getattr(b, f)}" for f in a.to_dict() if getattr(a, f) != getattr(b, f)]
+from gptlab.train.run import LoopRun, TrainResult
+from gptlab.train.runtime import StopRequest, peak_flops
+from gptlab.train.state import LoopState
 
 
 @dataclass
-class TrainResult:
-    """What a training run ends with: summary figures and where the checkpoints are."""
+class StepResult:
+    """What one optimizer step computed: its mean loss over the micro-batches (nats/token), the
+    tokens it consumed on all ranks, and the gradient norm before clipping (None without clipping)."""
 
-    summary: dict
-    latest: Path
-    best: Path | None
-
-
-class BatchSource(Protocol):
-    """Where a training loop's batches come from; its position is part of a resumable checkpoint."""
-
-    def step_batches(self, accum: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield this rank's ``accum`` micro-batches ``(inputs, targets)``, (batch, seq) int64 each,
-        of the next optimizer step (every rank draws the same global batch and takes its share)."""
-        ...
-
-    def state(self) -> Any:
-        """Return the JSON-able position of the source (RNG state, epoch...)."""
-        ...
-
-    def restore(self, state: Any) -> None:
-        """Continue from a position returned by :meth:`state`."""
-        ...
+    loss: float
+    tokens: int
+    grad_norm: torch.Tensor | None
 
 
-@dataclass
-class LoopRun:
-    """One training run for :func:`train_loop`: the data, the evaluation and where checkpoints go.
+class Trainer:
+    """One training run of ``model`` (see :func:`train_loop`): built ready to step (model
+    prepared for its parallel mode, optimizer, state resumed from ``latest/`` when there is one)."""
 
-    ``evaluate(model, autocast)`` returns the evaluation metrics (must include ``val_loss``,
-    nats/token); ``sample(model)`` an optional text sample. ``extra`` is merged into the saved
-    ``config.json`` (under ``name``); ``summary`` is merged into the run summary (and DVCLive metrics);
-    ``final_evaluate(model, autocast)``, run once on the final weights, adds its figures to it.
-    """
+    def __init__(self, model: GPT, p: LoopParams, run: LoopRun, ddp: Distributed, device: torch.device, live_dir=None, on_eval=None):
+        self.model, self.p, self.run, self.ddp, self.device, self.on_eval = model, p, run, ddp, device, on_eval
+        self.amp_dtype = pick_precision(p.precision, device)
+        self.autocast = torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.n_params, self.n_trainable = model.num_parameters(), model.num_parameters(trainable_only=True)
+        self.par = Parallel(p, ddp, device, self.amp_dtype)
+        self.par.prepare(model)
+        self.optimizer = make_optimizer(model, p, device)
+        self.checkpointer = Checkpointer(run, p, self.par, ddp, model, self.optimizer)
+        self.checkpointer.prepare()
+        if ddp.main and p.warmup_note():
+            print(f"{run.name}: {p.warmup_note()}")
+        if ddp.world > 1:
+            dist.barrier()
+        self.state = self.checkpointer.resume() or LoopState()
+        self.train_model = self.par.wrap(torch.compile(model) if p.compile else model)
+        self.evaluator = Evaluator(run, p, ddp.world, self.autocast, peak_flops(device), self.checkpointer.save_best)
+        self.logger = LiveLogger(live_dir, self.state.history) if ddp.main and live_dir else None
+        self.bar = None
+        self.window_start, self.window_tokens = time.perf_counter(), 0
 
-    name: str
-    run_id: str
-    run_dir: Path
-    tokenizer_spec: str
-    source: BatchSource
-    evaluate: Callable[[GPT, Any], dict]
-    accum: int = 1
-    sample: Callable[[GPT], str] | None = None
-    extra: dict = dataclasses.field(default_factory=dict)
-    flops_per_token: float | None = None
-    summary: dict = dataclasses.field(default_factory=dict)
-    final_evaluate: Callable[[GPT, Any], dict] | None = None
+    def train_step(self) -> StepResult:
+        """One optimizer step at ``state.step``: the learning rate of the schedule, ``run.accum``
+        micro-batches forward and backward (gradients reduced across ranks on the last), unscaling,
+        clipping and the AdamW update. A non-finite loss stops the run (GptlabError)."""
+        p, ddp, optimizer, scaler, accum = self.p, self.ddp, self.optimizer, self.scaler, self.run.accum
+        lr = lr_at(self.state.step, p)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        for micro, (x, y) in enumerate(self.run.source.step_batches(accum, ddp.rank, ddp.world)):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            tokens += x.numel() * ddp.world
+            sync = ddp.world == 1 or micro == accum - 1
+            with self.par.sync(self.model, self.train_model, sync), self.autocast:
+                _, loss = self.train_model(x, y)
+                scaled = loss / accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            loss_sum += loss.detach()
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = None
+        if p.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_([q for q in self.model.parameters() if q.requires_grad], p.grad_clip)
+        step_loss = (loss_sum / accum).item()
+        if not math.isfinite(step_loss):
+            latest = self.checkpointer.latest
+            raise GptlabError(
+                f"step {self.state.step}: training loss is {step_loss}; stopped. The last good checkpoint is {latest if latest.exists() else 'none yet'}; "
+                f"lower {self.run.name}.lr or use precision: fp32"
+            )
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        fault_point("mid_step")
+        return StepResult(step_loss, tokens, grad_norm)
 
+    def save(self) -> None:
+        """Write ``latest/`` at the current step (its evaluation marked pending if not done yet)."""
+        s = self.state
+        self.checkpointer.save(s, pending=self.evaluator.due(s.step) and not s.evaluated(s.step))
 
-RISING_EVALS_WARNING = 3  # consecutive evaluations with a higher val loss before a warning
+    def full_model(self) -> GPT:
+        """The full model rank 0 evaluates and saves (FSDP: the replica, gathered just before)."""
+        return self.par.replica if self.par.sharded else self.model
 
+    def eval_and_checkpoint(self, tokens_per_s: float) -> None:
+        """Evaluate, log and save the current step; ``latest/`` written last is the commit point.
+        An evaluation cut short (KeyboardInterrupt) leaves no trace: history, best and RNG are rolled back."""
+        s = self.state
+        s.pending_tokens_per_s = tokens_per_s
+        if self.par.sharded:
+            self.par.view(self.model)  # every rank joins the gather; rank 0 evaluates the full replica
+        if self.ddp.main:
+            before = (len(s.history), s.best_val_loss, capture_rng())
+            try:
+                row = self.evaluator.evaluate(self.full_model(), s, tokens_per_s)
+                s.history.append(row)
+                if self.logger:
+                    self.logger.log(row)
+                if self.on_eval:
+                    self.on_eval(row)
+                for line in self.evaluator.report(s):
+                    self.bar.write(line)
+                if not self.par.sharded:
+                    self.save()
+            except KeyboardInterrupt:  # forget the unfinished evaluation: it is redone on resume
+                del s.history[before[0] :]
+                s.best_val_loss = before[1]
+                restore_rng(*before[2])
+                raise
+        if self.par.sharded:
+            self.save()  # a collective: every rank writes its shards
+        if self.ddp.world > 1:
+            dist.barrier()
 
-def rising_evals(history: list[dict]) -> int:
-    """Return how many evaluations in a row, up to the last, had a higher val loss than the one before."""
-    n = 0
-    while n + 1 < len(history) and history[-1 - n]["val_loss"] > history[-2 - n]["val_loss"]:
-        n += 1
-    return n
+    def end_window(self) -> float:
+        """Close the current timing window: add its seconds to the state; return its tokens/s."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        tokens_per_s = self.window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
+        self.state.train_seconds += time.perf_counter() - self.window_start
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        return tokens_per_s
+
+    def interrupted(self, in_step: bool) -> None:
+        """After SIGINT/SIGTERM: save the last completed step unless ``latest/`` has it, and say where it is."""
+        s, saved = self.state, self.checkpointer
+        s.train_seconds += time.perf_counter() - self.window_start
+        if not in_step and saved.saved_step != s.step:
+            self.save()
+        if self.ddp.main:
+            where = (
+                f"saved step {s.step} to {saved.latest}" if saved.saved_step == s.step else f"stopped mid-step; the last checkpoint is step {saved.saved_step}"
+            )
+            self.bar.write(f"{self.run.name}: interrupted; {where}; run again to resume")
+
+    def train(self, stop_after_steps: int | None = None) -> TrainResult:
+        """Step to ``max_steps`` (or ``stop_after_steps`` more), evaluating and saving as due; return the result."""
+        s, p, ddp = self.state, self.p, self.ddp
+        self.model.train()
+        start_step = s.step
+        self.bar = progress(total=p.max_steps, initial=s.step, desc=self.run.name, unit="step", **({} if ddp.main else {"disable": True}))
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        in_step = False
+        with StopRequest() as stop:
+            try:
+                if self.evaluator.due(s.step) and not s.evaluated(s.step):  # interrupted during this step's evaluation
+                    self.eval_and_checkpoint(s.pending_tokens_per_s)
+                while s.step < p.max_steps:
+                    if stop.requested(ddp, self.device):
+                        raise KeyboardInterrupt
+                    if stop_after_steps is not None and s.step - start_step >= stop_after_steps:
+                        break
+                    in_step = True
+                    out = self.train_step()
+                    s.step += 1
+                    s.tokens_seen += out.tokens
+                    self.window_tokens += out.tokens
+                    in_step = False
+                    fault_point("step_end")
+                    self.bar.update(1)
+                    now = time.perf_counter()
+                    self.bar.set_postfix(loss=f"{out.loss:.3f}", tok_s=f"{self.window_tokens / max(now - self.window_start, 1e-9):,.0f}")
+                    if self.evaluator.due(s.step):
+                        self.eval_and_checkpoint(self.end_window())
+                        self.window_start = time.perf_counter()
+            except KeyboardInterrupt:
+                self.interrupted(in_step)
+                raise
+            finally:
+                self.bar.close()
+        if self.checkpointer.saved_step != s.step:  # stopped between evaluations
+            s.train_seconds += time.perf_counter() - self.window_start
+            self.save()
+        final = self.final_evaluate()
+        summary = self.summary(final)
+        if self.logger:
+            self.logger.finish(summary, s.history, self.run.name)
+        best = self.checkpointer.best
+        return TrainResult(summary, self.checkpointer.latest, best if best.exists() else None, ddp)
+
+    def final_evaluate(self) -> dict:
+        """Rank 0's figures on the final weights (``run.final_evaluate``); every rank joins the gather and the barrier."""
+        final: dict = {}
+        if self.run.final_evaluate:
+            if self.par.sharded:
+                self.par.view(self.model)
+            if self.ddp.main:
+                final = self.evaluator.final(self.full_model())
+        if self.ddp.world > 1:
+            dist.barrier()
+        return final
+
+    def summary(self, final: dict) -> dict:
+        """The run's summary: size, the last evaluation's figures, best val loss, throughput, where it ran, and ``final``."""
+        s = self.state
+        last = s.history[-1] if s.history else {}
+        summary = {"run_id": self.run.run_id, "steps": s.step, "tokens_seen": s.tokens_seen, "parameters": self.n_params}
+        if self.n_trainable != self.n_params:
+            summary["trainable_parameters"] = self.n_trainable
+        summary.update({k: v for k, v in last.items() if k not in ("step", "tokens", "lr", "tokens_per_s", "mfu", "sample")})
+        summary.update(
+            {
+                "best_val_loss": None if s.best_val_loss == float("inf") else round(s.best_val_loss, 5),
+                "val_loss_rising_evals": rising_evals(s.history),
+                "tokens_per_s": round(s.tokens_seen / s.train_seconds, 1) if s.train_seconds else None,
+                "train_seconds": round(s.train_seconds, 2),
+                "device": str(self.device),
+                "precision": str(self.amp_dtype or torch.float32).removeprefix("torch."),
+                "processes": self.ddp.world,
+                **({"parallel": "fsdp"} if self.par.sharded else {}),
+                **self.run.summary,
+                **final,
+            }
+        )
+        return summary
 
 
 def train_loop(
@@ -141,308 +278,23 @@ def train_loop(
     on_eval: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """The one training loop (pretraining and fine-tuning): AdamW on the model's trainable
-    parameters, warmup + cosine, clipping, accumulation, AMP, optional compile and DDP; evaluation,
-    DVCLive logs and a resumable checkpoint every ``p.eval_interval`` steps; ``best/`` on a new
-    lowest val loss. Returns the summary and the checkpoint paths.
+    parameters, warmup + cosine, clipping, accumulation, AMP, optional compile and DDP/FSDP;
+    evaluation, DVCLive logs (``live_dir``, rank 0) and a resumable checkpoint every
+    ``p.eval_interval`` steps; ``best/`` on a new lowest val loss. Returns the summary and the
+    checkpoint paths.
 
     SIGINT/SIGTERM (main thread) stop the run at the next step boundary: the checkpoint of the
     last completed step is saved, then KeyboardInterrupt is raised; a second signal stops at
     once. An evaluation cut short is redone when the run resumes, so ``latest/state.json``, the
     DVCLive history and ``best/`` always agree.
     """
-    amp_dtype = pick_precision(p.precision, device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    latest_dir, best_dir = run.run_dir / "latest", run.run_dir / "best"
-    config = model.config
-    n_params, n_trainable = model.num_parameters(), model.num_parameters(trainable_only=True)
-    par = Parallel(p, ddp, device, amp_dtype)
-    par.prepare(model)
-    optimizer = make_optimizer(model, p, device)
-    step, tokens_seen, best_val, history, elapsed, pending_tps = 0, 0, float("inf"), [], 0.0, 0.0
-
-    if ddp.main:
-        recover_dir(latest_dir)
-        recover_dir(best_dir)
-        mark_used(run.run_dir)
-        removed = clean_checkpoints(run.run_dir.parent, p.keep_runs, run.run_dir)
-        if removed:
-            print(
-                f"{run.name}: removed {len(removed)} old run folder(s) from {run.run_dir.parent} (keep_runs={p.keep_runs}): {', '.join(r.name for r in removed)}"
-            )
-        if p.warmup_note():
-            print(f"{run.name}: {p.warmup_note()}")
-    if ddp.world > 1:
-        dist.barrier()
-    if p.resume and (latest_dir / "state.json").exists():
-        saved_cfg = GPTConfig.from_dict(read_config(latest_dir)["model"])
-        if saved_cfg != config:
-            raise GptlabError(
-                f"{latest_dir}: the checkpoint's model differs from params.yaml ({'; '.join(config_differences(saved_cfg, config))}); remove it or restore the params"
-            )
-        state = par.load(latest_dir, model, optimizer)
-        step, tokens_seen, best_val, history = state["step"], state["tokens_seen"], state["best_val_loss"], state["history"]
-        elapsed, pending_tps = state.get("train_seconds", 0.0), state.get("pending_tokens_per_s", 0.0)
-        run.source.restore(state["data_rng"])
-        if ddp.main:
-            print(f"{run.name}: resuming run {run.run_id} at step {step}/{p.max_steps} from {latest_dir}")
-
-    train_model = par.wrap(torch.compile(model) if p.compile else model)
-    peak = peak_flops(device)
-    live = _open_live(live_dir, history) if ddp.main and live_dir else None
-    accum = run.accum
-    saved_step = step if (latest_dir / "state.json").exists() and p.resume else None
-
-    def checkpoint() -> None:
-        nonlocal saved_step
-        state = {"step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val, "history": history,
-                 "data_rng": run.source.state(), "run_id": run.run_id, "train_seconds": elapsed}  # fmt: skip
-        if eval_due(step) and not evaluated(step):
-            state["pending_tokens_per_s"] = pending_tps  # the evaluation of this step is redone on resume
-        par.save(latest_dir, model, optimizer, run.tokenizer_spec, {run.name: {"step": step, **run.extra}}, state)
-        saved_step = step
-        fault_point("after_save_latest")
-
-    def eval_due(s: int) -> bool:
-        return s > 0 and (s % p.eval_interval == 0 or s == p.max_steps)
-
-    def evaluated(s: int) -> bool:
-        return bool(history) and history[-1]["step"] == s
-
-    def evaluate(step_tokens_per_s: float) -> dict:
-        nonlocal best_val
-        full = par.replica if par.sharded else model  # FSDP: rank 0's full copy, gathered just before
-        full.eval()
-        with torch.no_grad():
-            metrics = run.evaluate(full, autocast)
-        row = {"step": step, "tokens": tokens_seen, **metrics, "lr": lr_at(max(step - 1, 0), p), "tokens_per_s": round(step_tokens_per_s, 1)}
-        if peak and run.flops_per_token:
-            row["mfu"] = round(run.flops_per_token * step_tokens_per_s * ddp.world / peak, 4)
-        if run.sample:
-            row["sample"] = run.sample(full)
-        full.train()
-        fault_point("eval")
-        val = metrics["val_loss"]
-        if val < best_val:
-            best_val = val
-            save_model(best_dir, full, run.tokenizer_spec, {run.name: {"step": step, "val_loss": val, **run.extra}})
-        return row
-
-    def eval_and_checkpoint(tps: float) -> None:
-        """Evaluate, log and save step ``step``; ``latest/`` written last is the commit point."""
-        nonlocal best_val, pending_tps
-        pending_tps = tps
-        if par.sharded:
-            par.view(model)  # every rank joins the gather; rank 0 evaluates the full replica
-        if ddp.main:
-            before = (len(history), best_val, _rng_states())
-            try:
-                row = evaluate(tps)
-                history.append(row)
-                if live:
-                    _log_row(live, row)
-                if on_eval:
-                    on_eval(row)
-                extra = f" bpb {row['val_bits_per_byte']:.4f}" if "val_bits_per_byte" in row else ""
-                bar.write(f"step {step}: train {row['train_loss']:.4f} val {row['val_loss']:.4f}{extra} {tps:,.0f} tok/s")
-                rising = rising_evals(history)
-                if rising == RISING_EVALS_WARNING:
-                    first = history[-1 - rising]
-                    bar.write(
-                        f"{run.name}: warning: val loss rose {rising} evaluations in a row ({first['val_loss']:.4f} at step {first['step']} -> "
-                        f"{row['val_loss']:.4f} at step {step}): overfitting? best/ keeps the lowest ({best_val:.4f})"
-                    )
-                if not par.sharded:
-                    checkpoint()
-            except KeyboardInterrupt:  # forget the unfinished evaluation: it is redone on resume
-                del history[before[0] :]
-                best_val = before[1]
-                _set_rng_states(before[2])
-                raise
-        if par.sharded:
-            checkpoint()  # a collective: every rank writes its shards
-        if ddp.world > 1:
-            dist.barrier()
-
-    model.train()
-    start_step = step
-    bar = progress(total=p.max_steps, initial=step, desc=run.name, unit="step", **({} if ddp.main else {"disable": True}))
-    window_start, window_tokens = time.perf_counter(), 0
-    in_step = False
-    with StopRequest() as stop:
-        try:
-            if eval_due(step) and not evaluated(step):  # interrupted during this step's evaluation
-                eval_and_checkpoint(pending_tps)
-            while True:
-                if step >= p.max_steps:
-                    break
-                if stop.requested(ddp, device):
-                    raise KeyboardInterrupt
-                if stop_after_steps is not None and step - start_step >= stop_after_steps:
-                    break
-                in_step = True
-                lr = lr_at(step, p)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=device)
-                step_tokens = 0
-                for micro, (x, y) in enumerate(run.source.step_batches(accum, ddp.rank, ddp.world)):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    step_tokens += x.numel() * ddp.world
-                    sync = ddp.world == 1 or micro == accum - 1
-                    with par.sync(model, train_model, sync), autocast:
-                        _, loss = train_model(x, y)
-                        scaled = loss / accum
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    loss_sum += loss.detach()
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if p.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], p.grad_clip)
-                step_loss = (loss_sum / accum).item()
-                if not math.isfinite(step_loss):
-                    raise GptlabError(
-                        f"step {step}: training loss is {step_loss}; stopped. The last good checkpoint is {latest_dir if latest_dir.exists() else 'none yet'}; "
-                        f"lower {run.name}.lr or use precision: fp32"
-                    )
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                fault_point("mid_step")
-                step += 1
-                tokens_seen += step_tokens
-                window_tokens += step_tokens
-                in_step = False
-                fault_point("step_end")
-                bar.update(1)
-                now = time.perf_counter()
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{window_tokens / max(now - window_start, 1e-9):,.0f}")
-                if eval_due(step):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    elapsed += time.perf_counter() - window_start
-                    window_start, window_tokens = time.perf_counter(), 0
-                    eval_and_checkpoint(tps)
-                    window_start = time.perf_counter()
-        except KeyboardInterrupt:
-            elapsed += time.perf_counter() - window_start
-            if not in_step and saved_step != step:
-                checkpoint()
-            if ddp.main:
-                where = f"saved step {step} to {latest_dir}" if saved_step == step else f"stopped mid-step; the last checkpoint is step {saved_step}"
-                bar.write(f"{run.name}: interrupted; {where}; run again to resume")
-            raise
-        finally:
-            bar.close()
-    if saved_step != step:  # stopped between evaluations
-        elapsed += time.perf_counter() - window_start
-        checkpoint()
-    final: dict = {}
-    if run.final_evaluate:
-        if par.sharded:
-            par.view(model)
-        if ddp.main:
-            full = par.replica if par.sharded else model
-            full.eval()
-            final = run.final_evaluate(full, autocast)
-            full.train()
-    if ddp.world > 1:
-        dist.barrier()
-
-    last = history[-1] if history else {}
-    summary = {"run_id": run.run_id, "steps": step, "tokens_seen": tokens_seen, "parameters": n_params}
-    if n_trainable != n_params:
-        summary["trainable_parameters"] = n_trainable
-    summary.update({k: v for k, v in last.items() if k not in ("step", "tokens", "lr", "tokens_per_s", "mfu", "sample")})
-    summary.update(
-        {
-            "best_val_loss": None if best_val == float("inf") else round(best_val, 5),
-            "val_loss_rising_evals": rising_evals(history),
-            "tokens_per_s": round(tokens_seen / elapsed, 1) if elapsed else None,
-            "train_seconds": round(elapsed, 2),
-            "device": str(device),
-            "precision": str(amp_dtype or torch.float32).removeprefix("torch."),
-            "processes": ddp.world,
-            **({"parallel": "fsdp"} if par.sharded else {}),
-            **run.summary,
-            **final,
-        }
-    )
-    if live:
-        # metrics.json holds only figures worth comparing across experiments; the rest of the
-        # summary (run id, parameters, seconds, device...) is provenance, in summary.json beside it
-        for key, value in summary.items():
-            if key in COMPARABLE_METRICS and isinstance(value, (int, float)):
-                live.summary[key] = value
-        for key in [k for k in live.summary if k not in COMPARABLE_METRICS and k != "step"]:
-            del live.summary[key]
-        if history:
-            from gptlab.plots import loss_figure  # matplotlib (slow to import): only when a run ends with history
-
-            live.log_image("loss.png", loss_figure(history, run.name))
-        live.make_summary()
-        live.end()
-        write_json(Path(live_dir) / "summary.json", summary)
-    return TrainResult(summary, latest_dir, best_dir if best_dir.exists() else None)
-
-
-# The figures of a training run that `dvc metrics show` / `dvc exp show` compare (the fixed
-# windows' val_bits_per_byte stays in the plots: the whole val split's figure supersedes it).
-COMPARABLE_METRICS = (
-    "train_loss",
-    "val_loss",
-    "full_val_bits_per_byte",
-    "best_val_loss",
-    "base_val_loss",
-    "val_loss_gain",
-    "tokens_per_s",
-    "mfu",
-)
-
-
-def _rng_states() -> tuple:
-    """The torch (CPU and CUDA) and python RNG states, to undo what an evaluation drew."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, random.getstate()
-
-
-def _set_rng_states(states: tuple) -> None:
-    cpu, cuda, py = states
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    random.setstate(py)
-
-
-def _open_live(live_dir: str | Path, history: list[dict]):
-    """Open a fresh DVCLive log in ``live_dir`` and replay ``history`` (after a resume)."""
-    from dvclive import Live
-
-    shutil.rmtree(live_dir, ignore_errors=True)
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    for row in history:
-        _log_row(live, row)
-    return live
-
-
-def _log_row(live, row: dict) -> None:
-    """Log one evaluation: numbers as DVCLive metrics, the sample text to ``samples.txt`` beside them."""
-    live.step = row["step"]
-    for key in ("train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "tokens", "tokens_per_s", "mfu"):
-        if key in row:
-            live.log_metric(key, row[key])
-    if "sample" in row:
-        with open(Path(live.dir) / "samples.txt", "a", encoding="utf-8") as f:
-            f.write(f"--- step {row['step']} (val loss {row['val_loss']:.4f})\n{row['sample']}\n\n")
+    return Trainer(model, p, run, ddp, device, live_dir, on_eval).train(stop_after_steps)
 
 
 def publish(result: TrainResult, out: str | Path) -> bool:
     """Copy the final model to ``out`` and the best to ``out/best`` (weights and config, no
     training state), replacing ``out`` once complete. Only rank 0 writes; returns True there."""
-    if not is_main_process():
+    if not result.ddp.main:
         return False
     with atomic_dir(out) as tmp:
         _copy_model_files(result.latest, tmp)

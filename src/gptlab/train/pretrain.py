@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -23,16 +21,10 @@ from gptlab.params import PretrainParams
 from gptlab.progress import progress
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import load_tokenizer
-from gptlab.train.loop import LoopRun, TrainResult, train_loop
+from gptlab.train.evaluate import split_loss
+from gptlab.train.loop import train_loop
+from gptlab.train.run import LoopRun, TrainResult, run_id
 from gptlab.train.runtime import flops_per_token, setup_distributed
-
-
-def run_id(config: GPTConfig, p: PretrainParams, seed: int, data_meta: dict) -> str:
-    """A short hash of everything that determines the training trajectory (resume key)."""
-    skip = ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing")
-    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in skip}
-    blob = json.dumps({"model": config.to_dict(), "pretrain": keep, "seed": seed, "data": data_meta}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def shards_fingerprint(shards_dir: Path, meta: dict) -> dict:
@@ -47,46 +39,32 @@ def shards_fingerprint(shards_dir: Path, meta: dict) -> dict:
     return {"tokenizer": tok if tok == "gpt2" else sha256_file(shards_dir / tok), "shards": checksums}
 
 
-@torch.no_grad()
-def mean_loss(model: GPT, shards: TokenShards, context: int, batch: int, windows: int, device: torch.device, autocast) -> float:
-    """Mean next-token loss (nats/token) over the first ``windows`` sequential windows of ``shards``."""
-    total, count = 0.0, 0
+def window_batches(shards: TokenShards, context: int, batch: int, windows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The first ``windows`` sequential windows of ``shards`` for :func:`split_loss`: ``(inputs,
+    targets, rows)``, (batch, context) int64 each, each batch weighted by its rows."""
     for x, y in shards.sequential_windows(batch, context, max_windows=windows):
-        with autocast:
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * x.size(0)
-        count += x.size(0)
-    return total / count
+        yield x, y, x.size(0)
 
 
 FULL_EVAL_TOKENS = 16384  # tokens per forward pass of the whole-split evaluation (at least one micro-batch)
 
 
-@torch.no_grad()
-def split_loss(model: GPT, shards: TokenShards, context: int, batch: int, device: torch.device, autocast) -> float:
-    """Mean next-token loss (nats/token) over a whole split: every token after the first of
-    each shard is predicted once, from the non-overlapping windows of ``context`` tokens that
-    :meth:`TokenShards.sequential_windows` yields, then each shard's shorter last window."""
-    total, count = 0.0, 0
-
-    def run(x: torch.Tensor, y: torch.Tensor) -> None:
-        nonlocal total, count
-        with autocast:
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        count += y.numel()
-        bar.update(y.numel())
-
+def full_split_batches(shards: TokenShards, context: int, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """A whole split for :func:`split_loss`: every token after the first of each shard is predicted
+    once, from the non-overlapping windows of ``context`` tokens that
+    :meth:`TokenShards.sequential_windows` yields, then each shard's shorter last window (batch 1);
+    ``(inputs, targets, target tokens)``. Shows a progress bar over the split's tokens."""
     with progress(total=shards.n_tokens, unit="tok", unit_scale=True, desc="full val", leave=False) as bar:
         for x, y in shards.sequential_windows(batch, context):
-            run(x, y)
+            yield x, y, y.numel()
+            bar.update(y.numel())
         for i, length in enumerate(shards.lengths.tolist()):
             full = -(-(length - context) // context) if length > context else 0  # windows sequential_windows took
             tail = full * context  # where the rest starts: the last full window's target end, or 0
             if length - tail >= 2:
                 rest = torch.from_numpy(np.asarray(shards.array(i)[tail:], dtype=np.int64))
-                run(rest[None, :-1], rest[None, 1:])
-    return total / max(count, 1)
+                yield rest[None, :-1], rest[None, 1:], length - tail - 1
+                bar.update(length - tail - 1)
 
 
 def pretrain(
@@ -126,7 +104,7 @@ def pretrain(
     train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
     val_data.check_context(ctx)
 
-    rid = run_id(config, p, seed, shards_fingerprint(shards_dir, meta))
+    rid = run_id("pretrain", p, model=config.to_dict(), seed=seed, data=shards_fingerprint(shards_dir, meta))
     tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
     tokenizer = load_tokenizer(tokenizer_spec)
 
@@ -137,8 +115,8 @@ def pretrain(
     split = meta["splits"]["val"]
 
     def evaluate(m: GPT, autocast) -> dict:
-        val = mean_loss(m, val_data, ctx, p.batch_size, p.eval_windows, device, autocast)
-        train = mean_loss(m, train_data, ctx, p.batch_size, p.eval_windows, device, autocast)
+        val = split_loss(m, window_batches(val_data, ctx, p.batch_size, p.eval_windows), device, autocast)
+        train = split_loss(m, window_batches(train_data, ctx, p.batch_size, p.eval_windows), device, autocast)
         return {
             "train_loss": round(train, 5),
             "val_loss": round(val, 5),
@@ -147,7 +125,7 @@ def pretrain(
         }
 
     def evaluate_full(m: GPT, autocast) -> dict:
-        val = split_loss(m, val_data, ctx, max(p.batch_size, FULL_EVAL_TOKENS // ctx), device, autocast)
+        val = split_loss(m, full_split_batches(val_data, ctx, max(p.batch_size, FULL_EVAL_TOKENS // ctx)), device, autocast)
         return {"full_val_bits_per_byte": round(val * split["tokens"] / split["bytes"] / math.log(2), 5)}
 
     prompt_ids = tokenizer.encode(p.sample_prompt, allowed_special="all") if p.sample_prompt else []

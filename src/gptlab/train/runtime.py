@@ -55,11 +55,6 @@ class StopRequest:
         self._previous.clear()
 
 
-def is_main_process() -> bool:
-    """True in the process that writes outputs: rank 0 under torchrun, or a single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def setup_distributed(device_hint: str) -> Distributed:
     """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1); return the layout."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

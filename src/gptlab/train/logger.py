@@ -1,0 +1,63 @@
+"""A training run's DVCLive log (rank 0): one row per evaluation, the loss plot, the samples and the summary."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from gptlab.io import write_json
+
+# The figures of a training run that `dvc metrics show` / `dvc exp show` compare (the fixed
+# windows' val_bits_per_byte stays in the plots: the whole val split's figure supersedes it).
+COMPARABLE_METRICS = (
+    "train_loss",
+    "val_loss",
+    "full_val_bits_per_byte",
+    "best_val_loss",
+    "base_val_loss",
+    "val_loss_gain",
+    "tokens_per_s",
+    "mfu",
+)
+
+PLOTTED = ("train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr", "tokens", "tokens_per_s", "mfu")
+
+
+class LiveLogger:
+    """A fresh DVCLive log in ``live_dir`` with ``history`` (the rows of a resumed run) replayed."""
+
+    def __init__(self, live_dir: str | Path, history: list[dict]):
+        from dvclive import Live  # dvclive imports its DVC integration: only when a run logs
+
+        self.dir = Path(live_dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.live = Live(dir=str(self.dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        for row in history:
+            self.log(row)
+
+    def log(self, row: dict) -> None:
+        """Log one evaluation: numbers as DVCLive metrics, the sample text to ``samples.txt`` beside them."""
+        self.live.step = row["step"]
+        for key in PLOTTED:
+            if key in row:
+                self.live.log_metric(key, row[key])
+        if "sample" in row:
+            with open(self.dir / "samples.txt", "a", encoding="utf-8") as f:
+                f.write(f"--- step {row['step']} (val loss {row['val_loss']:.4f})\n{row['sample']}\n\n")
+
+    def finish(self, summary: dict, history: list[dict], name: str) -> None:
+        """Write ``metrics.json`` (only :data:`COMPARABLE_METRICS`), the loss plot and
+        ``summary.json`` (the whole summary: run id, parameters, seconds, device... are provenance)."""
+        live = self.live
+        for key, value in summary.items():
+            if key in COMPARABLE_METRICS and isinstance(value, (int, float)):
+                live.summary[key] = value
+        for key in [k for k in live.summary if k not in COMPARABLE_METRICS and k != "step"]:
+            del live.summary[key]
+        if history:
+            from gptlab.plots import loss_figure  # matplotlib: only when a run has a plot to draw
+
+            live.log_image("loss.png", loss_figure(history, name))
+        live.make_summary()
+        live.end()
+        write_json(self.dir / "summary.json", summary)
