@@ -5,7 +5,6 @@ import torch
 
 from gptlab.data.instructions import (
     InstructionBatches,
-    PromptStyleError,
     collate,
     drop_duplicates,
     encode_example,
@@ -41,7 +40,7 @@ def test_format_prompt_exact_text():
         "### Instruction:\nTranslate.\n\n### Input:\nHallo\n\n### Response:\n"
     )
     assert format_prompt("Say hi.", "   ") == format_prompt("Say hi.")
-    with pytest.raises(PromptStyleError, match="unknown; choose one of alpaca, book"):
+    with pytest.raises(GptlabError, match="unknown; choose one of alpaca, book"):
         format_prompt("x", style="chatml")
 
 

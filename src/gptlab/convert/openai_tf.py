@@ -30,7 +30,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from gptlab.config import ConfigError, GPTConfig
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
 from gptlab.model import GPT
@@ -145,7 +145,7 @@ def config_from_hparams(hparams: dict) -> GPTConfig:
             qkv_bias=True,
             tie_embeddings=True,
         )
-    except ConfigError as e:
+    except GptlabError as e:
         raise GptlabError(f"hparams.json: {e}") from e
 
 

@@ -25,7 +25,6 @@ from gptlab.data.prompts import (  # noqa: F401  (re-exported: the styles' home 
     ALPACA_HEADER,
     ALPACA_HEADER_WITH_INPUT,
     PROMPT_STYLES,
-    PromptStyleError,
     encode_prompt,
     format_example,
     format_prompt,

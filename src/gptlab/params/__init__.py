@@ -79,7 +79,7 @@ class Params:
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= 2**32 - 1:  # numpy's and torch's seeds are unsigned 32-bit
-            raise ValueError(f"seed={self.seed} is impossible: must be an integer from 0 to {2**32 - 1}")
+            raise ParamsError(f"seed={self.seed} is impossible: must be an integer from 0 to {2**32 - 1}")
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:

@@ -8,19 +8,21 @@ from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
+from gptlab.errors import ParamsError
+
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 URI_SCHEMES = ("https://", "http://", "file://", "pypi:")
 
 
 def _check_uri(uri: str, sha256: str | None, key: str = "") -> None:
-    """Raise ValueError naming ``{key}uri`` / ``{key}sha256`` when the URI or the hash is unusable."""
+    """Raise ParamsError naming ``{key}uri`` / ``{key}sha256`` when the URI or the hash is unusable."""
     if not uri.startswith(URI_SCHEMES):
-        raise ValueError(f"{key}uri={uri!r} has an unknown scheme; allowed: {', '.join(URI_SCHEMES)}")
+        raise ParamsError(f"{key}uri={uri!r} has an unknown scheme; allowed: {', '.join(URI_SCHEMES)}")
     if uri.startswith("pypi:") and not re.match(r"^pypi:[A-Za-z0-9_.\-]+==[^#\s]+", uri):
-        raise ValueError(f"{key}uri={uri!r} must pin one release: pypi:NAME==VERSION[#GLOB]")
+        raise ParamsError(f"{key}uri={uri!r} must pin one release: pypi:NAME==VERSION[#GLOB]")
     if sha256 is not None and not SHA256_RE.match(sha256):
-        raise ValueError(f"{key}sha256={sha256!r} is not 64 lowercase hex digits (or null to record it)")
+        raise ParamsError(f"{key}sha256={sha256!r} is not 64 lowercase hex digits (or null to record it)")
 
 
 def fetched_name(uri: str) -> str | None:
@@ -70,31 +72,31 @@ class SourceParams:
     def __post_init__(self) -> None:
         if self.files is None:
             if self.uri is None:
-                raise ValueError("uri is missing: give uri: URI for one file, or files: [{uri: URI, sha256: null}, ...] for several")
+                raise ParamsError("uri is missing: give uri: URI for one file, or files: [{uri: URI, sha256: null}, ...] for several")
             _check_uri(self.uri, self.sha256)
             return
         if self.uri is not None:
-            raise ValueError(f"uri={self.uri!r} and files are both given; keep uri: for one file or files: for several, not both")
+            raise ParamsError(f"uri={self.uri!r} and files are both given; keep uri: for one file or files: for several, not both")
         if self.sha256 is not None:
-            raise ValueError("sha256 is given beside files; put each file's hash in its own entry (files[i].sha256)")
+            raise ParamsError("sha256 is given beside files; put each file's hash in its own entry (files[i].sha256)")
         if not self.files:
-            raise ValueError("files is empty; list at least one entry ({uri: URI, sha256: null}) or use uri: for one file")
+            raise ParamsError("files is empty; list at least one entry ({uri: URI, sha256: null}) or use uri: for one file")
         uris: dict[str, int] = {}
         names: dict[str, int] = {}
         for i, entry in enumerate(self.files):
             _check_uri(entry.uri, entry.sha256, f"files[{i}].")
             if entry.name is not None:
                 if "#" in entry.uri:
-                    raise ValueError(f"files[{i}].name={entry.name!r} cannot rename the members a #GLOB extracts; drop name or the #GLOB")
+                    raise ParamsError(f"files[{i}].name={entry.name!r} cannot rename the members a #GLOB extracts; drop name or the #GLOB")
                 if not SOURCE_NAME_RE.match(entry.name):
-                    raise ValueError(f"files[{i}].name={entry.name!r} is not a usable file name (letters, digits, _ . -)")
+                    raise ParamsError(f"files[{i}].name={entry.name!r} is not a usable file name (letters, digits, _ . -)")
             if entry.uri in uris:
-                raise ValueError(f"files[{uris[entry.uri]}] and files[{i}] are the same uri {entry.uri!r}; drop one of them")
+                raise ParamsError(f"files[{uris[entry.uri]}] and files[{i}] are the same uri {entry.uri!r}; drop one of them")
             uris[entry.uri] = i
             name = None if "#" in entry.uri else entry.name or fetched_name(entry.uri)
             if name is not None and name in names:
                 j = names[name]
-                raise ValueError(
+                raise ParamsError(
                     f"files[{j}] ({self.files[j].uri}) and files[{i}] ({entry.uri}) would both be saved as {name}; "
                     f"give one of them its own file name, e.g. files[{i}].name: {i}_{name}"
                 )
@@ -130,14 +132,14 @@ class DownloadParams:
 
     def __post_init__(self) -> None:
         if not self.sources:
-            raise ValueError("sources is empty; name at least one source (e.g. corpus: {uri: ...})")
+            raise ParamsError("sources is empty; name at least one source (e.g. corpus: {uri: ...})")
         for name in self.sources:
             if not SOURCE_NAME_RE.match(name):
-                raise ValueError(f"sources.{name} is not a usable folder name (letters, digits, _ . -)")
+                raise ParamsError(f"sources.{name} is not a usable folder name (letters, digits, _ . -)")
         if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s={self.timeout_s} is impossible: must be > 0 seconds")
+            raise ParamsError(f"timeout_s={self.timeout_s} is impossible: must be > 0 seconds")
         if self.retries < 0:
-            raise ValueError(f"retries={self.retries} is impossible: must be >= 0")
+            raise ParamsError(f"retries={self.retries} is impossible: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -162,20 +164,20 @@ class TokenizeParams:
 
     def __post_init__(self) -> None:
         if self.tokenizer == "bpe" and not 258 <= self.vocab_size <= 65536:
-            raise ValueError(
+            raise ParamsError(
                 f"vocab_size={self.vocab_size} is impossible for tokenizer: bpe: it needs the 256 bytes, <|endoftext|> and a merge, "
                 "and uint16 shards hold at most 65536 ids; pick 258..65536 (e.g. 4096)"
             )
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction} is impossible: must be > 0 and < 1")
+            raise ParamsError(f"val_fraction={self.val_fraction} is impossible: must be > 0 and < 1")
         if self.shard_tokens < 1024:
-            raise ValueError(f"shard_tokens={self.shard_tokens} is impossible: must be >= 1024")
+            raise ParamsError(f"shard_tokens={self.shard_tokens} is impossible: must be >= 1024")
         if self.workers < 0:
-            raise ValueError(f"workers={self.workers} is impossible: 0 means one per CPU core, else >= 1")
+            raise ParamsError(f"workers={self.workers} is impossible: 0 means one per CPU core, else >= 1")
         if self.chunk_chars < 1024:
-            raise ValueError(f"chunk_chars={self.chunk_chars} is impossible: must be >= 1024")
+            raise ParamsError(f"chunk_chars={self.chunk_chars} is impossible: must be >= 1024")
         if not self.text_field.strip():
-            raise ValueError("text_field is empty: name the JSONL field / parquet column that holds the text (e.g. text)")
+            raise ParamsError("text_field is empty: name the JSONL field / parquet column that holds the text (e.g. text)")
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,6 @@ class InstructionsParams:
     def __post_init__(self) -> None:
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or self.train_fraction == 0:
-            raise ValueError(f"train/val/test fractions {fractions} are impossible: each >= 0, train > 0, summing to 1")
+            raise ParamsError(f"train/val/test fractions {fractions} are impossible: each >= 0, train > 0, summing to 1")
         if self.max_records is not None and self.max_records < 3:
-            raise ValueError(f"max_records={self.max_records} is impossible: must be >= 3 (or null for all)")
+            raise ParamsError(f"max_records={self.max_records} is impossible: must be >= 3 (or null for all)")

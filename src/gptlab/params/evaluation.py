@@ -6,7 +6,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, ParamsError
 
 
 @dataclass(frozen=True)
@@ -80,15 +80,15 @@ class JudgeParams:
 
     def __post_init__(self) -> None:
         if self.api not in ("none", "ollama", "openai"):
-            raise ValueError(f"api={self.api!r} is unknown; choose none, ollama or openai")
+            raise ParamsError(f"api={self.api!r} is unknown; choose none, ollama or openai")
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url={self.url!r} must start with http:// or https://, e.g. http://127.0.0.1:11434")
+            raise ParamsError(f"url={self.url!r} must start with http:// or https://, e.g. http://127.0.0.1:11434")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens={self.max_tokens} is impossible: must be >= 1 (or null for the server's default)")
+            raise ParamsError(f"max_tokens={self.max_tokens} is impossible: must be >= 1 (or null for the server's default)")
         if self.timeout_s <= 0 or self.concurrency < 1:
-            raise ValueError(f"timeout_s={self.timeout_s} / concurrency={self.concurrency} is impossible: timeout_s must be > 0 and concurrency >= 1")
+            raise ParamsError(f"timeout_s={self.timeout_s} / concurrency={self.concurrency} is impossible: timeout_s must be > 0 and concurrency >= 1")
         if self.retries < 0 or self.backoff_s < 0 or self.temperature < 0:
-            raise ValueError(f"retries={self.retries} / backoff_s={self.backoff_s} / temperature={self.temperature} is impossible: each must be >= 0")
+            raise ParamsError(f"retries={self.retries} / backoff_s={self.backoff_s} / temperature={self.temperature} is impossible: each must be >= 0")
         if self.prompt is not None:
             _check_template(self.prompt)
 
@@ -96,11 +96,11 @@ class JudgeParams:
 def _check_template(template: str) -> None:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        raise ValueError(f"prompt is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
+    except ValueError as e:  # string.Formatter's own error
+        raise ParamsError(f"prompt is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
     unknown = sorted(fields - set(JUDGE_PLACEHOLDERS))
     if unknown:
-        raise ValueError(f"prompt uses unknown placeholders {unknown}; allowed: {', '.join('{' + p + '}' for p in JUDGE_PLACEHOLDERS)}")
+        raise ParamsError(f"prompt uses unknown placeholders {unknown}; allowed: {', '.join('{' + p + '}' for p in JUDGE_PLACEHOLDERS)}")
 
 
 @dataclass(frozen=True)
@@ -112,4 +112,4 @@ class ScoreParams:
 
     def __post_init__(self) -> None:
         if self.loss_batch_size < 1:
-            raise ValueError(f"loss_batch_size={self.loss_batch_size} is impossible: must be >= 1")
+            raise ParamsError(f"loss_batch_size={self.loss_batch_size} is impossible: must be >= 1")

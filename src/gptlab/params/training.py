@@ -79,23 +79,23 @@ class LoopParams:
 
     def __post_init__(self) -> None:
         if self.parallel not in ("ddp", "fsdp"):
-            raise ValueError(f"parallel={self.parallel!r} is unknown; choose ddp (a full copy per process) or fsdp (sharded weights, gradients and optimizer)")
+            raise ParamsError(f"parallel={self.parallel!r} is unknown; choose ddp (a full copy per process) or fsdp (sharded weights, gradients and optimizer)")
         if self.keep_runs < 0:
-            raise ValueError(f"keep_runs={self.keep_runs} is impossible: must be >= 0 (0 keeps every run folder)")
+            raise ParamsError(f"keep_runs={self.keep_runs} is impossible: must be >= 0 (0 keeps every run folder)")
         for name in ("max_steps", "eval_interval"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+                raise ParamsError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps} is impossible: must be >= 0")
+            raise ParamsError(f"warmup_steps={self.warmup_steps} is impossible: must be >= 0")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"lr={self.lr}, min_lr={self.min_lr} are impossible: need lr > 0 and 0 <= min_lr <= lr")
+            raise ParamsError(f"lr={self.lr}, min_lr={self.min_lr} are impossible: need lr > 0 and 0 <= min_lr <= lr")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 0 and < 1")
+                raise ParamsError(f"{name}={getattr(self, name)} is impossible: must be >= 0 and < 1")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
+            raise ParamsError("weight_decay and grad_clip must be >= 0 (grad_clip 0 = off)")
         if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", self.device):
-            raise ValueError(f"device={self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N, mps")
+            raise ParamsError(f"device={self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N, mps")
 
     @property
     def effective_warmup(self) -> int:
@@ -128,9 +128,9 @@ class PretrainParams(LoopParams):
         super().__post_init__()
         for name in ("batch_size", "tokens_per_step", "eval_windows"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+                raise ParamsError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
         if self.sample_tokens < 0:
-            raise ValueError(f"sample_tokens={self.sample_tokens} is impossible: must be >= 0")
+            raise ParamsError(f"sample_tokens={self.sample_tokens} is impossible: must be >= 0")
 
 
 CONVERT_SOURCES = ("pretrained", "smollm2-135m-instruct", "gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M")
@@ -154,13 +154,13 @@ class ConvertParams:
 
     def __post_init__(self) -> None:
         if self.weights not in ("best", "final"):
-            raise ValueError(f"weights={self.weights!r} is unknown; choose best (lowest val loss, models/pretrained/best) or final")
+            raise ParamsError(f"weights={self.weights!r} is unknown; choose best (lowest val loss, models/pretrained/best) or final")
         if self.source not in CONVERT_SOURCES and not (self.source.startswith("hf:") and len(self.source) > 3):
-            raise ValueError(
+            raise ParamsError(
                 f"source={self.source!r} is unknown; choose one of {', '.join(CONVERT_SOURCES)} or hf:<a Hugging Face folder (GPT-2, Llama, Qwen2)>"
             )
         if self.mirror is not None and not self.mirror.startswith(("https://", "http://", "file://")):
-            raise ValueError(f"mirror={self.mirror!r} must be an https://, http:// or file:// base URL (or null for OpenAI's)")
+            raise ParamsError(f"mirror={self.mirror!r} must be an https://, http:// or file:// base URL (or null for OpenAI's)")
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,8 @@ class FinetuneParams(LoopParams):
         super().__post_init__()
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+                raise ParamsError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
         if self.allowed_max_length is not None and self.allowed_max_length < 8:
-            raise ValueError(f"allowed_max_length={self.allowed_max_length} is impossible: must be >= 8 tokens (or null for the context length)")
+            raise ParamsError(f"allowed_max_length={self.allowed_max_length} is impossible: must be >= 8 tokens (or null for the context length)")
         if self.eval_batches is not None and self.eval_batches < 1:
-            raise ValueError(f"eval_batches={self.eval_batches} is impossible: must be >= 1 (or null for the whole split)")
+            raise ParamsError(f"eval_batches={self.eval_batches} is impossible: must be >= 1 (or null for the whole split)")
