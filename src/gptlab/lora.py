@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +44,7 @@ from torch import nn
 
 from gptlab.checkpoint import FORMAT
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
 from gptlab.params.training import LoraParams
 
@@ -228,12 +227,7 @@ def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str
 def read_adapter_config(folder: str | Path) -> dict:
     """Return the parsed ``adapter.json`` of an adapter folder (GptlabError if absent or foreign)."""
     path = Path(folder) / ADAPTER_CONFIG
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: not found; is {folder} a LoRA adapter folder written by save_adapter?") from None
-    except json.JSONDecodeError as e:
-        raise GptlabError(f"{path}: not valid JSON ({e}); write the adapter again") from None
+    meta = read_json(path, f"the config of a LoRA adapter: is {folder} an adapter folder written by save_adapter?")
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
         raise GptlabError(f"{path}: not a gptlab LoRA adapter (format {ADAPTER_FORMAT!r} expected)")
     return meta

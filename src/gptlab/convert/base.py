@@ -10,7 +10,6 @@ the conversion reads); :func:`build_base` converts them.
 
 from __future__ import annotations
 
-import json
 import resource
 import shutil
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from gptlab.checkpoint import load_model, save_model
 from gptlab.data.download import sha256_file
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.params import ConvertParams
 
 
@@ -42,7 +41,7 @@ def pick_pretrained(pretrained_dir: Path, weights: str) -> tuple[Path, dict]:
         used = "best"
         if best_sha != final_sha:  # equal weights: the final folder, so models/base stays as it was
             src, sha = best, best_sha
-    info = json.loads((src / "config.json").read_text()).get("pretrain", {}) if (src / "config.json").exists() else {}
+    info = read_json(src / "config.json", "the pretrained model's config").get("pretrain", {}) if (src / "config.json").exists() else {}
     provenance = {"source": "pretrained", "weights": used, "requested": weights, "folder": str(src), "step": info.get("step"), "sha256": sha}
     if "val_loss" in info:
         provenance["val_loss"] = info["val_loss"]

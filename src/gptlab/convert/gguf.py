@@ -21,6 +21,7 @@ import torch
 
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
+from gptlab.io import read_json
 from gptlab.model import GPT
 from gptlab.progress import progress
 
@@ -323,13 +324,11 @@ def gguf_gpt2_state(reader: gguf.GGUFReader, path: Path) -> tuple[GPTConfig, dic
 
 def _is_gpt2_vocab(vocab: GGUFVocab) -> bool:
     """True when the GGUF vocabulary is GPT-2's BPE (then the checkpoint names the built-in ``gpt2``)."""
-    import json
-
     from gptlab.tokenizer import gpt2_bpe_dir
 
     if vocab.pre != "gpt-2" or len(vocab.tokens) < 50257 or vocab.tokens[50256] != "<|endoftext|>":
         return False
-    encoder = json.loads((gpt2_bpe_dir() / "encoder.json").read_text(encoding="utf-8"))
+    encoder = read_json(gpt2_bpe_dir() / "encoder.json", "GPT-2's BPE vocabulary")
     unused = all(t == gguf.TokenType.UNUSED for t in vocab.token_types[50257:])
     return unused and vocab.tokens[:50257] == sorted(encoder, key=encoder.__getitem__)
 

@@ -20,7 +20,6 @@ The reader accepts any ``n_vocab`` in ``hparams.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
 from gptlab.progress import progress
 
@@ -211,10 +210,7 @@ def load_openai_tf(folder: str | Path) -> GPT:
     hparams_path = folder / "hparams.json"
     if not hparams_path.exists():
         raise GptlabError(f"{hparams_path}: not found; OpenAI's GPT-2 folders hold {', '.join(OPENAI_FILES)}")
-    try:
-        hparams = json.loads(hparams_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GptlabError(f"{hparams_path}: not valid JSON ({e}); download it again") from e
+    hparams = read_json(hparams_path, "OpenAI's hparams.json: download it again")
     if not isinstance(hparams, dict):
         raise GptlabError(f"{hparams_path}: expected a JSON object with {', '.join(HPARAMS_KEYS)}")
     config = config_from_hparams(hparams)

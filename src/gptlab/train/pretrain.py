@@ -17,6 +17,7 @@ from gptlab.config import GPTConfig
 from gptlab.data.download import sha256_file
 from gptlab.data.shards import TokenShards, split_paths
 from gptlab.errors import GptlabError
+from gptlab.io import read_json
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.progress import progress
@@ -110,7 +111,7 @@ def pretrain(
     meta_path = shards_dir / "meta.json"
     if not meta_path.exists():
         raise GptlabError(f"{meta_path}: missing; run `dvc repro tokenize` first")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "the shards' meta.json: run `dvc repro tokenize`")
     train_data = TokenShards.from_folder(shards_dir, "train")
     val_data = TokenShards.from_folder(shards_dir, "val")
     if train_data.vocab_size > config.vocab_size:
