@@ -6,7 +6,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gptlab.errors import GptlabError, ParamsError
+from gptlab.errors import ParamsError
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,13 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
-            raise GptlabError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
+            raise ParamsError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
         if self.temperature < 0:
-            raise GptlabError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
+            raise ParamsError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:
-            raise GptlabError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
+            raise ParamsError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GptlabError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
+            raise ParamsError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class GenerateParams(SamplingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
-            raise GptlabError(f"batch_size={self.batch_size} is impossible: must be >= 1")
+            raise ParamsError(f"batch_size={self.batch_size} is impossible: must be >= 1")
 
 
 JUDGE_PLACEHOLDERS = ("prompt", "instruction", "input", "output", "response")
