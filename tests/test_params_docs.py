@@ -58,5 +58,5 @@ def test_stage_help_shows_each_fields_doc_default_and_current_value():
 
 
 def test_help_of_an_unreadable_params_file_shows_the_defaults():
-    text = params_help(["finetune.batch_size"], None, "nope.yaml not loaded")
+    text = params_help(Params, ["finetune.batch_size"], None, "nope.yaml not loaded")
     assert "finetune.batch_size  (default: 8)" in text and field_docs(FinetuneParams)["batch_size"] in " ".join(text.split())

@@ -20,6 +20,8 @@ from types import ModuleType
 import yaml
 
 from gptlab.errors import GptlabError
+from gptlab.params import Params, load_params
+from gptlab.params.docs import params_help
 
 # The stages of dvc.yaml, in pipeline order (each is stages/<name>.py and `gptlab <name>`).
 STAGES = ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score")
@@ -63,14 +65,13 @@ def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None
 
     ``--help`` also lists every params field the stage reads (dvc.yaml's ``params:`` of the stage
     whose module defines ``run``) with its doc, its default and its value in ``--params``."""
-    from gptlab.params import load_params
-
     argv = list(sys.argv[1:] if argv is None else argv)
     name = _stage_name(run)
     prog = prog or f"python -m stages.{name or '<name>'}"
     parser = stage_parser(prog, doc)
     if "-h" in argv or "--help" in argv:
-        parser.epilog = _params_epilog(name, *stage_parser(prog, doc, add_help=False).parse_known_args(argv))
+        known, _ = stage_parser(prog, doc, add_help=False).parse_known_args(argv)
+        parser.epilog = _params_epilog(name, known)
     args = parser.parse_args(argv)
     return run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
 
@@ -92,17 +93,14 @@ def stage_params(name: str | None, dvc_yaml: str | Path = "dvc.yaml") -> list[st
     return [key if isinstance(key, str) else next(iter(key)) for key in (stages.get(name) or {}).get("params", [])]
 
 
-def _params_epilog(name: str | None, args: argparse.Namespace, _rest: list[str]) -> str:
+def _params_epilog(name: str | None, args: argparse.Namespace) -> str:
     """The params part of a stage's ``--help``: its fields' docs, defaults and current values."""
-    from gptlab.params import Params, load_params
-    from gptlab.params.docs import params_help
-
     keys = stage_params(name) or [f.name for f in dataclasses.fields(Params)]
     try:
         params, source = load_params(args.params, overrides=args.overrides), args.params
     except GptlabError as e:
         params, source = None, f"{args.params} not loaded, defaults only: {e}"
-    return params_help(keys, params, source)
+    return params_help(Params, keys, params, source)
 
 
 def load_stage(name: str, root: str | Path = ".") -> ModuleType:

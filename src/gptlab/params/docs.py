@@ -102,17 +102,15 @@ def field_lines(cls: type, name: str, value: Any, key: str, width: int = 100) ->
     return lines
 
 
-def params_help(keys: list[str], params: Any, source: str) -> str:
+def params_help(root: type, keys: list[str], params: Any, source: str) -> str:
     """Return the ``--help`` text of a stage reading the params ``keys`` (dvc.yaml's ``params:``:
-    sections such as ``finetune``, or single fields such as ``download.retries``) with the
-    current values of ``params`` (a :class:`~gptlab.params.Params`; None when ``source`` could
-    not be read, then only the defaults)."""
-    from gptlab.params import Params  # gptlab.params's __init__ imports the section modules beside this one
-
+    sections such as ``finetune``, or single fields such as ``download.retries``) of the
+    dataclass ``root`` (:class:`~gptlab.params.Params`) with the current values of ``params``
+    (a ``root``; None when ``source`` could not be read, then only the defaults)."""
     lines = [f"params ({source}; -S KEY=VALUE overrides one): each field = its current value (default), then what it means"]
     for key in keys:
         *parents, name = key.split(".")
-        cls, value = Params, params
+        cls, value = root, params
         for part in parents:
             cls, value = typing.get_type_hints(cls)[part], None if value is None else getattr(value, part)
         tp = typing.get_type_hints(cls)[name]
