@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import textwrap
 import typing
 from typing import Any
@@ -61,6 +62,11 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_show(v) for v in value) + "]"
     return repr(value) if isinstance(value, str) and (not value or value != value.strip() or "\n" in value) else str(value)
+
+
+def _plain(doc: str) -> str:
+    """A docstring as one line of plain text: reST roles and literals unmarked."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", " ".join(doc.split())).replace("``", "")
 
 
 def _entries(tp: Any) -> tuple[type, str] | None:
@@ -115,6 +121,6 @@ def params_help(root: type, keys: list[str], params: Any, source: str) -> str:
             cls, value = typing.get_type_hints(cls)[part], None if value is None else getattr(value, part)
         tp = typing.get_type_hints(cls)[name]
         if dataclasses.is_dataclass(tp):
-            lines.append(f"{key}: {(tp.__doc__ or '').strip().splitlines()[0].replace('``', '')}")
+            lines += textwrap.wrap(f"{key}: {_plain(tp.__doc__ or '')}", 100, subsequent_indent="  ")
         lines += field_lines(cls, name, value, ".".join(parents))
     return "\n".join(lines)
