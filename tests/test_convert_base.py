@@ -92,7 +92,7 @@ def test_default_source_names_openai(tmp_path):
 
 
 def test_bad_sources_are_named(tmp_path):
-    with pytest.raises(ValueError, match="source='gpt2-7B' is unknown"):
+    with pytest.raises(GptlabError, match="source='gpt2-7B' is unknown"):
         ConvertParams(source="gpt2-7B")
     with pytest.raises(GptlabError, match="config.json not found"):
         checkpoint_sources(ConvertParams(source=f"hf:{tmp_path}"))
@@ -130,5 +130,5 @@ def test_pretrained_weights_best_or_final(tmp_path, capsys):
     build_base(ConvertParams(), tmp_path / "ck", tmp_path / "pre", tmp_path / "base3")
     for name in ("model.safetensors", "config.json"):
         assert (tmp_path / "base3" / name).read_bytes() == (tmp_path / "pre" / name).read_bytes()
-    with pytest.raises(ValueError, match="weights='last' is unknown"):
+    with pytest.raises(GptlabError, match="weights='last' is unknown"):
         ConvertParams(weights="last")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from gptlab.checkpoint import load_model, save_model
 from gptlab.config import GPTConfig
 from gptlab.data.instructions import write_splits
+from gptlab.errors import GptlabError
 from gptlab.generate import respond
 from gptlab.lora import base_state, load_adapter, merge_lora, model_hash
 from gptlab.model import GPT
@@ -137,7 +138,7 @@ def test_respond_stops_at_end_of_text():
 
 
 def test_finetune_params_reject_bad_values():
-    with pytest.raises(ValueError, match="batch_size=0"):
+    with pytest.raises(GptlabError, match="batch_size=0"):
         dataclasses.replace(FinetuneParams(), batch_size=0)
 
 

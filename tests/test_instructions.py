@@ -15,7 +15,7 @@ from gptlab.data.instructions import (
     split_records,
     write_splits,
 )
-from gptlab.data.prompts import PromptStyleError, format_example, format_prompt, response_text
+from gptlab.data.prompts import format_example, format_prompt, response_text
 from gptlab.errors import GptlabError
 from gptlab.params import InstructionsParams
 from gptlab.tokenizer import GPT2_EOT_ID, SimpleTokenizer, gpt2
@@ -38,7 +38,7 @@ def test_format_prompt_exact_text():
         "### Instruction:\nTranslate.\n\n### Input:\nHallo\n\n### Response:\n"
     )
     assert format_prompt("Say hi.", "   ") == format_prompt("Say hi.")
-    with pytest.raises(PromptStyleError, match="unknown; choose one of alpaca, book"):
+    with pytest.raises(GptlabError, match="unknown; choose one of alpaca, book"):
         format_prompt("x", style="chatml")
 
 

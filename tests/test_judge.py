@@ -72,11 +72,11 @@ def test_one_config_type_with_the_params_yaml_defaults():
     assert not hasattr(judge, "JudgeConfig")  # issue 12.3: JudgeParams is the judge's config
     section = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text(encoding="utf-8"))["score"]["judge"]
     assert from_dict(JudgeParams, section) == JudgeParams() and JudgeParams().retries == 2
-    with pytest.raises(ValueError, match=r"unknown placeholders \['answer'\]"):
+    with pytest.raises(GptlabError, match=r"unknown placeholders \['answer'\]"):
         JudgeParams(prompt="rate {answer}")
-    with pytest.raises(ValueError, match="api='claude' is unknown"):
+    with pytest.raises(GptlabError, match="api='claude' is unknown"):
         JudgeParams(api="claude")
-    with pytest.raises(ValueError, match="must start with http"):
+    with pytest.raises(GptlabError, match="must start with http"):
         JudgeParams(api="ollama", url="localhost:11434")
     assert endpoint(JudgeParams(api="openai", url="http://h:1/v1/")) == "http://h:1/v1/chat/completions"
     assert endpoint(JudgeParams(api="ollama", url="http://h:1/")) == "http://h:1/api/chat"

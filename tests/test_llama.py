@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from gptlab.config import PRESETS, ConfigError, GPTConfig
+from gptlab.config import PRESETS, GPTConfig
 from gptlab.convert import hf_llama
 from gptlab.convert.hf import export_hf, gpt_from_hf, load_hf_dir
 from gptlab.errors import GptlabError
@@ -165,9 +165,9 @@ def test_presets_and_config_checks():
     assert PRESETS["qwen2-tiny"].qkv_bias and not PRESETS["qwen2-tiny"].proj_bias and PRESETS["qwen2-tiny"].rope_base == 1e6
     assert GPTConfig.from_dict(smol.to_dict()) == smol
     assert "pos_emb.weight" not in GPT(PRESETS["qwen2-tiny"]).state_dict()
-    with pytest.raises(ConfigError, match="n_kv_heads=4 does not divide n_heads=6"):
+    with pytest.raises(GptlabError, match="n_kv_heads=4 does not divide n_heads=6"):
         dataclasses.replace(LLAMA, n_kv_heads=4)
-    with pytest.raises(ConfigError, match="norm='batchnorm' is unknown"):
+    with pytest.raises(GptlabError, match="norm='batchnorm' is unknown"):
         dataclasses.replace(LLAMA, norm="batchnorm")
     with pytest.raises(GptlabError, match="neither Llama"):
         hf_llama.config_to_hf(dataclasses.replace(LLAMA, proj_bias=True))

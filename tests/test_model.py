@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gptlab.checkpoint import load_model, save_model
-from gptlab.config import PRESETS, ConfigError, GPTConfig
+from gptlab.config import PRESETS, GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 
@@ -28,11 +28,11 @@ def test_presets_have_openai_shapes_and_124M_count():
     ],
 )
 def test_impossible_configs_name_the_fields(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(GptlabError, match=message):
         GPTConfig(**kwargs)
-    with pytest.raises(ConfigError, match="unknown model preset 'gpt5'"):
+    with pytest.raises(GptlabError, match="unknown model preset 'gpt5'"):
         GPTConfig.preset("gpt5")
-    with pytest.raises(ConfigError, match=r"unknown GPTConfig keys \['width'\]"):
+    with pytest.raises(GptlabError, match=r"unknown GPTConfig keys \['width'\]"):
         GPTConfig.from_dict({"width": 3})
 
 

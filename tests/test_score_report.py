@@ -138,7 +138,7 @@ def test_unreachable_judge_fails_at_once(tmp_path):
 
 
 def test_bad_responses_file_is_named(tmp_path):
-    with pytest.raises(GptlabError, match="run `dvc repro generate` first"):
+    with pytest.raises(GptlabError, match="missing.json: no such file .*dvc repro generate"):
         load_responses(tmp_path / "missing.json")
     bad = write(tmp_path, "bad.json", [{"instruction": "x"}])
     with pytest.raises(GptlabError, match="record 0 lacks"):

@@ -180,7 +180,7 @@ def test_parquet_pieces_sent_to_workers_stay_small(tmp_path):
 
 
 def test_an_empty_text_field_is_refused():
-    with pytest.raises(ValueError, match="text_field is empty: name the JSONL field / parquet column"):
+    with pytest.raises(GptlabError, match="text_field is empty: name the JSONL field / parquet column"):
         TokenizeParams(text_field=" ")
 
 

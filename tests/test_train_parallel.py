@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import word_shards
 from gptlab.config import GPTConfig
+from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.train.parallel import apply_activation_checkpointing
@@ -91,7 +92,7 @@ def test_activation_checkpointing_and_fsdp_on_one_process_train_like_the_default
 
 
 def test_unknown_parallel_mode_names_the_choices():
-    with pytest.raises(ValueError, match="parallel='zero'.*ddp.*fsdp"):
+    with pytest.raises(GptlabError, match="parallel='zero'.*ddp.*fsdp"):
         PretrainParams(parallel="zero")
 
 

@@ -65,7 +65,7 @@ def test_char_is_one_id_per_utf8_byte():
 
 
 def test_impossible_vocab_sizes_are_refused():
-    with pytest.raises(ValueError, match=r"vocab_size=200 .*258\.\.65536"):
+    with pytest.raises(GptlabError, match=r"vocab_size=200 .*258\.\.65536"):
         TokenizeParams(tokenizer="bpe", vocab_size=200)
     with pytest.raises(GptlabError, match="vocab_size=70000"):
         train_bpe(TEXTS, 70000)

@@ -83,7 +83,7 @@ def _convert_model(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from gptlab.serve import serve  # fastapi and uvicorn: only for this command
+    from gptlab.serve import serve  # fastapi/uvicorn: the optional `serve` extra
 
     serve(args.model, args.adapter, args.host, args.port, args.name, threads=args.threads, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin)
 

@@ -12,11 +12,6 @@ from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
 
-
-class ConfigError(GptlabError, ValueError):
-    """An impossible GPTConfig; the message names the fields."""
-
-
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "positions": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
 
 
@@ -52,23 +47,23 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+                raise GptlabError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
         if self.emb_dim % self.n_heads:
-            raise ConfigError(f"n_heads={self.n_heads} does not divide emb_dim={self.emb_dim}; pick n_heads among the divisors of emb_dim")
+            raise GptlabError(f"n_heads={self.n_heads} does not divide emb_dim={self.emb_dim}; pick n_heads among the divisors of emb_dim")
         if not 0.0 <= self.drop_rate < 1.0:
-            raise ConfigError(f"drop_rate={self.drop_rate} is impossible: must be >= 0 and < 1")
+            raise GptlabError(f"drop_rate={self.drop_rate} is impossible: must be >= 0 and < 1")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(allowed)}")
+                raise GptlabError(f"{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(allowed)}")
         for name in ("mlp_hidden", "n_kv_heads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} is impossible: must be >= 1 (or null for the default)")
+                raise GptlabError(f"{name}={getattr(self, name)} is impossible: must be >= 1 (or null for the default)")
         if self.n_heads % self.kv_heads:
-            raise ConfigError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; pick a divisor of n_heads")
+            raise GptlabError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; pick a divisor of n_heads")
         if self.positions == "rope" and self.head_dim % 2:
-            raise ConfigError(f"positions=rope needs an even head_dim, got emb_dim/n_heads={self.head_dim}; change emb_dim or n_heads")
+            raise GptlabError(f"positions=rope needs an even head_dim, got emb_dim/n_heads={self.head_dim}; change emb_dim or n_heads")
         if self.norm_eps <= 0 or self.rope_base <= 0:
-            raise ConfigError(f"norm_eps={self.norm_eps} and rope_base={self.rope_base} must be > 0")
+            raise GptlabError(f"norm_eps={self.norm_eps} and rope_base={self.rope_base} must be > 0")
 
     @property
     def head_dim(self) -> int:
@@ -89,7 +84,7 @@ class GPTConfig:
     def preset(cls, name: str, **overrides) -> GPTConfig:
         """Return the preset ``name`` (see ``PRESETS``) with ``overrides`` applied."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; allowed: {', '.join(PRESETS)}")
+            raise GptlabError(f"unknown model preset {name!r}; allowed: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def to_dict(self) -> dict:
@@ -101,7 +96,7 @@ class GPTConfig:
         """Build a config from :meth:`to_dict` output; unknown keys fail naming them."""
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ConfigError(f"unknown GPTConfig keys {unknown}; allowed: {', '.join(f.name for f in dataclasses.fields(cls))}")
+            raise GptlabError(f"unknown GPTConfig keys {unknown}; allowed: {', '.join(f.name for f in dataclasses.fields(cls))}")
         return cls(**data)
 
 

@@ -150,21 +150,31 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Yield a file object open on a temporary file beside ``path``; when the block ends without
-    an exception the file gets the umask's modes and replaces ``path`` (one rename), otherwise it
-    is removed and ``path`` is left as it was. ``mode`` is "wb" or "w" (UTF-8 text)."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield the path of a new empty temporary file beside ``path``, for a writer that opens the
+    file by name (``gguf.GGUFWriter``, ``safetensors``); when the block ends without an exception
+    the file gets the umask's modes and replaces ``path`` (one rename), otherwise it is removed
+    and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
+        yield Path(tmp)
         os.chmod(tmp, readable_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Yield a file object open on a temporary file beside ``path`` (see :func:`atomic_path`):
+    ``path`` is replaced when the block ends without an exception, left as it was otherwise.
+    ``mode`` is "wb" or "w" (UTF-8 text)."""
+    with atomic_path(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ from torch import nn
 from gptlab.checkpoint import FORMAT
 from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
 from gptlab.params.training import LoraParams
 
@@ -61,10 +60,6 @@ ADAPTER_FORMAT = "gptlab-lora"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 _LORA_PARAMS = ("lora_A", "lora_B")
-
-
-class LoRAError(GptlabError, ValueError):
-    """An impossible LoRA configuration or an adapter that does not fit the model."""
 
 
 def _choices() -> str:
@@ -143,7 +138,7 @@ def resolve_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
         hits = [name for name in linears if fnmatch.fnmatchcase(name, pattern)]
         if not hits:
             sample = ", ".join(linears[:6]) + (", ..." if len(linears) > 6 else "")
-            raise LoRAError(f"lora target {t!r} (pattern {pattern!r}) matches no linear layer of the model ({sample}); choose among {_choices()}")
+            raise GptlabError(f"lora target {t!r} (pattern {pattern!r}) matches no linear layer of the model ({sample}); choose among {_choices()}")
         chosen.update(hits)
     return [name for name in linears if name in chosen]
 
@@ -155,7 +150,7 @@ def inject_lora(model: nn.Module, cfg: LoraParams) -> list[str]:
     call :func:`mark_only_lora_trainable` for that."""
     existing = lora_modules(model)
     if existing:
-        raise LoRAError(f"the model already has LoRA layers ({', '.join(list(existing)[:3])}...); inject once, or merge_lora first")
+        raise GptlabError(f"the model already has LoRA layers ({', '.join(list(existing)[:3])}...); inject once, or merge_lora first")
     names = resolve_targets(model, cfg.targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -172,7 +167,7 @@ def mark_only_lora_trainable(model: nn.Module) -> None:
     """Set ``requires_grad`` on the adapter tensors only; everything else (tied embeddings
     included) is frozen. GptlabError if the model has no LoRA layers."""
     if not lora_modules(model):
-        raise LoRAError("the model has no LoRA layers; call inject_lora(model, cfg) first")
+        raise GptlabError("the model has no LoRA layers; call inject_lora(model, cfg) first")
     for name, p in model.named_parameters():
         p.requires_grad_(_is_lora_param(name))
 
@@ -198,10 +193,10 @@ def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str
     :func:`gptlab.train.finetune.save_adapter_and_peft` adds the PEFT form of the adapter)."""
     modules = lora_modules(model)
     if not modules:
-        raise LoRAError("the model has no LoRA layers to save; call inject_lora(model, cfg) first")
+        raise GptlabError("the model has no LoRA layers to save; call inject_lora(model, cfg) first")
     for name, m in modules.items():
         if m.r != cfg.r or not math.isclose(m.alpha, cfg.alpha):
-            raise LoRAError(
+            raise GptlabError(
                 f"save_adapter: layer {name} has r={m.r}, alpha={m.alpha} but the config says r={cfg.r}, alpha={cfg.alpha}; pass the config used by inject_lora"
             )
     meta = {
@@ -227,12 +222,7 @@ def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str
 def read_adapter_config(folder: str | Path) -> dict:
     """Return the parsed ``adapter.json`` of an adapter folder (GptlabError if absent or foreign)."""
     path = Path(folder) / ADAPTER_CONFIG
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: not found; is {folder} a LoRA adapter folder written by save_adapter?") from None
-    except json.JSONDecodeError as e:
-        raise GptlabError(f"{path}: not valid JSON ({e}); write the adapter again") from None
+    meta = read_json(path, f"the config of a LoRA adapter: is {folder} an adapter folder written by save_adapter?")
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
         raise GptlabError(f"{path}: not a gptlab LoRA adapter (format {ADAPTER_FORMAT!r} expected)")
     return meta
@@ -250,7 +240,7 @@ def load_adapter(model: GPT, folder: str | Path, base_hash: str | None = None) -
     meta = read_adapter_config(folder)
     saved_hash = meta.get("base_model_hash")
     if base_hash is not None and saved_hash != base_hash:
-        raise LoRAError(
+        raise GptlabError(
             f"{folder / ADAPTER_CONFIG}: the adapter was trained on base model {str(saved_hash)[:16]}..., "
             f"this base model is {base_hash[:16]}...; load the base it was trained on, or fine-tune a new adapter on this one"
         )
@@ -258,7 +248,7 @@ def load_adapter(model: GPT, folder: str | Path, base_hash: str | None = None) -
     existing = lora_modules(model)
     names = list(existing) if existing else resolve_targets(model, cfg.targets)
     if names != list(meta["modules"]):
-        raise LoRAError(
+        raise GptlabError(
             f"{folder / ADAPTER_CONFIG}: adapter covers modules {meta['modules'][:4]}... but the model gives {names[:4]}...; use the base model config it was trained with"
         )
     weights = folder / ADAPTER_WEIGHTS
@@ -272,12 +262,12 @@ def load_adapter(model: GPT, folder: str | Path, base_hash: str | None = None) -
         shapes[f"{name}.lora_B"] = (layer.out_features, cfg.r)
     missing, unexpected = sorted(set(shapes) - set(tensors)), sorted(set(tensors) - set(shapes))
     if missing or unexpected:
-        raise LoRAError(f"{weights}: tensors do not match the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise GptlabError(f"{weights}: tensors do not match the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape:
-            raise LoRAError(f"{weights}: {name} has shape {tuple(tensors[name].shape)}, the model needs {shape} (different r or base shape)")
+            raise GptlabError(f"{weights}: {name} has shape {tuple(tensors[name].shape)}, the model needs {shape} (different r or base shape)")
     if existing and any(m.r != cfg.r for m in existing.values()):
-        raise LoRAError(f"{folder / ADAPTER_CONFIG}: r={cfg.r} differs from the model's LoRA layers; load onto a model without LoRA layers")
+        raise GptlabError(f"{folder / ADAPTER_CONFIG}: r={cfg.r} differs from the model's LoRA layers; load onto a model without LoRA layers")
     if not existing:
         inject_lora(model, cfg)
     params = {n: p for n, p in model.named_parameters() if _is_lora_param(n)}

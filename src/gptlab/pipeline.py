@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+import yaml
+
 from gptlab.errors import GptlabError
-from gptlab.params import load_params
+from gptlab.params import Params, load_params
+from gptlab.params.docs import params_help
 
 # The stages of dvc.yaml, in pipeline order (each is stages/<name>.py and `gptlab <name>`).
 STAGES = ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score")
@@ -41,9 +45,9 @@ def run_cli(fn: Callable[[], object]) -> int:
     return 0
 
 
-def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+def stage_parser(prog: str, doc: str | None, add_help: bool = True) -> argparse.ArgumentParser:
     """Return the argument parser every stage shares: ``--params`` and ``-S key=value``."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter, add_help=add_help)
     parser.add_argument("--params", default="params.yaml", help="the params file (YAML)")
     parser.add_argument(
         "-S",
@@ -58,9 +62,46 @@ def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Parse a stage's command line, load its params and call ``run(params)``; return the exit code."""
-    args = stage_parser(prog or "python -m stages.<name>", doc).parse_args(argv)
+    """Parse a stage's command line, load its params and call ``run(params)``; return the exit code.
+
+    ``--help`` also lists every params field the stage reads (dvc.yaml's ``params:`` of the stage
+    whose module defines ``run``) with its doc, its default and its value in ``--params``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = _stage_name(run)
+    prog = prog or f"python -m stages.{name or '<name>'}"
+    parser = stage_parser(prog, doc)
+    if "-h" in argv or "--help" in argv:
+        known, _ = stage_parser(prog, doc, add_help=False).parse_known_args(argv)
+        parser.epilog = _params_epilog(name, known)
+    args = parser.parse_args(argv)
     return run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
+
+
+def _stage_name(run: Callable) -> str | None:
+    """The stage whose ``stages/<name>.py`` defines ``run`` (also when run as ``python -m``), or None."""
+    spec = getattr(run, "__globals__", {}).get("__spec__")
+    module = spec.name if spec is not None else getattr(run, "__module__", "")
+    return module.removeprefix("stages.") if module.startswith("stages.") else None
+
+
+def stage_params(name: str | None, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """Return the params keys stage ``name`` declares in ``dvc_yaml`` (``seed``, ``finetune``,
+    ``download.retries``...); [] when the file or the stage is not there."""
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    return [key if isinstance(key, str) else next(iter(key)) for key in (stages.get(name) or {}).get("params", [])]
+
+
+def _params_epilog(name: str | None, args: argparse.Namespace) -> str:
+    """The params part of a stage's ``--help``: its fields' docs, defaults and current values."""
+    keys = stage_params(name) or [f.name for f in dataclasses.fields(Params)]
+    try:
+        params, source = load_params(args.params, overrides=args.overrides), args.params
+    except GptlabError as e:
+        params, source = None, f"{args.params} not loaded, defaults only: {e}"
+    return params_help(Params, keys, params, source)
 
 
 def load_stage(name: str, root: str | Path = ".") -> ModuleType:

@@ -10,7 +10,6 @@ the conversion reads); :func:`build_base` converts them.
 
 from __future__ import annotations
 
-import json
 import resource
 import shutil
 import sys
@@ -23,7 +22,7 @@ from gptlab.convert.gguf import gguf_to_gptlab
 from gptlab.convert.load_any import load_any
 from gptlab.convert.openai_tf import load_openai_tf
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, sha256_file, write_json
+from gptlab.io import atomic_dir, read_json, sha256_file, write_json
 from gptlab.params import ConvertParams
 
 
@@ -45,7 +44,7 @@ def pick_pretrained(pretrained_dir: Path, weights: str) -> tuple[Path, dict]:
         used = "best"
         if best_sha != final_sha:  # equal weights: the final folder, so models/base stays as it was
             src, sha = best, best_sha
-    info = json.loads((src / "config.json").read_text()).get("pretrain", {}) if (src / "config.json").exists() else {}
+    info = read_json(src / "config.json", "the pretrained model's config").get("pretrain", {}) if (src / "config.json").exists() else {}
     provenance = {"source": "pretrained", "weights": used, "requested": weights, "folder": str(src), "step": info.get("step"), "sha256": sha}
     if "val_loss" in info:
         provenance["val_loss"] = info["val_loss"]

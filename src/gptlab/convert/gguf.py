@@ -12,7 +12,6 @@ is rebuilt from the ``tokenizer.ggml.*`` metadata with the ``tokenizers`` librar
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from gptlab.checkpoint import check_shapes, load_state, save_model
 from gptlab.config import GPTConfig
 from gptlab.convert.hf_llama import from_hf_state_dict
 from gptlab.errors import GptlabError
+from gptlab.io import read_json
 from gptlab.model import GPT
 from gptlab.progress import progress
 from gptlab.tokenizer import HFTokenizer, gpt2_bpe_dir
@@ -329,7 +329,7 @@ def _is_gpt2_vocab(vocab: GGUFVocab) -> bool:
     """True when the GGUF vocabulary is GPT-2's BPE (then the checkpoint names the built-in ``gpt2``)."""
     if vocab.pre != "gpt-2" or len(vocab.tokens) < 50257 or vocab.tokens[50256] != "<|endoftext|>":
         return False
-    encoder = json.loads((gpt2_bpe_dir() / "encoder.json").read_text(encoding="utf-8"))
+    encoder = read_json(gpt2_bpe_dir() / "encoder.json", "GPT-2's BPE vocabulary")
     unused = all(t == gguf.TokenType.UNUSED for t in vocab.token_types[50257:])
     return unused and vocab.tokens[:50257] == sorted(encoder, key=encoder.__getitem__)
 

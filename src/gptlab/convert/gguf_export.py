@@ -23,8 +23,6 @@ multiple of 32 fall back to f16 under q8_0); norms and biases stay f32.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import torch
 from gptlab.config import GPTConfig
 from gptlab.convert.gguf import llama_permute, tensor_name
 from gptlab.errors import GptlabError
-from gptlab.io import readable_mode
+from gptlab.io import atomic_path, read_json
 from gptlab.model import GPT
 from gptlab.tokenizer import HFTokenizer, Tokenizer, gpt2_bpe_dir
 
@@ -80,7 +78,7 @@ def architecture(config: GPTConfig) -> str:
 
 def _gpt2_vocab() -> VocabOut:
     folder = gpt2_bpe_dir()
-    encoder = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    encoder = read_json(folder / "encoder.json", "GPT-2's BPE vocabulary")
     tokens = [t for t, _ in sorted(encoder.items(), key=lambda kv: kv[1])]
     merges = [line for line in (folder / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:] if line]
     types = [int(gguf.TokenType.NORMAL)] * len(tokens)
@@ -197,16 +195,8 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, path: str | Path, dtype: str =
     arch = architecture(c)
     vocab = gguf_vocab(tokenizer, c.vocab_size)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
-    os.close(fd)
-    try:
-        _write(model, arch, vocab, dtype, name, tmp)
-        os.chmod(tmp, readable_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        _write(model, arch, vocab, dtype, name, str(tmp))
     return path
 
 

@@ -19,14 +19,13 @@ weights-only layout older gptlab exports wrote).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import tiktoken
 
 from gptlab.errors import GptlabError
-from gptlab.io import write_json
+from gptlab.io import read_json, write_json
 from gptlab.tokenizer import ENDOFTEXT, GPT2_FILES_SHA256, SIMPLE_PATTERN, UNK, HFTokenizer, SimpleTokenizer, Tokenizer, gpt2_bpe_dir, load_tokenizer
 
 
@@ -35,7 +34,7 @@ def _gpt2_tokenizer():
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     folder = gpt2_bpe_dir()
-    vocab = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    vocab = read_json(folder / "encoder.json", "GPT-2's BPE vocabulary")
     lines = (folder / "vocab.bpe").read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines[1:] if line]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))

@@ -20,7 +20,6 @@ The reader accepts any ``n_vocab`` in ``hparams.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from gptlab.config import ConfigError, GPTConfig
+from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
 from gptlab.progress import progress
 from gptlab.tokenizer import gpt2_bpe_dir
@@ -146,7 +145,7 @@ def config_from_hparams(hparams: dict) -> GPTConfig:
             qkv_bias=True,
             tie_embeddings=True,
         )
-    except ConfigError as e:
+    except GptlabError as e:
         raise GptlabError(f"hparams.json: {e}") from e
 
 
@@ -212,10 +211,7 @@ def load_openai_tf(folder: str | Path) -> GPT:
     hparams_path = folder / "hparams.json"
     if not hparams_path.exists():
         raise GptlabError(f"{hparams_path}: not found; OpenAI's GPT-2 folders hold {', '.join(OPENAI_FILES)}")
-    try:
-        hparams = json.loads(hparams_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GptlabError(f"{hparams_path}: not valid JSON ({e}); download it again") from e
+    hparams = read_json(hparams_path, "OpenAI's hparams.json: download it again")
     if not isinstance(hparams, dict):
         raise GptlabError(f"{hparams_path}: expected a JSON object with {', '.join(HPARAMS_KEYS)}")
     config = config_from_hparams(hparams)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -37,7 +36,7 @@ from urllib.request import url2pathname
 import requests
 
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, sha256_file, write_json
+from gptlab.io import atomic_dir, read_json, sha256_file, write_json
 from gptlab.params import DownloadParams, SourceParams
 from gptlab.progress import progress
 
@@ -81,7 +80,7 @@ def fetch(source: SourceParams, cache: Path, timeout_s: float = 60.0, retries: i
     folder = cache / hashlib.sha256(uri.encode()).hexdigest()[:20]
     folder.mkdir(parents=True, exist_ok=True)
     record_path = folder / "source.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record = read_json(record_path, "a download cache record: delete it to download again") if record_path.exists() else {}
     expected = source.sha256 or record.get("sha256")
     cached_file = folder / record["filename"] if record.get("filename") else None
     if cached_file and cached_file.is_file() and expected and sha256_file(cached_file) == expected:

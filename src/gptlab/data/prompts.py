@@ -38,13 +38,9 @@ RESPONSE_MARK = "### Response:"
 PROMPT_STYLES = ("alpaca", "book", "chat")
 
 
-class PromptStyleError(GptlabError, ValueError):
-    """An unknown prompt style; the message lists the known ones."""
-
-
 def _check_style(style: str) -> None:
     if style not in PROMPT_STYLES:
-        raise PromptStyleError(f"prompt style {style!r} is unknown; choose one of {', '.join(PROMPT_STYLES)}")
+        raise GptlabError(f"prompt style {style!r} is unknown; choose one of {', '.join(PROMPT_STYLES)}")
 
 
 @functools.lru_cache(maxsize=8)

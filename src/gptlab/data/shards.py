@@ -16,7 +16,6 @@ a flipped byte is refused when the shard is opened, not as an IndexError mid-tra
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zlib
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gptlab.errors import GptlabError
+from gptlab.io import atomic_file, read_json
 
 if TYPE_CHECKING:
     import torch
@@ -50,12 +50,9 @@ def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int, eot_token
     """Write ``tokens`` (1-D ints < 65536) as a shard at ``path`` (via a temp file and rename)."""
     _check_vocab(path, vocab_size)
     tokens = _checked_ids(path, np.asarray(tokens), vocab_size)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         f.write(_header(tokens.size, vocab_size, eot_token))
         f.write(tokens.data)
-    os.replace(tmp, path)
 
 
 def _header(n_tokens: int, vocab_size: int, eot_token: int) -> bytes:
@@ -107,12 +104,9 @@ def data_checksum(tokens: np.ndarray) -> str:
 def recorded_checksums(folder: str | Path) -> dict[str, str]:
     """Return ``{shard file name: crc32 hex}`` from ``folder/meta.json`` ({} when it records none)."""
     path = Path(folder) / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{path}: not valid JSON ({e}); {_FIX}") from None
+    meta = read_json(path, f"the shards' meta.json: {_FIX}")
     files = meta.get("files") if isinstance(meta, dict) else None
     return {name: entry["crc32"] for name, entry in (files or {}).items() if isinstance(entry, dict) and "crc32" in entry}
 
@@ -149,9 +143,10 @@ def shards_vocab_size(folder: str | Path) -> int:
     """Return the vocabulary size of the tokenizer that wrote the shards in ``folder`` (from
     ``meta.json``); GptlabError when the folder has none."""
     path = Path(folder) / "meta.json"
+    meta = read_json(path, "the shards' meta.json: run `dvc repro tokenize` first")
     try:
-        return int(json.loads(path.read_text())["vocab_size"])
-    except (OSError, ValueError, KeyError) as e:
+        return int(meta["vocab_size"])
+    except (TypeError, ValueError, KeyError) as e:
         raise GptlabError(f"{path}: cannot read the shards' vocab_size ({e}); run `dvc repro tokenize` first") from None
 
 

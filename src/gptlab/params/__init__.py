@@ -66,20 +66,31 @@ class Params:
     """All of ``params.yaml``."""
 
     download: DownloadParams
+    """the download stage"""
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
+    """the tokenize stage"""
     model: ModelParams = field(default_factory=lambda: ModelParams(preset="gpt-small"))
+    """the model pretrain trains (its shape and family)"""
     pretrain: PretrainParams = field(default_factory=PretrainParams)
+    """the pretrain stage"""
     convert: ConvertParams = field(default_factory=ConvertParams)
+    """the base model (download_checkpoint and convert stages)"""
     instructions: InstructionsParams = field(default_factory=InstructionsParams)
+    """the instructions stage"""
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    """the finetune stage (generate and score read its prompt_style)"""
     generate: GenerateParams = field(default_factory=GenerateParams)
+    """the generate stage"""
     score: ScoreParams = field(default_factory=ScoreParams)
+    """the score stage"""
     litgpt: LitgptParams = field(default_factory=LitgptParams)
+    """the litgpt track (score reads its enabled)"""
     seed: int = 1337
+    """the global seed: data splits, weight init, data order, sampling (0 .. 2**32 - 1)"""
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed <= 2**32 - 1:  # numpy's and torch's seeds are unsigned 32-bit
-            raise ValueError(f"seed={self.seed} is impossible: must be an integer from 0 to {2**32 - 1}")
+            raise ParamsError(f"seed={self.seed} is impossible: must be an integer from 0 to {2**32 - 1}")
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:

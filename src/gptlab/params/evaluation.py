@@ -6,46 +6,49 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gptlab.errors import GptlabError
+from gptlab.errors import ParamsError
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to pick each next token (the one sampler, :func:`gptlab.sampling.generate`, takes it).
-
-    ``temperature`` 0 is greedy; ``top_k``/``top_p`` None is off; ``seed`` None draws from
-    torch's global generator.
-    """
+    """How to pick each next token (the one sampler, :func:`gptlab.sampling.generate`, takes it)."""
 
     max_new_tokens: int = 64
+    """tokens to generate at most per answer (>= 0)"""
     temperature: float = 1.0
+    """sampling temperature (0: greedy, the likeliest token)"""
     top_k: int | None = None
+    """sample among the k likeliest tokens only (>= 1; null: off)"""
     top_p: float | None = None
+    """sample among the likeliest tokens whose probabilities sum to p, in (0, 1] (null: off)"""
     seed: int | None = None
+    """seed of the sampling generator (null: the generate stage takes the global seed; other callers torch's global generator)"""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
-            raise GptlabError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
+            raise ParamsError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
         if self.temperature < 0:
-            raise GptlabError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
+            raise ParamsError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:
-            raise GptlabError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
+            raise ParamsError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GptlabError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
+            raise ParamsError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
 
 
 @dataclass(frozen=True)
 class GenerateParams(SamplingConfig):
-    """The ``generate`` section: the sampling of the test responses (a :class:`SamplingConfig`;
-    ``seed`` null takes the global seed), plus batching and the device."""
+    """The ``generate`` section: the sampling of the test responses (a :class:`SamplingConfig`),
+    plus batching and the device."""
 
     batch_size: int = 16
+    """test prompts answered together (>= 1)"""
     device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
-            raise GptlabError(f"batch_size={self.batch_size} is impossible: must be >= 1")
+            raise ParamsError(f"batch_size={self.batch_size} is impossible: must be >= 1")
 
 
 JUDGE_PLACEHOLDERS = ("prompt", "instruction", "input", "output", "response")
@@ -53,42 +56,46 @@ JUDGE_PLACEHOLDERS = ("prompt", "instruction", "input", "output", "response")
 
 @dataclass(frozen=True)
 class JudgeParams:
-    """The ``score.judge`` section and the judge client's config (one type for both).
-
-    ``api``: none (offline metrics only), ollama (``POST {url}/api/chat``) or openai
-    (``POST {url}/v1/chat/completions``: vLLM, llama.cpp server, ``gptlab serve``). ``prompt``:
-    a ``str.format`` template over ``{prompt}``, ``{instruction}``, ``{input}``, ``{output}``
-    and ``{response}`` (None: the built-in 0..100 prompt). ``timeout_s``: per request.
-    ``retries``: extra tries after a connection error, timeout, 429 or 5xx, waiting
-    ``backoff_s * 2**n`` seconds. ``concurrency``: requests in flight. ``max_tokens``: cap on
-    the reply (None: the server's default). An OpenAI-compatible server that needs a key gets
-    ``OPENAI_API_KEY`` from the environment, read at request time (never stored here).
-    """
+    """The ``score.judge`` section and the judge client's config (one type for both). An API key
+    is never stored here: see ``api``."""
 
     api: Literal["none", "ollama", "openai"] = "none"
+    """none (offline metrics only; no network), ollama (POST {url}/api/chat) or openai (POST {url}/v1/chat/completions: vLLM, llama.cpp's server, `gptlab
+    serve`, `litgpt serve`); an OpenAI-compatible server that needs a key gets $OPENAI_API_KEY, read at request time"""
     url: str = "http://127.0.0.1:11434"
+    """the judge server's base URL (http:// or https://)"""
     model: str = "llama3"
+    """the judge model's name on that server"""
     prompt: str | None = None
+    """a str.format template over {prompt}, {instruction}, {input}, {output} and {response} (null: the built-in 0..100 scoring prompt)"""
     temperature: float = 0.0
+    """the judge's sampling temperature (>= 0)"""
     timeout_s: float = 120.0
+    """seconds per request (> 0)"""
     retries: int = 2
+    """extra tries after a connection error, a timeout, HTTP 429 or 5xx (>= 0)"""
     backoff_s: float = 1.0
+    """wait before retry n: backoff_s x 2**n seconds (>= 0)"""
     concurrency: int = 4
+    """requests in flight at once (>= 1)"""
     num_ctx: int = 2048
+    """context window the judge is asked to use (Ollama's num_ctx)"""
     seed: int = 123
+    """the judge's sampling seed"""
     max_tokens: int | None = None
+    """cap on the judge's reply in tokens (>= 1; null: the server's default)"""
 
     def __post_init__(self) -> None:
         if self.api not in ("none", "ollama", "openai"):
-            raise ValueError(f"api={self.api!r} is unknown; choose none, ollama or openai")
+            raise ParamsError(f"api={self.api!r} is unknown; choose none, ollama or openai")
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"url={self.url!r} must start with http:// or https://, e.g. http://127.0.0.1:11434")
+            raise ParamsError(f"url={self.url!r} must start with http:// or https://, e.g. http://127.0.0.1:11434")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens={self.max_tokens} is impossible: must be >= 1 (or null for the server's default)")
+            raise ParamsError(f"max_tokens={self.max_tokens} is impossible: must be >= 1 (or null for the server's default)")
         if self.timeout_s <= 0 or self.concurrency < 1:
-            raise ValueError(f"timeout_s={self.timeout_s} / concurrency={self.concurrency} is impossible: timeout_s must be > 0 and concurrency >= 1")
+            raise ParamsError(f"timeout_s={self.timeout_s} / concurrency={self.concurrency} is impossible: timeout_s must be > 0 and concurrency >= 1")
         if self.retries < 0 or self.backoff_s < 0 or self.temperature < 0:
-            raise ValueError(f"retries={self.retries} / backoff_s={self.backoff_s} / temperature={self.temperature} is impossible: each must be >= 0")
+            raise ParamsError(f"retries={self.retries} / backoff_s={self.backoff_s} / temperature={self.temperature} is impossible: each must be >= 0")
         if self.prompt is not None:
             _check_template(self.prompt)
 
@@ -96,11 +103,11 @@ class JudgeParams:
 def _check_template(template: str) -> None:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        raise ValueError(f"prompt is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
+    except ValueError as e:  # string.Formatter's own error
+        raise ParamsError(f"prompt is not a valid template ({e}); write literal braces as {{{{ and }}}}") from None
     unknown = sorted(fields - set(JUDGE_PLACEHOLDERS))
     if unknown:
-        raise ValueError(f"prompt uses unknown placeholders {unknown}; allowed: {', '.join('{' + p + '}' for p in JUDGE_PLACEHOLDERS)}")
+        raise ParamsError(f"prompt uses unknown placeholders {unknown}; allowed: {', '.join('{' + p + '}' for p in JUDGE_PLACEHOLDERS)}")
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,10 @@ class ScoreParams:
     """The ``score`` section: offline metrics always, plus an optional LLM judge."""
 
     judge: JudgeParams = field(default_factory=JudgeParams)
+    """the optional LLM judge"""
     loss_batch_size: int = 8
+    """batch size of the model's loss on the reference outputs (>= 1)"""
 
     def __post_init__(self) -> None:
         if self.loss_batch_size < 1:
-            raise ValueError(f"loss_batch_size={self.loss_batch_size} is impossible: must be >= 1")
+            raise ParamsError(f"loss_batch_size={self.loss_batch_size} is impossible: must be >= 1")

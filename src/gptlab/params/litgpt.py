@@ -12,46 +12,66 @@ PRECISIONS = ("32-true", "bf16-true", "bf16-mixed", "16-true", "16-mixed")
 
 @dataclass(frozen=True)
 class LitgptParams:
-    """The ``litgpt`` section: the litgpt track (SmolLM2-135M-Instruct from GGUF, ``litgpt finetune_lora``).
-
-    Training stops after ``max_steps`` optimizer steps (or ``epochs``, whichever comes first);
-    one step is ``global_batch_size`` samples in micro-batches of ``micro_batch_size``. The
-    learning rate warms up linearly for ``warmup_steps`` (null: a tenth of ``max_steps``, at
-    least 1) then follows a cosine to litgpt's min_lr. ``lora_query`` ... ``lora_head``: which
-    litgpt layers get adapters. ``eval_interval`` null: validate only once, at the end.
-    ``val_split_fraction``: the share litgpt splits off when no validation file is given.
-    ``timeout_s``: wall-clock limit of the litgpt subprocess (null: none).
-    """
+    """The ``litgpt`` section: the litgpt track (SmolLM2-135M-Instruct from GGUF, ``litgpt finetune_lora``)."""
 
     enabled: bool = False
+    """run the litgpt track (needs the litgpt extra: pip install 'gptlab[litgpt]'); false: the stage writes an empty response list"""
     config_name: str = "SmolLM2-135M-Instruct"
+    """litgpt's name of the model config matching the GGUF (`litgpt download list`)"""
     max_steps: int = 20
+    """optimizer steps (training stops at max_steps or epochs, whichever comes first)"""
     lr: float = 2e-4
+    """peak learning rate (> 0); a linear warmup, then a cosine to litgpt's min_lr"""
     weight_decay: float = 0.0
+    """AdamW's weight decay"""
     micro_batch_size: int = 2
+    """samples per micro-batch"""
     global_batch_size: int = 8
+    """samples per optimizer step (a multiple of micro_batch_size)"""
     warmup_steps: int | None = None
+    """linear warmup steps, in [1, max_steps) (null: a tenth of max_steps, at least 1)"""
     epochs: int = 100
+    """passes over the train split at most"""
     lora_r: int = 8
+    """LoRA rank"""
     lora_alpha: int = 16
+    """LoRA alpha (the update is scaled by alpha / r)"""
     lora_dropout: float = 0.05
+    """dropout on the adapters' input, in [0, 1)"""
     lora_query: bool = True
+    """adapters on the attention queries"""
     lora_key: bool = False
+    """adapters on the attention keys"""
     lora_value: bool = True
+    """adapters on the attention values"""
     lora_projection: bool = False
+    """adapters on the attention's output projection"""
     lora_mlp: bool = False
+    """adapters on the MLP"""
     lora_head: bool = False
+    """an adapter on the output head"""
     max_seq_length: int = 256
+    """truncate examples to this many tokens"""
     val_split_fraction: float = 0.1
+    """share litgpt splits off for validation when no validation file is given, in (0, 1)"""
     eval_interval: int | None = None
+    """validate every this many steps (null: only once, at the end)"""
     eval_max_iters: int = 100
+    """validation batches per evaluation"""
     eval_max_new_tokens: int = 32
+    """tokens of the sample answer litgpt generates at each evaluation"""
     precision: str = "32-true"
+    """Lightning precision: 32-true (use it on a CPU), bf16-true, bf16-mixed, 16-true or 16-mixed"""
     seed: int = 1337
+    """litgpt's seed"""
     timeout_s: float | None = None
+    """wall-clock limit of the litgpt subprocess in seconds (null: none)"""
     max_new_tokens: int = 64
+    """tokens per test response at most"""
     temperature: float = 0.0
+    """sampling temperature of the test responses (0: greedy)"""
     top_k: int | None = None
+    """sample among the k likeliest tokens only (null: off)"""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ParamsError:

@@ -7,7 +7,8 @@ naming the file, the dotted key, the value and what is allowed, e.g.::
     params.yaml: tokenize.val_fraction=1.5 is impossible: must be > 0 and < 1
 
 Each section's dataclass checks its own values in ``__post_init__`` by raising
-``ValueError("field=value ...")``; the loader prefixes the file and section.
+``ParamsError("field=value ...")`` (a dataclass built in code raises that line as is); the loader
+turns any GptlabError of a section into a ParamsError prefixed with the file and section.
 """
 
 from __future__ import annotations
@@ -101,5 +102,5 @@ def _build_dataclass(cls: type, value: Any, source: str, where: str) -> Any:
             raise ParamsError(f"{source}: missing key {prefix}{name} ({hints[name]})")
     try:
         return cls(**kwargs)
-    except (ValueError, GptlabError) as e:  # a section's own check names the field
+    except GptlabError as e:  # a section's own check (ParamsError, or GPTConfig's GptlabError) names the field
         raise ParamsError(f"{source}: {prefix}{e}") from None

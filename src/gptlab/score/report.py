@@ -9,14 +9,13 @@ readable; where they came from (judge, files, record counts) goes to a provenanc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
-from gptlab.io import write_json
+from gptlab.io import read_json, write_json
 from gptlab.params import ScoreParams
 from gptlab.score.judge import base_url, judge_records
 from gptlab.score.metrics import record_metrics, reference_loss, summarise
@@ -25,10 +24,7 @@ from gptlab.score.metrics import record_metrics, reference_loss, summarise
 def load_responses(path: str | Path) -> list[dict]:
     """Return the response records of ``path`` (a JSON list with instruction/input/output/response)."""
     path = Path(path)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: not found; run `dvc repro generate` first") from None
+    records = read_json(path, "a responses file written by `dvc repro generate`")
     if not isinstance(records, list):
         raise GptlabError(f"{path}: expected a JSON list of response records")
     for i, r in enumerate(records):

@@ -5,7 +5,18 @@ Modules: :mod:`~gptlab.serve.engine` (model, tokenizer, lock, generation; no HTT
 instruction style), :mod:`~gptlab.serve.ollama` and :mod:`~gptlab.serve.openai` (one router
 per API dialect, typed request models), :mod:`~gptlab.serve.guard` (Host/Origin checks),
 :mod:`~gptlab.serve.app` (``create_app``, ``build_app``, ``running_server``, ``serve``).
+
+FastAPI and uvicorn are the ``serve`` extra: without them, importing this package raises
+:class:`~gptlab.errors.GptlabError` saying ``pip install 'gptlab[serve]'``.
 """
+
+from gptlab.errors import GptlabError
+
+try:  # the optional dependencies of the server (the `serve` extra)
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError as e:
+    raise GptlabError(f"gptlab serve needs {e.name or 'fastapi and uvicorn'}, which is not installed; install it with: pip install 'gptlab[serve]'") from None
 
 from gptlab.serve.app import build_app, create_app, running_server, serve
 from gptlab.serve.common import DEFAULT_MAX_BODY_BYTES

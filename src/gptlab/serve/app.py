@@ -72,6 +72,10 @@ def create_app(
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request.url.path, exc.status, exc.message, exc.param, exc.code)
 
+    @app.exception_handler(GptlabError)  # bad input met while answering: the client's request
+    async def _bad_input(request: Request, exc: GptlabError) -> JSONResponse:
+        return error_response(request.url.path, 400, str(exc))
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(request.url.path, 400, f"{request.method} {request.url.path}: {exc.errors()[0].get('msg', 'bad request')}")

@@ -49,7 +49,7 @@ class ChatMessage(BaseModel):
                 parts.append(part["text"])
             elif isinstance(part, str):
                 parts.append(part)
-            else:
+            else:  # pydantic's validators raise ValueError; serve.errors turns it into a 400
                 raise ValueError("only text content parts are supported; send images or audio to a multimodal server")
         return "".join(parts)
 
@@ -62,7 +62,7 @@ def alpaca_builder(style: str = "alpaca") -> PromptBuilder:
     """Return the builder of instruction prompts in ``style`` (GptlabError if the style is unknown)."""
     try:
         format_prompt("check", style=style)
-    except ValueError as e:
+    except GptlabError as e:
         raise GptlabError(f"serve: {e}") from None
 
     def build(messages: Sequence[ChatMessage]) -> Prompt:

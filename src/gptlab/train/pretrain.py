@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from gptlab.config import GPTConfig
 from gptlab.data.shards import TokenShards, split_paths
 from gptlab.device import pick_device
 from gptlab.errors import GptlabError
-from gptlab.io import sha256_file
+from gptlab.io import read_json, sha256_file
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.progress import progress
@@ -89,7 +88,7 @@ def pretrain(
     meta_path = shards_dir / "meta.json"
     if not meta_path.exists():
         raise GptlabError(f"{meta_path}: missing; run `dvc repro tokenize` first")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "the shards' meta.json: run `dvc repro tokenize`")
     train_data = TokenShards.from_folder(shards_dir, "train")
     val_data = TokenShards.from_folder(shards_dir, "val")
     if train_data.vocab_size > config.vocab_size:
