@@ -11,7 +11,6 @@ resumed run continues bit for bit.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
 from gptlab.rng import capture_rng, restore_rng
 from gptlab.tokenizer import Tokenizer, load_tokenizer
@@ -92,11 +91,11 @@ def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer) ->
     """Restore ``optimizer`` and the RNG states (torch, CUDA, python) from a training checkpoint; return
     ``state.json`` (step, data generator state, history...)."""
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / "state.json").read_text())
-        tensors = load_file(folder / "state.safetensors")
-    except FileNotFoundError as e:
-        raise GptlabError(f"{folder}: not a training checkpoint ({Path(e.filename).name} missing); start without resume") from None
+    for name in ("state.json", "state.safetensors"):
+        if not (folder / name).is_file():
+            raise GptlabError(f"{folder}: not a training checkpoint ({name} missing); start without resume")
+    meta = read_json(folder / "state.json", "a training checkpoint's state.json")
+    tensors = load_file(folder / "state.safetensors")
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -112,13 +111,9 @@ def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer) ->
 def read_config(folder: str | Path) -> dict:
     """Return the parsed ``config.json`` of a checkpoint folder (GptlabError if absent or foreign)."""
     path = Path(folder) / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GptlabError(f"{path}: not found; is {folder} a gptlab checkpoint folder?") from None
-    except json.JSONDecodeError as e:
-        raise GptlabError(f"{path}: not valid JSON ({e})") from None
-    return data
+    if not path.is_file():
+        raise GptlabError(f"{path}: not found; is {folder} a gptlab checkpoint folder?")
+    return read_json(path, "a model folder's config.json")
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:

@@ -10,7 +10,6 @@ adds the tokenizer files (:mod:`gptlab.convert.hf_tokenizer`). Needs only safete
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from gptlab.config import GPTConfig
 from gptlab.convert import hf_gpt2, hf_llama
 from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
 from gptlab.errors import GptlabError
-from gptlab.io import atomic_dir, write_json
+from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 
@@ -127,12 +126,9 @@ def read_hf_config(folder: str | Path) -> tuple[dict, GPTConfig]:
     """Return ``(config.json as a dict, its GPTConfig)`` of a Hugging Face folder; GptlabError
     (one line, naming the file) when it is missing, not JSON or not a config gptlab holds."""
     config_path = Path(folder) / "config.json"
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise GptlabError(f"{config_path}: not found; a Hugging Face folder needs config.json beside the weights") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GptlabError(f"{config_path}: not valid JSON ({e}); fix or re-download it") from None
+    if not config_path.is_file():
+        raise GptlabError(f"{config_path}: not found; a Hugging Face folder needs config.json beside the weights")
+    hf_config = read_json(config_path, "a Hugging Face config.json")
     if not isinstance(hf_config, dict):
         raise GptlabError(f"{config_path}: holds a JSON {type(hf_config).__name__}, not an object; is this a Hugging Face config.json?")
     family = family_of_hf(hf_config)
@@ -160,8 +156,8 @@ def load_hf_dir(folder: str | Path) -> GPT:
     index = folder / "model.safetensors.index.json"
     if index.exists():
         try:
-            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            files = [folder / f for f in sorted(set(read_json(index, "a safetensors index")["weight_map"].values()))]
+        except (KeyError, AttributeError, TypeError) as e:
             raise GptlabError(f"{index}: not a safetensors index ({e}); re-download it") from None
     elif (folder / "model.safetensors").exists():
         files = [folder / "model.safetensors"]
