@@ -230,7 +230,7 @@ def encode_example(record: Mapping, tokenizer: Tokenizer, style: str = "alpaca",
     response separately, so ``ids[:prompt_len]`` is exactly the encoded prompt that generation
     will see. ``eot_id`` defaults to ``tokenizer.eot_token``.
     """
-    prompt, response = format_example(record, style, getattr(tokenizer, "chat_template", None))
+    prompt, response = format_example(record, style, tokenizer.chat_template)
     prompt_ids = encode_prompt(tokenizer, prompt, style)
     ids = prompt_ids + tokenizer.encode_ordinary(response) + [tokenizer.eot_token if eot_id is None else eot_id]
     return ids, len(prompt_ids)

@@ -22,6 +22,7 @@ import torch
 
 from gptlab.checkpoint import load_model, load_weights, read_config, save_model
 from gptlab.data.instructions import InstructionBatches, encode_prompt, encode_records, eval_batches, format_prompt, load_records
+from gptlab.data.prompts import PROMPT_STYLE_KEY
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir
 from gptlab.model import GPT
@@ -34,13 +35,15 @@ from gptlab.train.runtime import pick_device, setup_distributed
 @dataclasses.dataclass
 class FinetuneResult:
     """A finished fine-tuning run: the loop's result, the tuned model (LoRA still unmerged), its
-    tokenizer spec, the LoRA config (None for full fine-tuning) and the base weights' sha256."""
+    tokenizer spec, the LoRA config (None for full fine-tuning), the base weights' sha256 and the
+    prompt style it was trained with (recorded in the published model)."""
 
     train: TrainResult
     model: GPT
     tokenizer_spec: str
     lora: object | None
     base_sha256: str
+    prompt_style: str = "alpaca"
 
 
 class InstructionSource:
@@ -161,7 +164,7 @@ def finetune(
         return {"train_loss": round(train, 5), "val_loss": round(val, 5), "val_perplexity": round(math.exp(min(val, 50)), 3)}
 
     sample_record = val_records[0] if val_records else train_records[0]
-    template = getattr(tokenizer, "chat_template", None)
+    template = tokenizer.chat_template
     sample_ids = encode_prompt(
         tokenizer, format_prompt(sample_record["instruction"], sample_record.get("input") or "", p.prompt_style, template), p.prompt_style
     )
@@ -192,12 +195,13 @@ def finetune(
         model.to(device)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
-    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha)
+    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha, p.prompt_style)
 
 
 def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
     """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
-    checkpoint any stage can load) and, for LoRA, ``out/adapter/`` (adapter weights + JSON).
+    checkpoint any stage can load, recording the prompt style under ``prompt_style``) and, for
+    LoRA, ``out/adapter/`` (adapter weights + JSON).
     Replaces ``out`` once complete; returns it."""
     from gptlab.lora import merge_lora, save_adapter
 
@@ -207,9 +211,8 @@ def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
         if result.lora is not None:
             save_adapter(model, result.lora, tmp / "adapter", result.base_sha256)
             model = merge_lora(model)
-        staged = save_model(
-            tmp / "merged", model, result.tokenizer_spec, {"finetune": {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}}
-        )
+        summary = {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}
+        staged = save_model(tmp / "merged", model, result.tokenizer_spec, {"finetune": summary, PROMPT_STYLE_KEY: result.prompt_style})
         for f in staged.iterdir():
             shutil.move(str(f), tmp / f.name)
         staged.rmdir()
