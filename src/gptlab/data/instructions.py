@@ -225,7 +225,7 @@ def encode_example(record: Mapping, tokenizer: Tokenizer, style: str = "alpaca",
     """Return ``(ids, prompt_len)``: token ids of prompt + response + end-of-text (list of int)
     and the number of prompt tokens at their start.
 
-    ``tokenizer``: a tiktoken Encoding or a SimpleTokenizer; texts go through
+    ``tokenizer``: any :class:`~gptlab.tokenizer.Tokenizer`; texts go through
     ``encode_ordinary`` (so ``<|endoftext|>`` written in a record is plain text), prompt and
     response separately, so ``ids[:prompt_len]`` is exactly the encoded prompt that generation
     will see. ``eot_id`` defaults to ``tokenizer.eot_token``.
