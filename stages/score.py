@@ -1,14 +1,15 @@
 """Stage `score`: the responses scored against the references (offline metrics, optional LLM judge).
 
 reads   data/responses.json (fine-tuned), data/responses_base.json, data/responses_litgpt.json (when
-        litgpt.enabled), models/finetuned/, models/base/ ;
-        params score, litgpt.enabled, finetune.prompt_style
+        litgpt.enabled), models/finetuned/ (its prompt style too), models/base/ ;
+        params score, litgpt.enabled
 writes  data/scores.csv (one row per engine and record), data/provenance/score.json (judge, files)
 metrics metrics/score.json (per engine: reference loss, SQuAD F1, ROUGE-L, words, empty share; judge mean, scored/unscored)
 """
 
 import sys
 
+from gptlab.data.prompts import model_prompt_style
 from gptlab.params import Params
 from gptlab.pipeline import stage_main
 from gptlab.score.report import score_responses
@@ -28,7 +29,8 @@ def run(params: Params) -> None:
     engines = {"finetuned": (RESPONSES, FINETUNED), "base": (RESPONSES_BASE, BASE)}
     if params.litgpt.enabled:
         engines["litgpt"] = (RESPONSES_LITGPT, None)
-    m = score_responses(engines, params.score, SCORES, METRICS, params.finetune.prompt_style, provenance_path=PROVENANCE)
+    style = model_prompt_style(FINETUNED, "alpaca")  # the reference loss uses the fine-tuning prompt style for every engine
+    m = score_responses(engines, params.score, SCORES, METRICS, style, provenance_path=PROVENANCE)
     for engine in engines:
         print(f"score: {engine}: " + ", ".join(f"{k} {v}" for k, v in m[engine].items() if isinstance(v, (int, float))))
 

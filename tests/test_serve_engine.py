@@ -12,7 +12,7 @@ from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig
 from gptlab.serve import ApiError, ChatMessage, Engine, chat_prompt
 from gptlab.serve.prompts import parse_messages
-from gptlab.tokenizer import gpt2
+from gptlab.tokenizer import GPT2Tokenizer, gpt2
 from serve_helpers import CFG, CHAT
 
 TEMPLATE = (
@@ -20,14 +20,12 @@ TEMPLATE = (
 )
 
 
-class TemplatedTokenizer:
+class TemplatedTokenizer(GPT2Tokenizer):
     """GPT-2's tokenizer with a chat template, as a Llama-family tokenizer will carry one."""
 
     def __init__(self, chat_template: str):
-        self.inner, self.chat_template, self.bos_token = gpt2(), chat_template, "<s>"
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        super().__init__(gpt2().encoding)
+        self.chat_template, self.bos_token = chat_template, "<s>"
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ SAMPLE = (
 
 def test_gpt2_is_a_real_tiktoken_encoding_with_openai_ids():
     enc = gpt2()
-    assert isinstance(enc, tiktoken.Encoding)
-    assert enc.encode("Hello, world.") == [15496, 11, 995, 13]
+    assert isinstance(enc.encoding, tiktoken.Encoding)
+    assert enc.encode("Hello, world.") == [15496, 11, 995, 13] == enc.encoding.encode("Hello, world.")
     assert enc.n_vocab == 50257
     assert enc.eot_token == 50256
     assert enc.encode(ENDOFTEXT, allowed_special="all") == [50256]
@@ -116,7 +116,7 @@ def test_simple_bad_inputs(tmp_path):
 def test_hf_tokenizer_json_loads_plain_and_wrapped(tmp_path):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    from gptlab.tokenizer import HFTokenizer, load_tokenizer, token_bytes
+    from gptlab.tokenizer import HFTokenizer, load_tokenizer
 
     vocab = {c: i for i, c in enumerate(["<|endoftext|>", "<|im_end|>", "h", "i", "Ġ", "hi", "Ã", "©"])}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[("h", "i")]))
@@ -129,7 +129,7 @@ def test_hf_tokenizer_json_loads_plain_and_wrapped(tmp_path):
     assert isinstance(plain, HFTokenizer) and plain.eot_token == 1 and plain.chat_template == "{{ x }}"
     assert plain.encode("hi<|im_end|>") == [5, 1] and plain.decode([5, 4, 3, 1]) == "hi i<|im_end|>"
     assert plain.encode("hi<|im_end|>", allowed_special=set()) != [5, 1] and plain.n_vocab == 8
-    assert token_bytes(plain, 6) == b"\xc3" and plain.decode([6, 7]) == "é"
+    assert plain.token_bytes(6) == b"\xc3" and plain.decode([6, 7]) == "é"
     wrapped = HFTokenizer(tok, "tmpl", 0, [1])
     wrapped.save(tmp_path / "w.json")
     back = load_tokenizer(tmp_path / "w.json")

@@ -15,7 +15,7 @@ from gptlab.data.tokenize import tokenize_corpus
 from gptlab.data.vocab import byte_tokenizer, train_bpe
 from gptlab.errors import GptlabError
 from gptlab.params import ModelParams, TokenizeParams
-from gptlab.tokenizer import load_tokenizer, token_bytes
+from gptlab.tokenizer import load_tokenizer
 
 TEXTS = [
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20,
@@ -31,8 +31,8 @@ def test_bpe_ids_bytes_first_merges_then_endoftext():
     assert tok.encode("<|endoftext|>") == [299]
     assert tok.encode_ordinary("<|endoftext|>") != [299]  # special-token text stays ordinary text
     for b in (0, 10, 32, 65, 200, 255):
-        assert token_bytes(tok, b) == bytes([b])
-    merged = [token_bytes(tok, i) for i in range(256, 299)]
+        assert tok.token_bytes(b) == bytes([b])
+    merged = [tok.token_bytes(i) for i in range(256, 299)]
     assert all(len(m) >= 2 for m in merged) and len(set(merged)) == len(merged)
     assert len(tok.encode_ordinary(TEXTS[0])) < 0.7 * len(TEXTS[0].encode())  # 43 merges already compress
     assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
@@ -98,7 +98,7 @@ def test_bpe_trains_on_the_train_split_only(corpus_dir, tmp_path):
     tokenize_corpus(params, corpus_dir, tmp_path / "a", seed=1)
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     tok = load_tokenizer(tmp_path / "a" / "tokenizer.json")
-    pieces = {token_bytes(tok, i) for i in range(256, tok.n_vocab)}
+    pieces = {tok.token_bytes(i) for i in range(256, tok.n_vocab)}
     zyz_in_train = "z.txt" in meta["splits"]["train"]["documents"]
     assert (b"Zy" in pieces or b" Zy" in pieces or b"zz" in pieces) == zyz_in_train
     # the same corpus and seed give the same tokenizer file

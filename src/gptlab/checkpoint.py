@@ -57,7 +57,7 @@ def save_model(
         save_file(model_state(model), tmp / "model.safetensors", metadata={"format": FORMAT})
         spec = "gpt2"
         if not isinstance(tokenizer, (str, Path)):  # a tokenizer object: GPT-2's stays a name, any other is saved
-            if getattr(tokenizer, "name", "gpt2") != "gpt2":
+            if tokenizer.name != "gpt2":
                 tokenizer.save(tmp / "tokenizer.json")
                 spec = "tokenizer.json"
         elif str(tokenizer) != "gpt2":

@@ -13,7 +13,6 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import sys
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from gptlab.lora import load_merged
 from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
 from gptlab.sampling import SamplingConfig, stream
-from gptlab.tokenizer import load_tokenizer, token_bytes
+from gptlab.tokenizer import load_tokenizer
 from gptlab.train.retention import clean_checkpoints
 
 STAGE_HELP = {
@@ -53,15 +52,15 @@ def _sample(args: argparse.Namespace) -> None:
     model, tok = load_merged(args.model, args.adapter, args.device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     prompt = tok.encode(args.prompt, allowed_special="all")
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
-    ends = set(getattr(tok, "stop_tokens", None) or [tok.eot_token])
+    text = tok.decode_stream()  # a character may span tokens
+    ends = set(tok.stop_tokens)
     for tokens, _ in stream(model, [prompt], cfg, stop_tokens=sorted(ends), use_cache=not args.no_cache, pad_token=tok.eot_token):
         token = int(tokens[0])
         if token in ends:
             break
-        sys.stdout.write(utf8.decode(token_bytes(tok, token)))
+        sys.stdout.write(text.add(token))
         sys.stdout.flush()
-    sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+    sys.stdout.write(text.flush() + "\n")
 
 
 def _convert_model(args: argparse.Namespace) -> None:

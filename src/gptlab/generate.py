@@ -1,6 +1,6 @@
 """The ``generate`` stage: a model's responses to held-out instructions.
 
-Prompts are formatted in the fine-tuning prompt style, sampled with the one sampling function
+Prompts are formatted in the fine-tuning prompt style (recorded in the model folder), sampled with the one sampling function
 (:func:`gptlab.sampling.generate`) in batches (sorted by length so little padding is fed),
 stopped at end-of-text, and returned without the prompt.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gptlab.data.instructions import load_records
-from gptlab.data.prompts import encode_prompt, format_prompt, response_text
+from gptlab.data.prompts import encode_prompt, format_prompt, model_prompt_style, response_text
 from gptlab.device import Distributed, pick_device
 from gptlab.io import write_json
 from gptlab.lora import load_merged
@@ -34,13 +34,17 @@ def answer_file(
     out_path: str | Path,
     p: GenerateParams,
     seed: int,
-    style: str = "alpaca",
+    style: str | None = None,
     adapter_dir: str | Path | None = None,
 ) -> list[dict]:
     """Answer every record of ``test_path`` with the model in ``model_dir`` (plus a LoRA adapter);
-    write the records with their ``response`` to ``out_path`` (JSON) and return them."""
+    write the records with their ``response`` to ``out_path`` (JSON) and return them.
+
+    ``style``: the prompt style; None: the one recorded in ``model_dir`` when it was
+    fine-tuned, else alpaca."""
     device = pick_device(p.device, Distributed())
     model, tok = load_merged(model_dir, adapter_dir, str(device))
+    style = style or model_prompt_style(model_dir, "alpaca")
     out = respond(model, tok, load_records(test_path), sampling_config(p, seed), p.batch_size, style)
     write_json(out_path, out)
     return out
@@ -54,9 +58,9 @@ def respond(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], cfg: Samp
     """
     eot = tokenizer.eot_token
     keep = max(1, model.config.context_length - cfg.max_new_tokens)
-    template = getattr(tokenizer, "chat_template", None)
+    template = tokenizer.chat_template
     prompts = [encode_prompt(tokenizer, format_prompt(r["instruction"], r.get("input") or "", style, template), style)[-keep:] for r in records]
-    stops = list(getattr(tokenizer, "stop_tokens", None) or [eot])
+    stops = tokenizer.stop_tokens
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     with progress(total=len(prompts), desc="generate", unit="response") as bar:

@@ -1,16 +1,19 @@
 """Tokenizers: GPT-2 BPE through tiktoken (offline), a regex word-level tokenizer, and any
 Hugging Face ``tokenizers`` tokenizer (e.g. SmolLM2's, rebuilt from its GGUF).
 
-All offer the same small interface the pipeline uses: ``encode_ordinary(text) -> list[int]``
-(special-token text is plain text), ``encode(text, allowed_special=...)``, ``decode(ids)``,
-``eot_token`` and ``n_vocab``; :class:`HFTokenizer` adds ``chat_template`` (Jinja, or None)
-and ``stop_tokens`` (end-of-turn ids such as ``<|im_end|>``). :func:`load_tokenizer` turns a
-name (``"gpt2"``) or a ``tokenizer.json`` path (SimpleTokenizer, gptlab's HF wrapper, or a plain
-Hugging Face ``tokenizer.json``) into one.
+All are a :class:`Tokenizer`, the one interface every consumer calls (as gpt-fast's and
+litgpt's tokenizers do): ``encode(text, allowed_special=...)`` and ``encode_ordinary(text)``
+(special-token text stays plain text) -> ``list[int]``, ``decode(ids) -> str``,
+``token_bytes(id)``, ``decode_stream()`` (incremental, UTF-8 safe), ``eot_token``,
+``stop_tokens`` (end-of-turn ids generation stops at), ``chat_template`` (Jinja, or None),
+``n_vocab``, ``name`` and ``save(path)``. :func:`load_tokenizer` turns a name (``"gpt2"``) or
+a ``tokenizer.json`` path (SimpleTokenizer, gptlab's HF wrapper, or a plain Hugging Face
+``tokenizer.json``) into one.
 """
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import importlib.util
@@ -21,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 
 from gptlab.errors import GptlabError
@@ -36,6 +40,106 @@ GPT2_FILES_SHA256 = {
 }
 # The same pre-tokenizer GPT-2 uses (tiktoken's r50k pattern).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def split_specials(text: str, specials: Iterable[str]) -> list[str]:
+    """Return ``text`` cut around every occurrence of the ``specials`` strings (kept as parts).
+
+    Longest first, so a special that is a prefix of another (``<|a|>`` and ``<|a|>b``) never
+    cuts the longer one short; empty parts are dropped; ``"".join(parts) == text``.
+    """
+    alternatives = sorted(set(specials), key=lambda t: (-len(t), t))
+    if not alternatives:
+        return [text] if text else []
+    return [part for part in re.split("(" + "|".join(map(re.escape, alternatives)) + ")", text) if part]
+
+
+class StreamDecoder:
+    """Incremental decoding for streaming: :meth:`add` one token, get the text it completes.
+
+    A character split across tokens comes out whole once its last byte arrives; :meth:`flush`
+    ends the stream (a character cut short comes out as U+FFFD).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._bytes = tokenizer.token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        """Return the text completed by ``token`` ("" while a character is still incomplete)."""
+        return self._utf8.decode(self._bytes(token))
+
+    def flush(self) -> str:
+        """Return what is left at the end of the stream ("" or U+FFFD for a cut character)."""
+        return self._utf8.decode(b"", final=True)
+
+
+class Tokenizer:
+    """The interface every gptlab tokenizer implements and every consumer calls.
+
+    Subclasses give ``name``, ``eot_token``, ``special_tokens`` (text -> id), ``n_vocab``,
+    :meth:`encode_ordinary`, :meth:`decode` and :meth:`to_json`; the rest is shared.
+    ``chat_template`` is the Jinja chat template or None; ``bos_token``/``eos_token`` are the
+    texts a chat template's ``{{ bos_token }}``/``{{ eos_token }}`` render ("" when unset).
+    """
+
+    name: str = "tokenizer"
+    eot_token: int
+    special_tokens: dict[str, int]
+    chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids, specials included."""
+        raise NotImplementedError
+
+    @property
+    def stop_tokens(self) -> list[int]:
+        """The ids generation stops at (sorted): the end-of-text id, and a chat model's end-of-turn ids."""
+        return [self.eot_token]
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Return token ids of ``text``, treating special-token text as ordinary text."""
+        raise NotImplementedError
+
+    def encode(self, text: str, allowed_special: set[str] | str = "all") -> list[int]:
+        """Return token ids of ``text``; the allowed special tokens (``"all"``: every one) become their own ids."""
+        specials = set(self.special_tokens) if allowed_special == "all" else set(allowed_special) & set(self.special_tokens)
+        if not specials:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for part in split_specials(text, specials):
+            if part in specials:
+                ids.append(self.special_tokens[part])
+            else:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Return :meth:`encode_ordinary` of ``text`` as an integer array of shape (tokens,)."""
+        return np.asarray(self.encode_ordinary(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Return the text of token ids (special tokens included)."""
+        raise NotImplementedError
+
+    def token_bytes(self, token: int) -> bytes:
+        """Return the UTF-8 bytes of one token (a byte-level token may hold part of a character)."""
+        return self.decode([token]).encode("utf-8")
+
+    def decode_stream(self) -> StreamDecoder:
+        """Return a fresh :class:`StreamDecoder` for text generated one token at a time."""
+        return StreamDecoder(self)
+
+    def to_json(self) -> dict:
+        """Return the JSON-serialisable description :func:`load_tokenizer` reads back."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_json` to ``path`` (UTF-8 JSON; :func:`load_tokenizer` reads it)."""
+        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
 
 
 def gpt2_bpe_dir() -> Path:
@@ -70,8 +174,50 @@ def _verified(path: Path, expected: str) -> str:
     return str(path)
 
 
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's BPE: a ``tiktoken.Encoding`` (``encoding``) behind the :class:`Tokenizer` interface.
+
+    Every id is tiktoken's; encoding runs through tiktoken (its numpy path for :meth:`encode_array`).
+    """
+
+    def __init__(self, encoding: tiktoken.Encoding):
+        self.encoding = encoding
+        self.name = encoding.name
+        self.eot_token = encoding.eot_token
+        self.special_tokens = {t: encoding.encode_single_token(t) for t in encoding.special_tokens_set}
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids, ``<|endoftext|>`` included (50257)."""
+        return self.encoding.n_vocab
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Return tiktoken's ids of ``text``, special-token text as ordinary text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode(self, text: str, allowed_special: set[str] | str = "all") -> list[int]:
+        """Return tiktoken's ids of ``text``; the allowed special tokens become their ids, others stay text."""
+        return self.encoding.encode(text, allowed_special=allowed_special, disallowed_special=())
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Return tiktoken's ids of ``text`` (specials as text) as a uint32 array, no Python list of ints."""
+        return self.encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Return the text of token ids (bytes cut mid-character come out as U+FFFD)."""
+        return self.encoding.decode(list(ids))
+
+    def token_bytes(self, token: int) -> bytes:
+        """Return the bytes of one token (may be part of a UTF-8 character)."""
+        return self.encoding.decode_single_token_bytes(token)
+
+    def to_json(self) -> dict:
+        """Return ``{"type": "tiktoken", "name": ...}``: the files are OpenAI's, found by name."""
+        return {"type": "tiktoken", "version": 1, "name": self.name}
+
+
 @functools.lru_cache(maxsize=None)
-def _gpt2_cached(bpe_dir: str) -> tiktoken.Encoding:
+def _gpt2_cached(bpe_dir: str) -> GPT2Tokenizer:
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     folder = Path(bpe_dir)
@@ -79,17 +225,18 @@ def _gpt2_cached(bpe_dir: str) -> tiktoken.Encoding:
         vocab_bpe_file=_verified(folder / "vocab.bpe", GPT2_FILES_SHA256["vocab.bpe"]),
         encoder_json_file=_verified(folder / "encoder.json", GPT2_FILES_SHA256["encoder.json"]),
     )
-    return tiktoken.Encoding(
+    encoding = tiktoken.Encoding(
         name="gpt2",
         explicit_n_vocab=50257,
         pat_str=GPT2_PATTERN,
         mergeable_ranks=ranks,
         special_tokens={ENDOFTEXT: GPT2_EOT_ID},
     )
+    return GPT2Tokenizer(encoding)
 
 
-def gpt2() -> tiktoken.Encoding:
-    """Return GPT-2's BPE as a real ``tiktoken.Encoding`` built from local files (no network).
+def gpt2() -> GPT2Tokenizer:
+    """Return GPT-2's BPE (a ``tiktoken.Encoding`` built from local files, no network, wrapped).
 
     The files' sha256 are checked against tiktoken's pins first. ``n_vocab`` is 50257 and
     ``<|endoftext|>`` is 50256; ``gpt2().encode("Hello, world.") == [15496, 11, 995, 13]``.
@@ -102,7 +249,7 @@ def gpt2() -> tiktoken.Encoding:
 SIMPLE_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 
 
-class SimpleTokenizer:
+class SimpleTokenizer(Tokenizer):
     """A word-level tokenizer: GPT-2-style regex split, vocabulary from a corpus.
 
     Pieces keep their leading space (``" world"``), so ``decode(encode(text)) == text`` for
@@ -123,6 +270,7 @@ class SimpleTokenizer:
         self.str_to_id = {s: i for i, s in enumerate(self.vocab)}
         self.eot_token = self.str_to_id[ENDOFTEXT]
         self.unk_token = self.str_to_id[UNK]
+        self.special_tokens = {ENDOFTEXT: self.eot_token, UNK: self.unk_token}
 
     @property
     def n_vocab(self) -> int:
@@ -153,20 +301,6 @@ class SimpleTokenizer:
         get, unk = self.str_to_id.get, self.unk_token
         return [get(piece, unk) for piece in self.split(text)]
 
-    def encode(self, text: str, allowed_special: set[str] | str = "all") -> list[int]:
-        """Return token ids of ``text``; the allowed special tokens become their own ids."""
-        specials = {ENDOFTEXT, UNK} if allowed_special == "all" else set(allowed_special)
-        if not specials:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        parts = re.split("(" + "|".join(map(re.escape, sorted(specials))) + ")", text)
-        for part in parts:
-            if part in specials:
-                ids.append(self.str_to_id[part])
-            elif part:
-                ids.extend(self.encode_ordinary(part))
-        return ids
-
     def decode(self, ids: Iterable[int]) -> str:
         """Return the text of token ids (unknown pieces come back as ``<|unk|>``)."""
         try:
@@ -178,10 +312,6 @@ class SimpleTokenizer:
     def to_json(self) -> dict:
         """Return the JSON-serialisable description of this tokenizer."""
         return {"type": "simple", "version": 1, "pattern": SIMPLE_PATTERN, "vocab": self.vocab}
-
-    def save(self, path: str | Path) -> None:
-        """Write the vocabulary as JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> SimpleTokenizer:
@@ -215,7 +345,7 @@ HF_FORMAT = "gptlab-hf-tokenizer"
 _EOT_CANDIDATES = ("<|im_end|>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>")
 
 
-class HFTokenizer:
+class HFTokenizer(Tokenizer):
     """A Hugging Face ``tokenizers.Tokenizer`` behind gptlab's tokenizer interface.
 
     ``eot_token``: the end-of-text/turn id generation stops at (default: the first of
@@ -236,7 +366,7 @@ class HFTokenizer:
         if eot_token is None:
             raise GptlabError(f"HFTokenizer: no end-of-text token among {', '.join(_EOT_CANDIDATES)}; pass eot_token")
         self.eot_token = int(eot_token)
-        self.stop_tokens = sorted({self.eot_token, *map(int, stop_tokens)})
+        self._stop_tokens = sorted({self.eot_token, *map(int, stop_tokens)})
         self.special_tokens = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
 
     @property
@@ -252,24 +382,16 @@ class HFTokenizer:
         finally:
             self.tokenizer.encode_special_tokens = False
 
-    def encode(self, text: str, allowed_special: set[str] | str = "all") -> list[int]:
-        """Return token ids of ``text``; the allowed special tokens become their own ids."""
-        specials = set(self.special_tokens) if allowed_special == "all" else set(allowed_special) & set(self.special_tokens)
-        if not specials:
-            return self.encode_ordinary(text)
-        ids: list[int] = []
-        for part in re.split("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")", text):
-            if part in specials:
-                ids.append(self.special_tokens[part])
-            elif part:
-                ids.extend(self.encode_ordinary(part))
-        return ids
+    @property
+    def stop_tokens(self) -> list[int]:
+        """Every end-of-turn id (``eot_token`` included), sorted."""
+        return self._stop_tokens
 
     def decode(self, ids: Iterable[int]) -> str:
         """Return the text of token ids (special tokens included)."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    def decode_single_token_bytes(self, token: int) -> bytes:
+    def token_bytes(self, token: int) -> bytes:
         """Return the bytes of one token (a byte-level token may hold part of a character)."""
         piece = self.tokenizer.id_to_token(token)
         if piece is None:
@@ -288,10 +410,6 @@ class HFTokenizer:
             "eot_token": self.eot_token,
             "stop_tokens": self.stop_tokens,
         }
-
-    def save(self, path: str | Path) -> None:
-        """Write gptlab's ``tokenizer.json`` wrapper to ``path``."""
-        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def from_json(cls, data: dict, path: str | Path = "tokenizer.json") -> HFTokenizer:
@@ -315,16 +433,6 @@ class HFTokenizer:
         return cls(tok, extra.get("chat_template"), tok.token_to_id(eos) if eos else None, stops)
 
 
-Tokenizer = tiktoken.Encoding | SimpleTokenizer | HFTokenizer
-
-
-def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
-    """Return the UTF-8 bytes of one token (a GPT-2 token may hold part of a character)."""
-    if isinstance(tokenizer, (tiktoken.Encoding, HFTokenizer)):
-        return tokenizer.decode_single_token_bytes(token)
-    return tokenizer.decode([token]).encode("utf-8")
-
-
 def load_tokenizer(spec: str | Path) -> Tokenizer:
     """Return the tokenizer named by ``spec``: ``"gpt2"``, or the path of a ``tokenizer.json``
     (SimpleTokenizer, gptlab's HF wrapper, or a Hugging Face ``tokenizer.json``)."""
@@ -338,5 +446,7 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
             raise GptlabError(f"{path}: cannot read a tokenizer: {e}; write it again") from None
         if isinstance(data, dict) and (data.get("type") == HF_FORMAT or isinstance(data.get("model"), dict)):
             return HFTokenizer.from_json(data, path)
+        if isinstance(data, dict) and data.get("type") == "tiktoken":
+            return load_tokenizer(str(data.get("name")))
         return SimpleTokenizer.load(path)
     raise GptlabError(f"unknown tokenizer {str(spec)!r}: use 'gpt2' or the path of a tokenizer.json (SimpleTokenizer or Hugging Face)")

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import tiktoken
 import torch
 
 from gptlab.config import GPTConfig
@@ -36,7 +35,7 @@ from gptlab.convert.gguf import llama_permute, tensor_name
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_path, read_json
 from gptlab.model import GPT
-from gptlab.tokenizer import HFTokenizer, Tokenizer, gpt2_bpe_dir
+from gptlab.tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, gpt2_bpe_dir
 
 DTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 T = gguf.MODEL_TENSOR
@@ -122,13 +121,13 @@ def gguf_vocab(tokenizer: Tokenizer, vocab_size: int) -> VocabOut:
 
     GptlabError for a word-level SimpleTokenizer (llama.cpp has no such model) or a tokenizer
     larger than the model's vocabulary."""
-    if isinstance(tokenizer, tiktoken.Encoding) and tokenizer.name == "gpt2":
+    if isinstance(tokenizer, GPT2Tokenizer) and tokenizer.name == "gpt2":
         out = _gpt2_vocab()
     elif isinstance(tokenizer, HFTokenizer):
         out = _hf_vocab(tokenizer)
     else:
         raise GptlabError(
-            f"tokenizer {getattr(tokenizer, 'name', type(tokenizer).__name__)!r} is not a byte-level BPE; "
+            f"tokenizer {tokenizer.name!r} is not a byte-level BPE; "
             "GGUF export takes gpt2 or a Hugging Face BPE tokenizer (train one with tokenize.tokenizer: bpe)"
         )
     if len(out.tokens) > vocab_size:

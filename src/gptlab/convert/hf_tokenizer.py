@@ -22,11 +22,20 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import tiktoken
-
 from gptlab.errors import GptlabError
 from gptlab.io import read_json, write_json
-from gptlab.tokenizer import ENDOFTEXT, GPT2_FILES_SHA256, SIMPLE_PATTERN, UNK, HFTokenizer, SimpleTokenizer, Tokenizer, gpt2_bpe_dir, load_tokenizer
+from gptlab.tokenizer import (
+    ENDOFTEXT,
+    GPT2_FILES_SHA256,
+    SIMPLE_PATTERN,
+    UNK,
+    GPT2Tokenizer,
+    HFTokenizer,
+    SimpleTokenizer,
+    Tokenizer,
+    gpt2_bpe_dir,
+    load_tokenizer,
+)
 
 
 def _gpt2_tokenizer():
@@ -59,16 +68,14 @@ def _simple_tokenizer(simple: SimpleTokenizer):
 def to_hf_tokenizer(tokenizer: Tokenizer):
     """Return the ``tokenizers.Tokenizer`` equivalent to a gptlab tokenizer (same ids for any text).
 
-    GptlabError for a tiktoken encoding other than GPT-2's."""
+    GptlabError for a tiktoken-based tokenizer other than GPT-2's."""
     if isinstance(tokenizer, HFTokenizer):
         return tokenizer.tokenizer
     if isinstance(tokenizer, SimpleTokenizer):
         return _simple_tokenizer(tokenizer)
-    if isinstance(tokenizer, tiktoken.Encoding) and tokenizer.name == "gpt2":
+    if isinstance(tokenizer, GPT2Tokenizer) and tokenizer.name == "gpt2":
         return _gpt2_tokenizer()
-    raise GptlabError(
-        f"tokenizer {getattr(tokenizer, 'name', type(tokenizer).__name__)!r} has no Hugging Face form; use gpt2, a SimpleTokenizer or an HFTokenizer"
-    )
+    raise GptlabError(f"tokenizer {tokenizer.name!r} has no Hugging Face form; use gpt2, a SimpleTokenizer or an HFTokenizer")
 
 
 def special_ids(tokenizer: Tokenizer) -> dict:
@@ -76,10 +83,8 @@ def special_ids(tokenizer: Tokenizer) -> dict:
     ``<|endoftext|>`` is both bos and eos; an HFTokenizer has no bos here (None) and its
     ``stop_tokens`` as stop ids."""
     eot = int(tokenizer.eot_token)
-    if isinstance(tokenizer, tiktoken.Encoding):
-        return {"bos_token_id": eot, "eos_token_id": eot, "stop_token_ids": [eot]}
-    stops = list(getattr(tokenizer, "stop_tokens", [eot]))
-    return {"bos_token_id": eot if isinstance(tokenizer, SimpleTokenizer) else None, "eos_token_id": eot, "stop_token_ids": stops}
+    bos = eot if isinstance(tokenizer, (GPT2Tokenizer, SimpleTokenizer)) else None
+    return {"bos_token_id": bos, "eos_token_id": eot, "stop_token_ids": list(tokenizer.stop_tokens)}
 
 
 def tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
@@ -88,18 +93,17 @@ def tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
     ids = special_ids(tokenizer)
     name = hf.id_to_token
     cfg = {
-        "tokenizer_class": "GPT2Tokenizer" if isinstance(tokenizer, tiktoken.Encoding) else "PreTrainedTokenizerFast",
+        "tokenizer_class": "GPT2Tokenizer" if isinstance(tokenizer, GPT2Tokenizer) else "PreTrainedTokenizerFast",
         "add_prefix_space": False,
         "add_bos_token": False,
         "bos_token": name(ids["bos_token_id"]) if ids["bos_token_id"] is not None else None,
         "eos_token": name(ids["eos_token_id"]),
-        "unk_token": UNK if isinstance(tokenizer, SimpleTokenizer) else (ENDOFTEXT if isinstance(tokenizer, tiktoken.Encoding) else None),
+        "unk_token": UNK if isinstance(tokenizer, SimpleTokenizer) else (ENDOFTEXT if isinstance(tokenizer, GPT2Tokenizer) else None),
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
     }
-    template = getattr(tokenizer, "chat_template", None)
-    if template:
-        cfg["chat_template"] = template
+    if tokenizer.chat_template:
+        cfg["chat_template"] = tokenizer.chat_template
     return {k: v for k, v in cfg.items() if v is not None}
 
 
@@ -119,7 +123,7 @@ def write_hf_tokenizer(tokenizer: Tokenizer, folder: str | Path, model_max_lengt
     write_json(folder / "tokenizer_config.json", tokenizer_config(tokenizer, model_max_length))
     write_json(folder / "generation_config.json", generation_config(tokenizer))
     names = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
-    if isinstance(tokenizer, tiktoken.Encoding):
+    if isinstance(tokenizer, GPT2Tokenizer):
         shutil.copyfile(gpt2_bpe_dir() / "encoder.json", folder / "vocab.json")
         shutil.copyfile(gpt2_bpe_dir() / "vocab.bpe", folder / "merges.txt")
         names += ["vocab.json", "merges.txt"]
@@ -131,7 +135,7 @@ def _sha256(path: Path) -> str | None:
 
 
 def read_hf_tokenizer(folder: str | Path, gpt2_default: bool = True) -> Tokenizer:
-    """Return the tokenizer of a Hugging Face folder: GPT-2's tiktoken encoding when its
+    """Return the tokenizer of a Hugging Face folder: GPT-2's (tiktoken) when its
     ``vocab.json``/``merges.txt`` are OpenAI's files (or, with ``gpt2_default``, when it has no
     ``tokenizer.json``), else an :class:`~gptlab.tokenizer.HFTokenizer` from ``tokenizer.json``
     (+ ``tokenizer_config.json``). GptlabError when there is none and no default."""

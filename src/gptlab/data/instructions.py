@@ -216,12 +216,12 @@ def encode_example(record: Mapping, tokenizer: Tokenizer, style: str = "alpaca",
     """Return ``(ids, prompt_len)``: token ids of prompt + response + end-of-text (list of int)
     and the number of prompt tokens at their start.
 
-    ``tokenizer``: a tiktoken Encoding or a SimpleTokenizer; texts go through
+    ``tokenizer``: any :class:`~gptlab.tokenizer.Tokenizer`; texts go through
     ``encode_ordinary`` (so ``<|endoftext|>`` written in a record is plain text), prompt and
     response separately, so ``ids[:prompt_len]`` is exactly the encoded prompt that generation
     will see. ``eot_id`` defaults to ``tokenizer.eot_token``.
     """
-    prompt, response = format_example(record, style, getattr(tokenizer, "chat_template", None))
+    prompt, response = format_example(record, style, tokenizer.chat_template)
     prompt_ids = encode_prompt(tokenizer, prompt, style)
     ids = prompt_ids + tokenizer.encode_ordinary(response) + [tokenizer.eot_token if eot_id is None else eot_id]
     return ids, len(prompt_ids)

@@ -19,6 +19,9 @@ both from the Alpaca template, differ in two places:
     ``"\\n\\n### Response:\\n" + output`` (so the marker is part of the response, learned and
     not masked by ``mask_prompt``), and generation feeds the prompt alone, so the model writes
     the marker itself; :func:`response_text` removes it as the book does.
+
+A fine-tuned model records its style in its folder's ``config.json`` (key ``prompt_style``);
+:func:`model_prompt_style` reads it back, so generate, score and serve prompt it as it was trained.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.io import read_json
 
 ALPACA_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 ALPACA_HEADER_WITH_INPUT = (
@@ -36,11 +41,26 @@ ALPACA_HEADER_WITH_INPUT = (
 )
 RESPONSE_MARK = "### Response:"
 PROMPT_STYLES = ("alpaca", "book", "chat")
+PROMPT_STYLE_KEY = "prompt_style"  # the key of a model folder's config.json that records the style
 
 
 def _check_style(style: str) -> None:
     if style not in PROMPT_STYLES:
         raise GptlabError(f"prompt style {style!r} is unknown; choose one of {', '.join(PROMPT_STYLES)}")
+
+
+def model_prompt_style(folder: str | Path, default: str | None = None) -> str | None:
+    """Return the prompt style recorded in ``folder/config.json`` (key ``prompt_style``, written
+    when fine-tuning), or ``default`` when the folder records none (a base model, a Hugging Face
+    or OpenAI folder). GptlabError naming the file when the recorded style is unknown."""
+    path = Path(str(folder).removeprefix("hf:")) / "config.json"
+    data = read_json(path, "a model folder's config.json") if path.is_file() else {}
+    style = data.get(PROMPT_STYLE_KEY) if isinstance(data, dict) else None
+    if style is None:
+        return default
+    if style not in PROMPT_STYLES:
+        raise GptlabError(f"{path}: {PROMPT_STYLE_KEY} {style!r} is unknown; choose one of {', '.join(PROMPT_STYLES)} (or fine-tune the model again)")
+    return style
 
 
 @functools.lru_cache(maxsize=8)

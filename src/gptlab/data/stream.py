@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tiktoken
 
 from gptlab.data.corpus import Document, _split_one, chunk_bounds, corpus_files, hash_in_val, is_blank, read_text, seed_key, text_pieces
 from gptlab.data.records import PARQUET_SUFFIXES, arrow_texts, is_record_file, jsonl_blobs, jsonl_texts, parquet_batches
@@ -184,17 +183,6 @@ def _init_worker(tokenizer: Tokenizer, text_field: str, seed: int, val_fraction:
     _STATE = (tokenizer, text_field, seed_key(seed), val_fraction, slots)
 
 
-def encode_ordinary_array(tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """Return ``tokenizer.encode_ordinary(text)`` as an integer array of shape (tokens,)
-    (uint32 from tiktoken's numpy fast path, no Python list of ints; else int64).
-
-    Special-token text stays ordinary text either way.
-    """
-    if isinstance(tokenizer, tiktoken.Encoding):
-        return tokenizer.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-    return np.asarray(tokenizer.encode_ordinary(text))
-
-
 def unit_texts(unit: Unit, text_field: str, key: bytes, val_fraction: float) -> Iterator[tuple[int, str, bool, int]]:
     """Yield ``(split, text, ends_document, utf8_bytes)`` for the text of one unit, in order
     (records get their split from the seeded hash keyed by ``key``)."""
@@ -224,7 +212,7 @@ def encode_unit(unit: Unit, slot: int | None = None) -> tuple[np.ndarray | int, 
     parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     docs, nbytes, sizes = [0, 0], [0, 0], [0, 0]
     for split, text, ends, size in unit_texts(unit, text_field, key, val_fraction):
-        ids = encode_ordinary_array(tokenizer, text)
+        ids = tokenizer.encode_array(text)
         parts[split].append(ids)
         sizes[split] += len(ids)
         nbytes[split] += size

@@ -24,7 +24,7 @@ import numpy as np
 
 from gptlab.data.corpus import Document, chunk_bounds
 from gptlab.data.shards import MAX_VOCAB, ShardWriter, read_header
-from gptlab.data.stream import SPLITS, TRAIN, encode_ordinary_array, encode_units, plan_corpus, seed_key, unit_texts
+from gptlab.data.stream import SPLITS, TRAIN, encode_units, plan_corpus, seed_key, unit_texts
 from gptlab.data.vocab import byte_tokenizer, train_bpe
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
@@ -37,9 +37,15 @@ from gptlab.tokenizer import SimpleTokenizer, Tokenizer, gpt2
 _WORKER_STATE: tuple[Tokenizer, list[str]] | None = None
 
 
+def _check_fits(tokenizer: Tokenizer) -> None:
+    """Raise GptlabError when ``tokenizer``'s ids do not fit uint16 shards."""
+    if tokenizer.n_vocab > MAX_VOCAB:
+        raise GptlabError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids; uint16 shards hold at most {MAX_VOCAB}")
+
+
 def _encode_group(spans: list[tuple[int, int, int]]) -> list[np.ndarray]:
     tokenizer, texts = _WORKER_STATE
-    return [encode_ordinary_array(tokenizer, texts[doc][start:end]).astype(np.uint16) for doc, start, end in spans]
+    return [tokenizer.encode_array(texts[doc][start:end]).astype(np.uint16) for doc, start, end in spans]
 
 
 def _balanced_groups(spans: list[tuple[int, int, int]], n: int) -> list[list[tuple[int, int, int]]]:
@@ -62,8 +68,7 @@ def encode_documents(docs: Sequence[Document], tokenizer: Tokenizer, workers: in
     this process encodes the last, so no core waits on a dispatcher.
     """
     global _WORKER_STATE
-    if tokenizer.n_vocab > MAX_VOCAB:
-        raise GptlabError(f"tokenizer {getattr(tokenizer, 'name', '?')} has {tokenizer.n_vocab} ids; uint16 shards hold at most {MAX_VOCAB}")
+    _check_fits(tokenizer)
     workers = workers or os.cpu_count() or 1
     spans = [(i, a, b) for i, d in enumerate(docs) for a, b in chunk_bounds(d.text, chunk_chars)]
     groups = _balanced_groups(spans, workers)
@@ -134,8 +139,7 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
     train_texts = _train_texts(params, corpus_dir, seed) if params.tokenizer in TRAINED else ()
     tokenizer = build_tokenizer(params.tokenizer, train_texts, params.vocab_size)
-    if tokenizer.n_vocab > MAX_VOCAB:
-        raise GptlabError(f"tokenizer {getattr(tokenizer, 'name', '?')} has {tokenizer.n_vocab} ids; uint16 shards hold at most {MAX_VOCAB}")
+    _check_fits(tokenizer)
     workers = params.workers or os.cpu_count() or 1
     meta: dict = {"format_version": 1, "dtype": "uint16", "tokenizer": "gpt2" if params.tokenizer == "gpt2" else "tokenizer.json",
                   "vocab_size": tokenizer.n_vocab, "eot_token": tokenizer.eot_token, "splits": {}, "files": {}}  # fmt: skip

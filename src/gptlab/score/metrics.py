@@ -115,7 +115,7 @@ def _reference_ids(record: dict, tokenizer: Tokenizer, style: str, context: int,
     """
     if "instruction" not in record or "output" not in record:
         raise GptlabError(f"record {index} lacks 'instruction' or 'output' (keys {list(record)[:6]}); reference_loss needs Alpaca records")
-    prompt_text, response = format_example({**record, "output": str(record["output"])}, style, getattr(tokenizer, "chat_template", None))
+    prompt_text, response = format_example({**record, "output": str(record["output"])}, style, tokenizer.chat_template)
     prompt = encode_prompt(tokenizer, prompt_text, style)
     target = tokenizer.encode_ordinary(response) + [tokenizer.eot_token]
     excess = len(prompt) + len(target) - (context + 1)

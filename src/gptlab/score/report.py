@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from gptlab.convert.load_any import load_any
+from gptlab.data.prompts import model_prompt_style
 from gptlab.errors import GptlabError
 from gptlab.io import read_json, write_json
 from gptlab.params import ScoreParams
@@ -33,16 +34,17 @@ def load_responses(path: str | Path) -> list[dict]:
     return records
 
 
-def score_engine(records: list[dict], p: ScoreParams, model_dir: str | Path | None = None, style: str = "alpaca") -> pd.DataFrame:
+def score_engine(records: list[dict], p: ScoreParams, model_dir: str | Path | None = None, style: str | None = None) -> pd.DataFrame:
     """Return one row per record: offline metrics, ``loss`` (nats/token of the reference output
-    under the gptlab model in ``model_dir``, when given) and, with a judge, ``judge_score``
+    under the gptlab model in ``model_dir``, when given, in prompt ``style``; None: the style
+    recorded in ``model_dir``, else alpaca) and, with a judge, ``judge_score``
     (0..100, empty when unscored), ``judge_reply``, ``judge_attempts`` and ``judge_error`` (why
     the request failed; empty when it did not)."""
     df = pd.DataFrame([record_metrics(r) for r in records])
     df.insert(0, "record", range(len(records)))
     if model_dir is not None:
         model, tok = load_any(model_dir)
-        df["loss"] = reference_loss(model, tok, records, style, p.loss_batch_size)
+        df["loss"] = reference_loss(model, tok, records, style or model_prompt_style(model_dir, "alpaca"), p.loss_batch_size)
     if p.judge.api != "none":
         results = judge_records(records, p.judge)
         df["judge_score"] = pd.array([r.score for r in results], dtype="Int64")
@@ -68,7 +70,7 @@ def score_responses(
     p: ScoreParams,
     csv_path: str | Path,
     metrics_path: str | Path,
-    style: str = "alpaca",
+    style: str | None = None,
     provenance_path: str | Path | None = None,
 ) -> dict:
     """Score each engine's responses (``engines``: name -> (responses JSON, gptlab model dir or

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptlab import __version__
+from gptlab.data.prompts import model_prompt_style
 from gptlab.errors import GptlabError
 from gptlab.lora import load_merged
 from gptlab.model import GPT
@@ -42,12 +43,14 @@ def create_app(
     model_name: str = "gptlab",
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-    prompt_style: str = "alpaca",
+    prompt_style: str | None = None,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
     """Return the FastAPI app serving ``model`` under ``model_name`` (also ``model_name:latest``).
 
+    ``prompt_style``: the model's instruction style (None: its chat template, else alpaca; see
+    :func:`gptlab.serve.prompts.prompt_builder`);
     ``allowed_hosts``: Host names answered besides loopback ones (``*``: any);
     ``allowed_origins``: browser origins allowed to call it (``*``: any), who also get CORS headers.
     """
@@ -108,6 +111,7 @@ def build_app(
 
     With ``adapter_dir`` the LoRA adapters there are loaded and merged into the weights
     first. ``model_name`` defaults to the folder's name (``models/finetuned`` -> ``finetuned``).
+    Chat prompts take the prompt style recorded in ``model_dir`` (as fine-tuned), if any.
     """
     model, tokenizer = load_merged(model_dir, adapter_dir)
     name = model_name or Path(model_dir).resolve().name
@@ -117,6 +121,7 @@ def build_app(
         name,
         max_body_bytes=max_body_bytes,
         max_tokens_limit=max_tokens_limit,
+        prompt_style=model_prompt_style(model_dir),
         allowed_hosts=allowed_hosts,
         allowed_origins=allowed_origins,
     )

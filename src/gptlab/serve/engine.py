@@ -8,7 +8,6 @@ cancelled between tokens (a client that left, streaming or not, frees the model 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,7 +19,7 @@ from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig, stream
 from gptlab.serve.errors import ApiError
 from gptlab.serve.prompts import ChatMessage, Prompt, PromptBuilder, prompt_builder
-from gptlab.tokenizer import Tokenizer, token_bytes
+from gptlab.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there
@@ -78,14 +77,15 @@ def _holdback(text: str, stops: list[str]) -> int:
 class Engine:
     """One model and its tokenizer behind a lock, generating on one worker thread.
 
-    ``prompt_style`` is the instruction style used for chat when the tokenizer has no
-    ``chat_template`` (see :mod:`gptlab.serve.prompts`).
+    ``prompt_style``: the style chat prompts are built in, as the model was fine-tuned (None:
+    the tokenizer's ``chat_template`` if any, else alpaca; see :func:`gptlab.serve.prompts.prompt_builder`).
     """
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, prompt_style: str = "alpaca"):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, prompt_style: str | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_tokens_limit = max_tokens_limit
+        self.prompt_style = prompt_style
         self.builder: PromptBuilder = prompt_builder(tokenizer, prompt_style)
         self.lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptlab-generate")
@@ -120,11 +120,11 @@ class Engine:
         string or the start of one; setting ``cancelled`` ends generation at the next token.
         """
         stop = [s for s in (stop or []) if s]
-        ends = set(getattr(self.tokenizer, "stop_tokens", None) or [self.tokenizer.eot_token])  # end-of-turn ids of a chat model
+        ends = set(self.tokenizer.stop_tokens)  # end-of-text and a chat model's end-of-turn ids
         with self.lock:
             start = time.perf_counter()
             ids = self.encode(prompt)
-            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            decoder = self.tokenizer.decode_stream()
             text, sent, n, finish, flush = "", 0, 0, "length", True
             if self._stopped(cancelled):
                 finish = "cancelled"  # the client left while this request waited for the model
@@ -135,7 +135,7 @@ class Engine:
                         finish = "stop"
                         break
                     n += 1
-                    text += decoder.decode(token_bytes(self.tokenizer, token))
+                    text += decoder.add(token)
                     cut = _stop_at(text, stop)
                     if cut is not None:
                         text, finish, flush = text[:cut], "stop", False
@@ -149,7 +149,7 @@ class Engine:
                         finish = "cancelled"
                         break
             if flush:  # bytes of a character cut short by the end come out as U+FFFD
-                text += decoder.decode(b"", final=True)
+                text += decoder.flush()
             if on_text is not None and len(text) > sent:
                 on_text(text[sent:])
             return Completion(text, len(ids), n, finish, time.perf_counter() - start)

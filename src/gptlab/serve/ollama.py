@@ -216,7 +216,8 @@ async def show(body: ShowRequest = Depends(json_body(ShowRequest)), s: Served = 
         raise ApiError(400, "model is required; send the name from /api/tags")
     check_model(s, name, openai=False)
     cfg = s.engine.model.config
-    template = getattr(s.engine.tokenizer, "chat_template", None) or format_prompt("{{ .Prompt }}")
+    style = s.engine.prompt_style
+    template = (s.engine.tokenizer.chat_template if style in (None, "chat") else None) or format_prompt("{{ .Prompt }}", style=style or "alpaca")
     parameters = "temperature 0.8\ntop_k 40\ntop_p 0.9\nnum_predict 128"
     arch = s.family
     info = {

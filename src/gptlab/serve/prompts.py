@@ -1,9 +1,10 @@
 """Chat messages and the prompt builders that turn them into one prompt for the model.
 
-A builder is chosen by :func:`prompt_builder`: a tokenizer with a non-empty ``chat_template``
-attribute (a Jinja string, as Hugging Face tokenizers carry) renders the messages with it
-(``add_generation_prompt=True``); any other gets the instruction prompt style (alpaca), where
-the last user message is the instruction; the messages before it (system, earlier user and
+A builder is chosen by :func:`prompt_builder` from the prompt style the model was fine-tuned
+with (recorded in its folder): ``chat`` renders the messages with the tokenizer's chat template
+(a Jinja string, as Hugging Face tokenizers carry; ``add_generation_prompt=True``); ``alpaca``
+and ``book`` are instruction prompts. With no recorded style a tokenizer's chat template wins,
+else alpaca. In an instruction prompt the last user message is the instruction; the messages before it (system, earlier user and
 assistant turns, in order) are folded into the ``### Input:`` block as ``System: ...``,
 ``User: ...``, ``Assistant: ...`` paragraphs, and messages after it (an assistant prefill) are
 appended after ``### Response:`` for the model to continue.
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_
 from gptlab.data.prompts import compile_chat_template, format_prompt
 from gptlab.errors import GptlabError
 from gptlab.serve.errors import ApiError, from_validation
+from gptlab.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,17 @@ def template_builder(chat_template: str, bos_token: str = "", eos_token: str = "
     return build
 
 
-def prompt_builder(tokenizer: object, style: str = "alpaca") -> PromptBuilder:
-    """Return the tokenizer's chat-template builder if it has a non-empty ``chat_template``, else :func:`alpaca_builder`."""
-    chat_template = getattr(tokenizer, "chat_template", None)
-    if isinstance(chat_template, str) and chat_template.strip():
-        bos, eos = (getattr(tokenizer, name, None) for name in ("bos_token", "eos_token"))
-        return template_builder(chat_template, bos if isinstance(bos, str) else "", eos if isinstance(eos, str) else "")
-    return alpaca_builder(style)
+def prompt_builder(tokenizer: Tokenizer, style: str | None = None) -> PromptBuilder:
+    """Return the builder of the model's prompt ``style`` (as fine-tuned; see
+    :func:`gptlab.data.prompts.model_prompt_style`): ``chat`` renders the tokenizer's chat
+    template, ``alpaca``/``book`` are :func:`alpaca_builder`. ``None`` (no recorded style): the
+    chat template when the tokenizer has one, else alpaca. GptlabError for ``chat`` without a template."""
+    template = tokenizer.chat_template if tokenizer.chat_template and tokenizer.chat_template.strip() else None
+    if style == "chat" and template is None:
+        raise GptlabError("serve: prompt_style chat needs a tokenizer with a chat template; this model's has none (serve it with alpaca or book)")
+    if template is not None and style in (None, "chat"):
+        return template_builder(template, tokenizer.bos_token, tokenizer.eos_token)
+    return alpaca_builder(style or "alpaca")
 
 
 def parse_messages(messages: object) -> list[ChatMessage]:

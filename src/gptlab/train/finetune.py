@@ -22,7 +22,7 @@ from gptlab.checkpoint import load_weights, read_config, save_model
 from gptlab.convert.load_any import load_any
 from gptlab.convert.peft import peft_files
 from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, load_records
-from gptlab.data.prompts import encode_prompt, format_prompt
+from gptlab.data.prompts import PROMPT_STYLE_KEY, encode_prompt, format_prompt
 from gptlab.device import pick_device
 from gptlab.io import atomic_dir
 from gptlab.lora import inject_lora, lora_parameter_counts, lora_state, mark_only_lora_trainable, merge_lora, model_hash, save_adapter
@@ -38,13 +38,15 @@ from gptlab.train.runtime import setup_distributed
 @dataclasses.dataclass
 class FinetuneResult:
     """A finished fine-tuning run: the loop's result, the tuned model (LoRA still unmerged), its
-    tokenizer spec, the LoRA config (None for full fine-tuning) and the base weights' sha256."""
+    tokenizer spec, the LoRA config (None for full fine-tuning), the base weights' sha256 and the
+    prompt style it was trained with (recorded in the published model)."""
 
     train: TrainResult
     model: GPT
     tokenizer_spec: str
     lora: object | None
     base_sha256: str
+    prompt_style: str = "alpaca"
 
 
 class InstructionSource:
@@ -157,12 +159,12 @@ def finetune(
         model = _trained_model(base_dir, lora_cfg, result.latest, device)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
-    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha)
+    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha, p.prompt_style)
 
 
 def _sampler(tokenizer, record: dict, prompt_style: str, ctx: int) -> Callable[[GPT], str]:
     """Return ``sample(model)``: the instruction of ``record`` and the model's greedy 32-token answer to its prompt."""
-    template = getattr(tokenizer, "chat_template", None)
+    template = tokenizer.chat_template
     ids = encode_prompt(tokenizer, format_prompt(record["instruction"], record.get("input") or "", prompt_style, template), prompt_style)
 
     def sample(m: GPT) -> str:
@@ -183,7 +185,8 @@ def _trained_model(base_dir: Path, lora_cfg, latest: Path, device: torch.device)
 
 def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
     """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
-    checkpoint any stage can load) and, for LoRA, ``out/adapter/`` (adapter weights + JSON).
+    checkpoint any stage can load, recording the prompt style under ``prompt_style``) and, for
+    LoRA, ``out/adapter/`` (adapter weights + JSON).
     Replaces ``out`` once complete; returns it."""
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -191,9 +194,8 @@ def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
         if result.lora is not None:
             save_adapter_and_peft(model, result.lora, tmp / "adapter", result.base_sha256)
             model = merge_lora(model)
-        staged = save_model(
-            tmp / "merged", model, result.tokenizer_spec, {"finetune": {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}}
-        )
+        summary = {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}
+        staged = save_model(tmp / "merged", model, result.tokenizer_spec, {"finetune": summary, PROMPT_STYLE_KEY: result.prompt_style})
         for f in staged.iterdir():
             shutil.move(str(f), tmp / f.name)
         staged.rmdir()
