@@ -382,8 +382,9 @@ def tiny_hf_weights(config, seed: int = 0) -> dict[str, np.ndarray]:
 def test_tiny_gguf_converts_to_a_litgpt_checkpoint(tmp_path):
     """Write a tiny GGUF as llama.cpp would, convert it, and check every litgpt tensor, the files and a forward pass."""
     import yaml
-    from litgpt import GPT, Config
     from litgpt.tokenizer import Tokenizer
+
+    from litgpt import GPT, Config
 
     config = tiny_config()
     hf = tiny_hf_weights(config)
@@ -462,8 +463,9 @@ def test_smollm2_wrong_config_is_refused(smollm2_reader, smollm2_gguf):
 def test_smollm2_converted_answers_paris(tmp_path_factory, monkeypatch):
     """litgpt's Python API on the converted directory answers the capital of France (greedy, fp32, ChatML prompt)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from litgpt import LLM
     from litgpt.prompts import SmolLM2
+
+    from litgpt import LLM
 
     out = converted_smollm2(tmp_path_factory)
     t0 = time.perf_counter()
@@ -478,9 +480,10 @@ def test_smollm2_converted_answers_paris(tmp_path_factory, monkeypatch):
 @pytest.mark.slow
 def test_smollm2_matches_transformers_gguf_loader(smollm2_gguf, smollm2_reader):
     """transformers' own GGUF loader (its reverse Q/K permutation) gives the same weights, tensor for tensor."""
-    from litgpt import Config
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from litgpt import Config
 
     meta = load_gguf_checkpoint(str(smollm2_gguf))
     hf = load_gguf_checkpoint(str(smollm2_gguf), return_tensors=True, model_to_load=LlamaForCausalLM(LlamaConfig(**meta["config"])))["tensors"]

@@ -12,7 +12,7 @@ from gptlab.convert.gguf_export import export_gguf
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.tokenizer import SimpleTokenizer, gpt2
-from test_hf_export import LLAMA, MIXED, QWEN2, random_model, small_bpe
+from tests.convert.test_hf_export import LLAMA, MIXED, QWEN2, random_model, small_bpe
 
 transformers = pytest.importorskip("transformers")
 TEXT = "Hello, world.<|im_start|>the lazy fox<|im_end|> 12345 ünï ✓"

@@ -12,7 +12,7 @@ from gptlab.convert.hf import export_hf
 from gptlab.lora import inject_lora, lora_modules, merge_lora, model_hash, save_adapter
 from gptlab.model import GPT
 from gptlab.params import LoraParams
-from test_hf_export import LLAMA, QWEN2, random_model
+from tests.convert.test_hf_export import LLAMA, QWEN2, random_model
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

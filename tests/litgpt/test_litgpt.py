@@ -29,15 +29,9 @@ from gptlab.litgpt.runner import (  # noqa: E402
     write_litgpt_json,
 )
 from gptlab.params import LitgptParams  # noqa: E402
+from tests.helpers.records import INSTRUCTIONS  # noqa: E402
 
-RECORDS = [
-    {"instruction": "Name a primary colour.", "input": "", "output": "Red."},
-    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
-    {"instruction": "Give the opposite of hot.", "output": "Cold."},
-    {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
-    {"instruction": "Say hello.", "input": "", "output": "Hello!"},
-    {"instruction": "Count to three.", "input": "", "output": "1, 2, 3"},
-]
+RECORDS = INSTRUCTIONS
 
 
 def test_write_litgpt_json_keeps_instruction_input_output(tmp_path):
@@ -76,9 +70,10 @@ def test_finetune_params_are_checked():
 
 def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     """Write a random 2-layer litgpt Llama (width 32) with a byte-level tokenizer (3 ChatML specials + 256 bytes)."""
-    from litgpt import GPT, Config
     from litgpt.utils import save_config
     from tokenizers.pre_tokenizers import ByteLevel
+
+    from litgpt import GPT, Config
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens = specials + sorted(ByteLevel.alphabet())
@@ -169,7 +164,6 @@ def test_litgpt_serve_openai_chat_on_converted_smollm2(tmp_path_factory):
     is read from ``max_completion_tokens``, not ``max_tokens``.
     """
     import requests
-
     import test_gguf
 
     ckpt = test_gguf.converted_smollm2(tmp_path_factory)

@@ -8,7 +8,7 @@ from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.tokenizer import gpt2
-from test_hf_export import LLAMA, QWEN2, random_model, small_bpe
+from tests.convert.test_hf_export import LLAMA, QWEN2, random_model, small_bpe
 
 litgpt = pytest.importorskip("litgpt")
 

@@ -5,7 +5,7 @@ import pytest
 from gptlab.errors import ParamsError
 from gptlab.params import DownloadParams, Params, TokenizeParams, load_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """
 seed: 7

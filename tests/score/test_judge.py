@@ -5,19 +5,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 import yaml
 
-from fake_judge import fake_judge
-from gptlab.checkpoint import save_model
-from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT
 from gptlab.params import JudgeParams
 from gptlab.params.loader import from_dict
 from gptlab.score import judge
 from gptlab.score.judge import DEFAULT_STRICT_SUFFIX, JudgeResult, check_reachable, endpoint, judge_prompt, judge_records, parse_score
 from gptlab.serve import build_app, running_server
+from tests.score.fake_judge import fake_judge
 
 RECORDS = [
     {"instruction": "Name the capital of France.", "input": "", "output": "Paris.", "response": "Paris"},
@@ -70,7 +66,7 @@ def test_default_prompt_is_the_books():
 
 def test_one_config_type_with_the_params_yaml_defaults():
     assert not hasattr(judge, "JudgeConfig")  # issue 12.3: JudgeParams is the judge's config
-    section = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text(encoding="utf-8"))["score"]["judge"]
+    section = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text(encoding="utf-8"))["score"]["judge"]
     assert from_dict(JudgeParams, section) == JudgeParams() and JudgeParams().retries == 2
     with pytest.raises(ValueError, match=r"unknown placeholders \['answer'\]"):
         JudgeParams(prompt="rate {answer}")
@@ -209,10 +205,8 @@ def test_ollama_without_the_model_says_how_to_pull_it():
 
 
 @pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory, one_torch_thread):
-    torch.manual_seed(0)
-    folder = save_model(tmp_path_factory.mktemp("judge") / "tiny", GPT(GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)))
-    with running_server(build_app(folder, model_name="tiny")) as url:
+def tiny_server(model_dir, one_torch_thread):
+    with running_server(build_app(model_dir, model_name="tiny")) as url:
         yield url
 
 

@@ -6,10 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlab.config import GPTConfig
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
-from gptlab.model import GPT
 from gptlab.score import metrics
 from gptlab.score.metrics import (
     normalise,
@@ -23,13 +21,10 @@ from gptlab.score.metrics import (
     summarise,
 )
 from gptlab.tokenizer import gpt2
+from tests.helpers.models import tiny_gpt2
+from tests.helpers.records import INSTRUCTIONS
 
-CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
-RECORDS = [
-    {"instruction": "Name the capital of France.", "input": "", "output": "Paris."},
-    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "The sum is 5."},
-    {"instruction": "Say hi.", "output": "Hi there, friend!"},
-]
+RECORDS = INSTRUCTIONS[:3]
 
 
 def test_normalise_is_squad_style():
@@ -125,8 +120,7 @@ def _manual_loss(model, tok, record):
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return tiny_gpt2().eval()
 
 
 def test_reference_loss_matches_teacher_forcing_by_hand(model):
@@ -140,8 +134,7 @@ def test_reference_loss_matches_teacher_forcing_by_hand(model):
 
 
 def test_reference_loss_of_a_uniform_model_is_log_vocab():
-    torch.manual_seed(0)
-    model = GPT(CFG).eval()
+    model = tiny_gpt2().eval()
     with torch.no_grad():
         model.tok_emb.weight.zero_()  # tied head: every logit is 0, p = 1/50257 per token
     losses = reference_loss(model, gpt2(), RECORDS, batch_size=2)

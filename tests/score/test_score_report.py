@@ -10,28 +10,19 @@ import time
 import httpx
 import pandas as pd
 import pytest
-import torch
 
-from fake_judge import fake_judge
-from gptlab.checkpoint import save_model
-from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.model import GPT
 from gptlab.params import JudgeParams, ScoreParams
 from gptlab.score.report import load_responses, score_responses
 from gptlab.serve import build_app, running_server
+from tests.helpers.records import INSTRUCTIONS
+from tests.score.fake_judge import fake_judge
 
 RESPONSES = [
-    {"instruction": "Name a primary colour.", "input": "", "output": "Red.", "response": "Red."},
-    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "response": "The sum is 5"},
-    {"instruction": "Say hello.", "input": "", "output": "Hello!", "response": ""},
+    dict(INSTRUCTIONS[0], response="Red."),
+    dict(INSTRUCTIONS[1], response="The sum is 5"),
+    dict(INSTRUCTIONS[4], response=""),
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model(tmp_path_factory.mktemp("score") / "tiny", GPT(GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)))
 
 
 def write(tmp_path, name, records):

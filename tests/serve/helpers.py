@@ -1,28 +1,12 @@
-"""Shared pieces of the ``gptlab serve`` tests: a tiny checkpoint and response parsers."""
+"""Shared pieces of the ``gptlab serve`` tests: a chat and response parsers (the tiny checkpoint is the ``model_dir`` fixture)."""
 
 from __future__ import annotations
 
 import json
 
 import httpx
-import torch
 
-from gptlab.checkpoint import save_model
-from gptlab.config import GPTConfig
-from gptlab.model import GPT
-
-CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2)
 CHAT = [{"role": "user", "content": "Name a colour."}]
-
-
-def tiny_model_dir(tmp_path_factory, name: str = "serve"):
-    """Return a folder with a tiny random GPT-2-shaped checkpoint (sharpened, so samples vary)."""
-    torch.manual_seed(0)
-    model = GPT(CFG)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(8.0)
-    return save_model(tmp_path_factory.mktemp(name) / "tiny", model)
 
 
 def ndjson(resp: httpx.Response) -> list[dict]:

@@ -1,5 +1,6 @@
 """`gptlab serve` over HTTP: both APIs, streaming, stop strings, errors, concurrency, cancellation."""
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,25 +10,15 @@ import openai
 import pytest
 import torch
 
-from gptlab.config import GPTConfig
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.serve import build_app, create_app, running_server
 from gptlab.tokenizer import gpt2
-from serve_helpers import CHAT, ndjson, sse, tiny_model_dir
+from tests.helpers.models import TINY_GPT2
+from tests.serve.helpers import CHAT, ndjson, sse
 
 LIMIT = 16 * 1024
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Every test here runs with one torch thread."""
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +93,7 @@ def test_stop_strings_cut_the_text_streaming_and_not(url):
 
 def test_end_of_text_ends_generation():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_heads=4, n_layers=2, tie_embeddings=False)).eval()
+    model = GPT(dataclasses.replace(TINY_GPT2, tie_embeddings=False)).eval()
     with torch.no_grad():  # the final norm outputs all ones; only the end-of-text row of the head sees them
         model.final_norm.weight.zero_()
         model.final_norm.bias.fill_(1.0)

@@ -4,16 +4,15 @@ import asyncio
 import time
 
 import pytest
-import torch
 
 from gptlab.data.instructions import format_prompt
 from gptlab.errors import GptlabError
-from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig
 from gptlab.serve import ApiError, ChatMessage, Engine, chat_prompt
 from gptlab.serve.prompts import parse_messages
 from gptlab.tokenizer import gpt2
-from serve_helpers import CFG, CHAT
+from tests.helpers.models import tiny_gpt2
+from tests.serve.helpers import CHAT
 
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -32,8 +31,7 @@ class TemplatedTokenizer:
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return tiny_gpt2().eval()
 
 
 def test_chat_prompt_folds_system_and_earlier_turns_into_input():

@@ -1,29 +1,12 @@
 """`gptlab serve` refuses foreign Host names (DNS rebinding) and foreign Origins (cross-origin pages)."""
 
 import httpx
-import pytest
 
 from gptlab.serve import build_app, running_server
 from gptlab.serve.guard import default_allowed_hosts
-from serve_helpers import CHAT, tiny_model_dir
+from tests.serve.helpers import CHAT
 
 BODY = {"model": "tiny", "messages": CHAT, "max_tokens": 1, "stream": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Every test here runs with one torch thread."""
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "guard")
-
-
-@pytest.fixture(scope="module")
-def url(model_dir):
-    with running_server(build_app(model_dir, model_name="tiny")) as base:
-        yield base
 
 
 def test_only_loopback_host_names_by_default(url):

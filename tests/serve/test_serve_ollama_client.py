@@ -5,21 +5,9 @@ import ollama
 import pytest
 
 from gptlab import __version__
-from gptlab.serve import build_app, running_server
-from serve_helpers import CHAT, tiny_model_dir
+from tests.serve.helpers import CHAT
 
 GREEDY = {"temperature": 0, "num_predict": 8}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Every test here runs with one torch thread."""
-
-
-@pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with running_server(build_app(tiny_model_dir(tmp_path_factory, "ollama"), model_name="tiny")) as base:
-        yield base
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,7 @@
 import httpx
 import pytest
 
-from gptlab.serve import build_app, running_server
-from serve_helpers import CHAT, tiny_model_dir
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_torch_thread):
-    """Every test here runs with one torch thread."""
-
-
-@pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with running_server(build_app(tiny_model_dir(tmp_path_factory, "validation"), model_name="tiny")) as base:
-        yield base
+from tests.serve.helpers import CHAT
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Run pretraining or fine-tuning from a JSON spec in this process (one process, or one rank
-under torchrun); the helper of tests/test_train_parallel.py. Usage: ``python tests/parallel_run.py SPEC.json``."""
+under torchrun); the helper of tests/train/test_train_parallel.py. Usage: ``python tests/train/parallel_run.py SPEC.json``."""
 
 import json
 import os

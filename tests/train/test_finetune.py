@@ -16,15 +16,9 @@ from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import gpt2
 from gptlab.train.finetune import finetune, publish_finetuned
+from tests.helpers.records import INSTRUCTIONS
 
-RECORDS = [
-    {"instruction": "Name a primary colour.", "input": "", "output": "Red."},
-    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
-    {"instruction": "Give the opposite.", "input": "hot", "output": "cold"},
-    {"instruction": "Say hello.", "input": "", "output": "Hello!"},
-    {"instruction": "Spell the word.", "input": "cat", "output": "c a t"},
-    {"instruction": "Name a fruit.", "input": "", "output": "An apple."},
-]
+RECORDS = INSTRUCTIONS
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +142,7 @@ FT = dict(max_steps=8, lr=1e-2, min_lr=1e-3, warmup_steps=2, weight_decay=0.0, e
 @pytest.mark.slow
 def test_finetune_survives_kill_9_and_sigterm_bit_identical(base_and_splits, tmp_path):
     """Fine-tuning's fault tests (as pretrain's): a SIGTERM mid-step, then random kills."""
-    from faults import interrupted_equals_straight, random_faults, stage_spec
+    from tests.helpers.faults import interrupted_equals_straight, random_faults, stage_spec
 
     base_dir, splits = base_and_splits
     straight = stage_spec(tmp_path / "a", "finetune", FT, splits, seed=3, base=base_dir)

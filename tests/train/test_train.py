@@ -12,19 +12,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import word_shards
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.train.loop import lr_at, make_optimizer, publish
 from gptlab.train.pretrain import pretrain
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """Word-level shards of a small repetitive corpus (vocabulary of ~40)."""
-    return word_shards(tmp_path_factory.mktemp("train"), docs=6)
 
 
 def tiny_config(shards) -> GPTConfig:
@@ -171,7 +164,7 @@ def cli_params(tmp_path, shards, **pretrain_kw) -> Path:
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(shards, tmp_path):
     """The pretrain stage as a user runs it (`python -m stages.pretrain`, and under torchrun)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     outs = {}
     for name, launcher in [("one", [sys.executable]), ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])]:

@@ -10,19 +10,12 @@ import pytest
 import torch
 
 import gptlab.train.pretrain as pretrain_module
-from conftest import word_shards
-from faults import random_faults, run_dir, run_stage, stage_spec, tree_sha256
 from gptlab.data.shards import data_checksum, read_shard, write_shard
 from gptlab.io import atomic_dir, recover_dir
 from gptlab.model import GPT
 from gptlab.train.pretrain import pretrain
-from test_train import params, tiny_config, weights
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """The shards of tests/test_train.py (same corpus, same tokenizer)."""
-    return word_shards(tmp_path_factory.mktemp("faults"), docs=6)
+from tests.helpers.faults import random_faults, run_dir, run_stage, stage_spec, tree_sha256
+from tests.train.test_train import params, tiny_config, weights
 
 
 @pytest.fixture(autouse=True)

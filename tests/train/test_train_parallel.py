@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import word_shards
 from gptlab.config import GPTConfig
 from gptlab.model import GPT
 from gptlab.params import PretrainParams
 from gptlab.train.parallel import apply_activation_checkpointing
 from gptlab.train.pretrain import pretrain
+from tests.helpers.shards import word_shards
 
 HELPER = Path(__file__).with_name("parallel_run.py")
 
