@@ -164,7 +164,8 @@ def test_litgpt_serve_openai_chat_on_converted_smollm2(tmp_path_factory):
     is read from ``max_completion_tokens``, not ``max_tokens``.
     """
     import requests
-    import test_gguf
+
+    from tests.convert import test_gguf
 
     ckpt = test_gguf.converted_smollm2(tmp_path_factory)
     port = _free_port()
