@@ -25,6 +25,7 @@ from gptlab.convert.openai_tf import (
 )
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
+from tests.helpers.models import TINY_GPT2
 
 transformers = pytest.importorskip("transformers")
 
@@ -173,7 +174,7 @@ def test_missing_tensorflow_says_how_to_install(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_round_trip_is_bit_identical(tf, tmp_path):
     torch.manual_seed(2)
-    model = GPT(GPTConfig(context_length=64, emb_dim=32, n_heads=4, n_layers=2))
+    model = GPT(TINY_GPT2)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p))
