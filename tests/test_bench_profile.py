@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import gptlab.model
-from conftest import word_shards
+from tests.helpers.shards import word_shards
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "profile_step.py"
 TINY = {"preset": None, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2}

@@ -26,6 +26,7 @@ from gptlab.lora import (
 from gptlab.model import GPT
 from gptlab.params import LoraParams
 from gptlab.tokenizer import SimpleTokenizer
+from tests.helpers.records import INSTRUCTIONS
 
 ALL = ("qkv", "proj", "fc", "mlp_proj", "head")
 
@@ -188,14 +189,7 @@ def test_adapter_round_trip_and_hash(tmp_path):
         load_adapter(tiny(), tmp_path / "base")
 
 
-RECORDS = [
-    {"instruction": "Name a colour.", "input": "", "output": "Red is a colour."},
-    {"instruction": "Name an animal.", "input": "", "output": "A cat is an animal."},
-    {"instruction": "Repeat the word.", "input": "tree", "output": "tree tree"},
-    {"instruction": "Say hello.", "input": "", "output": "Hello there!"},
-    {"instruction": "Count to three.", "input": "", "output": "One, two, three."},
-    {"instruction": "Name a fruit.", "input": "", "output": "An apple is a fruit."},
-]
+RECORDS = INSTRUCTIONS
 
 
 def test_few_step_lora_training_changes_only_adapters():

@@ -1,0 +1,1 @@
+"""Fixtures local to the params tests go here."""

@@ -1,0 +1,168 @@
+"""The score stage end to end: responses -> data/scores.csv + metrics/score.json, judged over HTTP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pandas as pd
+import pytest
+
+from gptlab.errors import GptlabError
+from gptlab.params import JudgeParams, ScoreParams
+from gptlab.score.report import load_responses, score_responses
+from gptlab.serve import build_app, running_server
+from tests.helpers.records import INSTRUCTIONS
+from tests.score.fake_judge import fake_judge
+
+RESPONSES = [
+    dict(INSTRUCTIONS[0], response="Red."),
+    dict(INSTRUCTIONS[1], response="The sum is 5"),
+    dict(INSTRUCTIONS[4], response=""),
+]
+
+
+def write(tmp_path, name, records):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+OFFLINE_KEYS = {"loss", "squad_token_f1", "rougeL_f1", "response_words", "empty_share"}
+JUDGE_KEYS = {"judge_mean", "judge_scored", "judge_unscored", "judge_failed", "judge_f1_spearman"}
+
+
+def test_offline_scores_for_two_engines(tmp_path, model_dir):
+    ours = write(tmp_path, "responses.json", RESPONSES)
+    theirs = write(tmp_path, "responses_litgpt.json", [dict(r, response=r["output"]) for r in RESPONSES])
+    engines = {"gptlab": (ours, model_dir), "litgpt": (theirs, None)}
+    m = score_responses(engines, ScoreParams(), tmp_path / "scores.csv", tmp_path / "score.json", provenance_path=tmp_path / "prov.json")
+    assert json.loads((tmp_path / "score.json").read_text()) == m
+    assert set(m) == {"gptlab", "litgpt"} and set(m["gptlab"]) == OFFLINE_KEYS and set(m["litgpt"]) == OFFLINE_KEYS - {"loss"}
+    assert m["gptlab"]["squad_token_f1"] < 1.0
+    assert m["gptlab"]["empty_share"] == pytest.approx(1 / 3, abs=1e-5)
+    assert m["litgpt"]["squad_token_f1"] == 1.0 and m["litgpt"]["rougeL_f1"] == 1.0
+    assert 9 < m["gptlab"]["loss"] < 12  # a random tiny model: about ln(50257) = 10.8 nats/token
+    prov = json.loads((tmp_path / "prov.json").read_text())
+    assert prov["judge"] == {"api": "none"} and prov["scores"] == str(tmp_path / "scores.csv")
+    assert prov["engines"]["gptlab"] == {"responses": str(ours), "model": str(model_dir), "records": 3}
+    assert prov["engines"]["litgpt"]["model"] is None
+    df = pd.read_csv(tmp_path / "scores.csv")
+    assert list(df["engine"]) == ["gptlab"] * 3 + ["litgpt"] * 3
+    assert {"squad_exact_match", "squad_token_f1", "rougeL_f1", "rouge1_f1", "rouge2_f1", "response_words", "loss"} <= set(df.columns)
+    assert "judge_score" not in df.columns
+
+
+RECORDS = RESPONSES + [
+    {"instruction": "Name a fruit.", "input": "", "output": "An apple.", "response": "A pear."},
+    {"instruction": "Spell cat.", "input": "", "output": "c a t", "response": "c a t"},
+]
+VERDICTS = {"Red.": "Score: 85", "The sum is 5": "I'd say 60", "": "score of 10", "A pear.": "The response is wrong. Score: 30"}
+
+
+def verdict_of(n, body):
+    """The fake judge's reply: keyed by the response shown in the prompt."""
+    content = body["messages"][0]["content"]
+    for response, reply in VERDICTS.items():
+        if f"score the model response `{response}`" in content:
+            return 200, reply
+    return 400, "prompt too long for this model"
+
+
+def test_judged_stage_finishes_with_rank_correlation(tmp_path):
+    """issue 13.1: with 3+ scored records the stage used to need scipy; issue 13.9: a failed request is counted."""
+    responses = write(tmp_path, "responses.json", RECORDS)
+    app = fake_judge(verdict_of)
+    with running_server(app) as url:
+        p = ScoreParams(judge=JudgeParams(api="ollama", url=url, model="judge", retries=0, concurrency=2))
+        m = score_responses({"gptlab": (responses, None)}, p, tmp_path / "scores.csv", tmp_path / "score.json", provenance_path=tmp_path / "prov.json")
+    s = m["gptlab"]
+    assert set(s) == (OFFLINE_KEYS - {"loss"}) | JUDGE_KEYS and len(s) <= 12
+    assert (s["judge_scored"], s["judge_unscored"], s["judge_failed"]) == (4, 1, 1)
+    assert s["judge_mean"] == pytest.approx((85 + 60 + 10 + 30) / 4)
+    # judge [85, 60, 10, 30] vs SQuAD F1 [1, 2/3 ("sum 5" in "sum is 5"), 0, 0]: Pearson of ranks [4,3,1,2] and [4,3,1.5,1.5]
+    f1_ranks, judge_ranks = pd.Series([4, 3, 1.5, 1.5]), pd.Series([4, 3, 1, 2])
+    assert s["judge_f1_spearman"] == pytest.approx(judge_ranks.corr(f1_ranks), abs=1e-5)
+    assert json.loads((tmp_path / "prov.json").read_text())["judge"] == {"api": "ollama", "model": "judge", "url": url}
+    df = pd.read_csv(tmp_path / "scores.csv", keep_default_na=False)
+    assert list(df["judge_score"].astype(str)) == ["85", "60", "10", "30", ""]
+    assert df["judge_error"].iloc[4].startswith(f"judge {url}/api/chat refused the request: HTTP 400") and set(df["judge_error"].iloc[:4]) == {""}
+
+
+def test_judge_that_scores_nothing_fails_the_stage_but_keeps_its_replies(tmp_path):
+    responses = write(tmp_path, "responses.json", RESPONSES)
+    app = fake_judge(lambda n, body: (500, "out of memory"))
+    with running_server(app) as url:
+        p = ScoreParams(judge=JudgeParams(api="openai", url=url, model="judge", retries=1, backoff_s=0.01))
+        with pytest.raises(GptlabError, match=rf"^judge {url} scored none of 3 records \(3 requests failed, first: .*HTTP 500.*scores.csv") as e:
+            score_responses({"gptlab": (responses, None)}, p, tmp_path / "scores.csv", tmp_path / "score.json")
+    assert "\n" not in str(e.value)
+    assert json.loads((tmp_path / "score.json").read_text())["gptlab"]["judge_failed"] == 3
+    assert pd.read_csv(tmp_path / "scores.csv")["judge_error"].str.contains("HTTP 500").all()
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+def test_judged_by_gptlab_serve_over_both_apis(tmp_path, model_dir, api, one_torch_thread):
+    ours = write(tmp_path, "responses.json", RESPONSES)
+    with running_server(build_app(model_dir, model_name="judge")) as url:
+        p = ScoreParams(judge=JudgeParams(api=api, url=url, model="judge", timeout_s=30, retries=0, concurrency=2, max_tokens=4))
+        try:
+            m = score_responses({"gptlab": (ours, None)}, p, tmp_path / "scores.csv", tmp_path / "score.json")
+        except GptlabError as e:  # a random tiny model rarely says a number
+            assert "scored none of 3 records (no reply held a score 0..100)" in str(e)
+        else:
+            assert m["gptlab"]["judge_scored"] + m["gptlab"]["judge_unscored"] == 3 and m["gptlab"]["judge_failed"] == 0
+    df = pd.read_csv(tmp_path / "scores.csv")
+    assert df["judge_reply"].notna().all() and set(df["judge_attempts"]) <= {1, 2} and df["judge_error"].isna().all()
+
+
+def test_unreachable_judge_fails_at_once(tmp_path):
+    ours = write(tmp_path, "responses.json", RESPONSES)
+    p = ScoreParams(judge=JudgeParams(api="ollama", url="http://127.0.0.1:9", timeout_s=2))
+    start = time.perf_counter()
+    with pytest.raises(GptlabError, match="127.0.0.1:9") as e:
+        score_responses({"gptlab": (ours, None)}, p, tmp_path / "scores.csv", tmp_path / "score.json")
+    assert "\n" not in str(e.value) and time.perf_counter() - start < 10
+
+
+def test_bad_responses_file_is_named(tmp_path):
+    with pytest.raises(GptlabError, match="missing.json: no such file .*dvc repro generate"):
+        load_responses(tmp_path / "missing.json")
+    bad = write(tmp_path, "bad.json", [{"instruction": "x"}])
+    with pytest.raises(GptlabError, match="record 0 lacks"):
+        load_responses(bad)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_gptlab_serve_command(model_dir):
+    """The `gptlab serve` command itself: starts, answers both APIs on loopback, stops on SIGTERM."""
+    port = free_port()
+    env = dict(os.environ, GPTLAB_QUIET="1")
+    cmd = [sys.executable, "-m", "gptlab.cli", "serve", "--model", str(model_dir), "--port", str(port), "--name", "tiny", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                tags = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "server did not start in 60 s"
+                time.sleep(0.3)
+        assert [m["name"] for m in tags["models"]][0].startswith("tiny")
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30).json()
+        assert reply["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
