@@ -41,7 +41,7 @@ BUNDLE
 
 def template_html() -> str:
     """Return the page: DVC's placeholders ``{refresh_tag}`` and ``{plot_divs}``, the libraries inline."""
-    import vl_convert
+    import vl_convert  # vl-convert (a large native library): only when the offline page is built
 
     bundle = vl_convert.javascript_bundle()
     version = getattr(vl_convert, "__version__", "")

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import tiktoken
+import tokenizers
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from gptlab.errors import GptlabError
 
@@ -218,7 +220,6 @@ class GPT2Tokenizer(Tokenizer):
 
 @functools.lru_cache(maxsize=None)
 def _gpt2_cached(bpe_dir: str) -> GPT2Tokenizer:
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     folder = Path(bpe_dir)
     ranks = data_gym_to_mergeable_bpe_ranks(
@@ -416,12 +417,11 @@ class HFTokenizer(Tokenizer):
         """Build from :meth:`to_json` output, or from a plain Hugging Face ``tokenizer.json`` dict
         (then ``tokenizer_config.json`` beside ``path``, if any, gives chat template and eos, and
         ``generation_config.json``'s ``eos_token_id`` the stop tokens)."""
-        from tokenizers import Tokenizer as _HF
 
         if data.get("type") == HF_FORMAT:
-            tok = _HF.from_str(json.dumps(data["tokenizer"]))
+            tok = tokenizers.Tokenizer.from_str(json.dumps(data["tokenizer"]))
             return cls(tok, data.get("chat_template"), data.get("eot_token"), data.get("stop_tokens", ()))
-        tok = _HF.from_str(json.dumps(data))
+        tok = tokenizers.Tokenizer.from_str(json.dumps(data))
         side = Path(path).with_name("tokenizer_config.json")
         extra = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
         eos = extra.get("eos_token")

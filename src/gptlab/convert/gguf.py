@@ -19,6 +19,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from gptlab.checkpoint import check_shapes, load_state, save_model
 from gptlab.config import GPTConfig
@@ -154,7 +155,6 @@ def build_tokenizer(vocab: GGUFVocab):
     the GPT-2 regex with byte-level mapping; control/user-defined tokens become special added
     tokens with their GGUF ids.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     if vocab.pre not in _PRE_TOKENIZERS:
         raise GptlabError(f"GGUF tokenizer.ggml.pre={vocab.pre!r} is not a pre-tokenizer gptlab can rebuild; known: {', '.join(sorted(_PRE_TOKENIZERS))}")

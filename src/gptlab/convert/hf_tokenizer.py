@@ -22,6 +22,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+
 from gptlab.errors import GptlabError
 from gptlab.io import read_json, write_json
 from gptlab.tokenizer import (
@@ -40,13 +43,12 @@ from gptlab.tokenizer import (
 
 def _gpt2_tokenizer():
     """Return GPT-2's BPE as a ``tokenizers.Tokenizer`` built from OpenAI's local files."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     folder = gpt2_bpe_dir()
     vocab = read_json(folder / "encoder.json", "GPT-2's BPE vocabulary")
     lines = (folder / "vocab.bpe").read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines[1:] if line]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -56,9 +58,8 @@ def _gpt2_tokenizer():
 
 def _simple_tokenizer(simple: SimpleTokenizer):
     """Return a ``tokenizers.Tokenizer`` giving the same ids as ``simple`` (word level, same split)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel(vocab=dict(simple.str_to_id), unk_token=UNK))
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab=dict(simple.str_to_id), unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(SIMPLE_PATTERN), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (ENDOFTEXT, UNK)])

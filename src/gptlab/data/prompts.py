@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from gptlab.errors import GptlabError
 from gptlab.io import read_json
 
@@ -70,8 +73,6 @@ def compile_chat_template(template: str):
     Raises GptlabError when it does not compile; the template may call ``raise_exception`` and
     ``strftime_now`` as Hugging Face templates do.
     """
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+import zstandard
+
 from gptlab.errors import GptlabError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
@@ -39,8 +42,6 @@ def open_jsonl(path: str | Path) -> tuple[BinaryIO, BinaryIO]:
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw), raw
     if name.endswith(".zst"):
-        import zstandard
-
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), raw
     return raw, raw
 
@@ -111,8 +112,7 @@ def jsonl_texts(name: str, first_line: int, blob: bytes, field: str) -> list[str
 def parquet_batches(path: str | Path, field: str, target_bytes: int = 1 << 20) -> Iterator[tuple[int, object, float]]:
     """Yield ``(first row, text array, fraction of the file read)``: the ``field`` column of
     ``path`` read one row group at a time, sliced into pieces of about ``target_bytes``."""
-    import numpy as np
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow (slow to import): only for parquet corpora
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 

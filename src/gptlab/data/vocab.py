@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from gptlab.data.shards import MAX_VOCAB
 from gptlab.errors import GptlabError
 from gptlab.tokenizer import BYTE_DECODER, ENDOFTEXT, HFTokenizer
@@ -31,7 +33,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _byte_level(model) -> object:
     """A ``tokenizers.Tokenizer`` around ``model`` with GPT-2's byte-level pre-tokenizer and decoder."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
 
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -41,7 +42,6 @@ def _byte_level(model) -> object:
 
 def byte_tokenizer() -> HFTokenizer:
     """Return the byte tokenizer: ids 0..255 are the UTF-8 bytes, 256 is ``<|endoftext|>``."""
-    from tokenizers import AddedToken, models
 
     alphabet = _bytes_to_unicode()
     tok = _byte_level(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
@@ -56,7 +56,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     learnt, then ``<|endoftext|>`` (id ``vocab_size - 1``). A corpus too small for that many
     merges gives fewer ids (``n_vocab`` says how many). GptlabError for an impossible size.
     """
-    from tokenizers import AddedToken, models, trainers
 
     if not BYTE_VOCAB < vocab_size <= MAX_VOCAB:
         raise GptlabError(

@@ -197,7 +197,7 @@ def tokenizer_config(vocab: GGUFVocab, model_max_length: int) -> dict:
 
 def litgpt_config(config_name):
     """Return ``litgpt.Config.from_name(config_name)``; a ``litgpt.Config`` passes through unchanged."""
-    from litgpt import Config
+    from litgpt import Config  # litgpt: the optional [litgpt] extra
 
     if isinstance(config_name, Config):
         return config_name
@@ -218,7 +218,7 @@ def gguf_to_litgpt(gguf_path: str | Path, out_dir: str | Path, config_name: str 
     ``generation_config.json`` and ``gguf_source.json`` (provenance). The folder appears
     complete or not at all. Takes about 15 s and 1.2 GB of memory for SmolLM2-135M on 2 cores.
     """
-    from litgpt.utils import save_config
+    from litgpt.utils import save_config  # litgpt: the optional [litgpt] extra
 
     gguf_path = Path(gguf_path)
     config = litgpt_config(config_name)
@@ -255,7 +255,7 @@ def litgpt_config_of(config, name: str = "gptlab"):
     """Return the ``litgpt.Config`` of a Llama-family gptlab ``GPTConfig`` (Llama: no biases;
     Qwen2: qkv biases as litgpt's ``attn_bias``). GptlabError for GPT-2 configs (litgpt has no
     learned position embeddings) or MLP/projection biases."""
-    from litgpt import Config
+    from litgpt import Config  # litgpt: the optional [litgpt] extra
 
     if (config.norm, config.positions, config.mlp) != ("rmsnorm", "rope", "swiglu") or config.proj_bias or config.mlp_bias:
         raise GptlabError(
@@ -308,7 +308,7 @@ def export_litgpt(model, tokenizer, out_dir: str | Path, name: str = "gptlab") -
     ``tokenizer.json``, ``tokenizer_config.json``, ``generation_config.json``. The folder appears
     complete or not at all.
     """
-    from litgpt.utils import save_config
+    from litgpt.utils import save_config  # litgpt: the optional [litgpt] extra
 
     config = litgpt_config_of(model.config, name)
     check_tokenizer_fits(tokenizer, model.config)

@@ -7,6 +7,7 @@ absolute checkpoint paths, since litgpt treats a relative unknown name as a hub 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -170,7 +171,6 @@ def read_litgpt_losses(metrics_csv: str | Path) -> list[dict]:
     """Return the training-loss rows of litgpt's CSV log, in order: dicts of ``iter`` (micro-batch
     count, int), ``epoch`` (int), ``loss`` (running mean over one optimizer step's micro-batches)
     and ``learning_rate`` (float). (The CSV's ``step`` column is the iteration, Lightning's log step.)"""
-    import csv
 
     rows = []
     with open(metrics_csv, newline="", encoding="utf-8") as f:
@@ -229,7 +229,7 @@ def load_llm(checkpoint_dir: str | Path, precision: str = "32-true"):
     """Return ``litgpt.LLM`` loaded from a local checkpoint directory (offline) on the GPU when
     there is one, else the CPU, in ``precision`` (32-true: litgpt's CPU default bf16 garbles small models)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from litgpt import LLM
+    from litgpt import LLM  # litgpt: the optional [litgpt] extra
 
     ckpt = check_checkpoint_dir(checkpoint_dir)
     llm = LLM.load(str(ckpt), distribute=None)
@@ -255,8 +255,8 @@ def generate_responses(
     the config name, e.g. SmolLM2's ChatML). Record ``i`` samples with seed ``seed + i``, so a
     response does not depend on the others; temperature 0 is greedy.
     """
-    import torch
-    from litgpt.prompts import Default
+    import torch  # torch (slow to import): the litgpt stage's other steps run litgpt in a subprocess
+    from litgpt.prompts import Default  # litgpt: the optional [litgpt] extra
 
     llm = load_llm(checkpoint_dir, precision)
     style = llm.prompt_style

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 
 from gptlab.data.prompts import compile_chat_template, format_prompt
@@ -85,7 +86,6 @@ def template_builder(chat_template: str, bos_token: str = "", eos_token: str = "
 
     GptlabError if the template does not compile; a template's ``raise_exception`` is a 400 for the client.
     """
-    from jinja2 import TemplateError
 
     try:
         template = compile_chat_template(chat_template)

@@ -66,7 +66,7 @@ class Parallel:
     def prepare(self, model: GPT) -> GPT:
         """Apply activation checkpointing and (FSDP) shard ``model`` in place; return it."""
         if self.sharded:
-            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.device_mesh import init_device_mesh  # FSDP only: not loaded by plain or DDP runs
             from torch.distributed.fsdp import fully_shard
 
             if self.ddp.main:
@@ -99,7 +99,7 @@ class Parallel:
         the replica, a collective every rank calls); None on the other ranks under FSDP."""
         if not self.sharded:
             return model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # FSDP only
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.replica is not None:
