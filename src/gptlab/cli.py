@@ -84,7 +84,17 @@ def _convert_model(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from gptlab.serve import serve  # fastapi/uvicorn: the optional `serve` extra
 
-    serve(args.model, args.adapter, args.host, args.port, args.name, threads=args.threads, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin)
+    serve(
+        args.model,
+        args.adapter,
+        args.host,
+        args.port,
+        args.name,
+        threads=args.threads,
+        allowed_hosts=args.allow_host,
+        allowed_origins=args.allow_origin,
+        grace_s=args.grace,
+    )
 
 
 def _clean(args: argparse.Namespace) -> None:
@@ -146,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="let web pages from this origin call the server, e.g. http://localhost:3000 (repeatable; '*' any); default: none",
     )
+    p.add_argument("--grace", type=float, default=10.0, metavar="S", help="on SIGTERM/Ctrl-C, seconds requests in flight may run on before they are ended")
     p.set_defaults(fn=_serve)
 
     p = sub.add_parser("encode", help="print the token ids of a text", formatter_class=HelpFormatter)

@@ -214,7 +214,13 @@ def test_a_client_leaving_mid_stream_stops_its_generation(model_dir):
         finished.append(original(*args, **kwargs))
         return finished[-1]
 
-    engine.complete = spy
+    original_forward = engine.model.forward
+
+    def slow_forward(*args, **kwargs):  # the 63 tokens the context leaves take 3 s or more
+        time.sleep(0.05)
+        return original_forward(*args, **kwargs)
+
+    engine.complete, engine.model.forward = spy, slow_forward
     with running_server(app) as base:
         with httpx.stream("POST", f"{base}/api/generate", json={"prompt": "hi", "raw": True, "options": {"num_predict": 1000}}) as r:
             for i, _ in enumerate(r.iter_lines()):
@@ -223,7 +229,7 @@ def test_a_client_leaving_mid_stream_stops_its_generation(model_dir):
         deadline = time.monotonic() + 30
         while not finished and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert finished[0].finish_reason == "cancelled" and 3 <= finished[0].completion_tokens < 1000
+        assert finished[0].finish_reason == "cancelled" and 3 <= finished[0].completion_tokens < 63
         assert httpx.post(f"{base}/api/generate", json={"prompt": "hi", "stream": False, "options": {"num_predict": 2}}).json()["eval_count"] == 2
 
 
@@ -246,7 +252,9 @@ def test_a_failing_generation_is_a_json_500_or_an_in_band_error(model_dir):
         create_app(app.state.engine.model, gpt2(), prompt_style="chatml")
 
 
-@pytest.mark.parametrize("path,body", [("/api/generate", {"stream": False, "options": {"num_predict": 1000}}), ("/v1/completions", {"max_tokens": 1000})])
+@pytest.mark.parametrize(
+    "path,body", [("/api/generate", {"raw": True, "stream": False, "options": {"num_predict": 1000}}), ("/v1/completions", {"max_tokens": 1000})]
+)
 def test_a_client_leaving_a_non_streaming_request_frees_the_model(model_dir, path, body):
     app = build_app(model_dir, model_name="tiny")
     engine, finished = app.state.engine, []
@@ -256,16 +264,16 @@ def test_a_client_leaving_a_non_streaming_request_frees_the_model(model_dir, pat
         finished.append(original_complete(*args, **kwargs))
         return finished[-1]
 
-    def slow_forward(*args, **kwargs):  # 1,000 tokens take 5 s or more
-        time.sleep(0.005)
+    def slow_forward(*args, **kwargs):  # the 63 tokens the context leaves take 3 s or more
+        time.sleep(0.05)
         return original_forward(*args, **kwargs)
 
     engine.complete, engine.model.forward = spy, slow_forward
     with running_server(app) as base:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(base + path, json={"prompt": "hi", "raw": True, **body}, timeout=0.5)
+            httpx.post(base + path, json={"prompt": "hi", **body}, timeout=0.5)
         start = time.perf_counter()
         r = httpx.post(f"{base}/api/generate", json={"prompt": "hi", "stream": False, "options": {"num_predict": 2}}, timeout=30)
         waited = time.perf_counter() - start
     assert r.json()["eval_count"] == 2 and waited < 3, f"the next request waited {waited:.2f} s"
-    assert finished[0].finish_reason == "cancelled" and finished[0].completion_tokens < 400
+    assert finished[0].finish_reason == "cancelled" and finished[0].completion_tokens < 40

@@ -5,11 +5,18 @@ Safety. The server binds 127.0.0.1 unless told otherwise and then answers only l
 over ``max_body_bytes`` get 413, bad JSON or values 400 naming the parameter, an unknown
 model 404, each as JSON in the API's own error shape (Ollama ``{"error": "..."}``, OpenAI
 ``{"error": {"message", "type", "param", "code"}}``).
+
+Shutdown (SIGTERM, Ctrl-C): no new connection is accepted; requests in flight get a grace
+period (``--grace``, default ``DEFAULT_GRACE_S``) to finish, then their generations stop at
+the next token and each answer ends properly: a stream with its final chunk
+(``finish_reason``/``done_reason`` ``shutdown``) and ``[DONE]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -30,11 +37,37 @@ from gptlab.errors import GptlabError
 from gptlab.lora import load_merged
 from gptlab.model import GPT
 from gptlab.serve import ollama, openai
-from gptlab.serve.common import DEFAULT_MAX_BODY_BYTES, Served
+from gptlab.serve.body import DEFAULT_MAX_BODY_BYTES
+from gptlab.serve.common import Served
 from gptlab.serve.engine import DEFAULT_MAX_TOKENS_LIMIT, Engine
 from gptlab.serve.errors import ApiError, error_response
 from gptlab.serve.guard import HostOriginGuard, default_allowed_hosts
 from gptlab.tokenizer import Tokenizer
+
+DEFAULT_GRACE_S = 10.0  # seconds in-flight requests may run on after a SIGTERM
+_CLOSE_MARGIN_S = 3.0  # then the stopped generations get this long to send their final chunks
+log = logging.getLogger("uvicorn.error")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that drains on shutdown: requests in flight run on for ``grace_s`` seconds,
+    then the engine stops their generations at the next token so every answer ends with its final chunk."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine, grace_s: float = DEFAULT_GRACE_S):
+        config.timeout_graceful_shutdown = int(grace_s + _CLOSE_MARGIN_S + 0.999)
+        super().__init__(config)
+        self.engine, self.grace_s = engine, grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, let requests in flight finish within the grace period, then end them; returns None."""
+        busy = len(self.server_state.tasks)
+        if busy:
+            log.info("draining %d request(s) in flight for up to %g s", busy, self.grace_s)
+        timer = asyncio.get_running_loop().call_later(self.grace_s, self.engine.interrupt)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
 
 def create_app(
@@ -147,15 +180,18 @@ def _base_url(sock: socket.socket) -> str:
 
 
 @contextlib.contextmanager
-def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", start_timeout_s: float = 30.0) -> Iterator[str]:
+def running_server(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", start_timeout_s: float = 30.0, grace_s: float = 5.0
+) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread; yield its base URL (``http://host:port``).
 
-    ``port`` 0 picks a free port. On exit the server is told to stop, open connections get
-    up to 5 s, and the thread is joined, so the port is closed afterwards.
+    ``port`` 0 picks a free port. On exit the server is told to stop, requests in flight get
+    ``grace_s`` seconds (then end with their final chunks), and the thread is joined, so the
+    port is closed afterwards.
     """
     sock = _bind(host, port)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="on")
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on")
+    server = DrainingServer(config, app.state.engine, grace_s)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gptlab-serve", daemon=True)
     thread.start()
     try:
@@ -167,7 +203,7 @@ def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_lev
         yield _base_url(sock)
     finally:
         server.should_exit = True
-        thread.join(timeout=15)
+        thread.join(timeout=grace_s + 15)
         sock.close()
 
 
@@ -182,8 +218,11 @@ def serve(
     threads: int | None = None,
     allowed_hosts: Iterable[str] | None = None,
     allowed_origins: Iterable[str] | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
 ) -> None:
-    """Serve the model in ``model_dir`` on ``host:port`` until interrupted (Ctrl-C); returns None.
+    """Serve the model in ``model_dir`` on ``host:port`` until interrupted (Ctrl-C, SIGTERM); returns None.
+
+    On shutdown, requests in flight get ``grace_s`` seconds to finish; then they end with their final chunks.
 
     Loopback by default: pass ``host="0.0.0.0"`` only on a trusted network (there is no auth).
     Host names: loopback ones, plus ``allowed_hosts`` when given, else any when ``host`` is
@@ -198,6 +237,6 @@ def serve(
     app = build_app(model_dir, adapter_dir, model_name, max_body_bytes, max_tokens_limit, allowed_hosts=hosts, allowed_origins=allowed_origins or ())
     sock = _bind(host, port)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)).run(sockets=[sock])
+        DrainingServer(uvicorn.Config(app, log_level="info"), app.state.engine, grace_s).run(sockets=[sock])
     finally:
         sock.close()

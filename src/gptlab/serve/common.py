@@ -13,11 +13,9 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from gptlab.serve.body import DEFAULT_MAX_BODY_BYTES, read_json
 from gptlab.serve.engine import Engine
 from gptlab.serve.errors import ApiError, from_validation
-
-DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt fits in the context
-_DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this many limits before the 413
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,36 +96,6 @@ def refuse_unless(obj: BaseModel, neutral: dict[str, tuple], prefix: str = "") -
                 f"{prefix}{name}={json.dumps(value, default=str)} is not supported by gptlab serve; remove it from the request",
                 param=re.split(r"[.\[]", prefix or name)[0],
             )
-
-
-async def read_json(request: Request, limit: int) -> dict:
-    """Return the request's JSON object; ApiError 413 past ``limit`` bytes, 400 if not a JSON object.
-
-    Any content type is read as JSON (``curl -d`` sends form encoding); cross-origin callers
-    are refused before this by the guard (:mod:`gptlab.serve.guard`).
-    """
-    declared = request.headers.get("content-length", "")
-    too_big = declared.isdigit() and int(declared) > limit
-    body, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            too_big = True
-        if too_big:
-            body.clear()
-            if size > limit * _DRAIN_FACTOR:
-                break
-        else:
-            body += chunk
-    if too_big:
-        raise ApiError(413, f"request body of {declared or size} bytes exceeds the limit of {limit} bytes; send a shorter prompt")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return data
 
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:

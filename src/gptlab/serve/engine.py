@@ -8,6 +8,7 @@ cancelled between tokens (a client that left, streaming or not, frees the model 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,7 +29,8 @@ DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its cl
 @dataclass(frozen=True)
 class Completion:
     """One finished generation: the new ``text``, token counts, ``finish_reason``
-    (``stop``: end-of-text or a stop string; ``length``: token budget; ``cancelled``) and
+    (``stop``: end-of-text or a stop string; ``length``: token budget or context; ``cancelled``:
+    the client left; ``shutdown``: the server stopped it at the end of its grace period) and
     ``seconds`` spent (wall clock, under the lock)."""
 
     text: str
@@ -36,6 +38,48 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """A request ready to generate: the prompt's token ``ids`` (as used: after any truncation), its
+    SamplingConfig (``max_new_tokens`` capped so prompt + answer fit the context), and how many
+    prompt tokens were ``dropped`` from the start by a truncation the request asked for."""
+
+    ids: list[int]
+    cfg: SamplingConfig
+    dropped: int = 0
+
+
+def fit_context(ids: list[int], cfg: SamplingConfig, context: int, keep: int | None = None, field: str = "prompt") -> Job:
+    """Return the Job of prompt ``ids`` in a model of ``context`` tokens: prompt + answer never exceed it.
+
+    ``keep`` (the request asked for truncation): keep only the prompt's last ``keep`` tokens
+    (``keep`` <= 0: leave room for the answer, as much as ``max_new_tokens`` up to half the
+    context). Without it a prompt that leaves no room for one new token is an ApiError 400
+    naming both lengths (``field``: the request's prompt field). ``max_new_tokens`` is then capped at the room left, so the window
+    never slides (each token past it would recompute the whole window).
+    """
+    n = len(ids)
+    if keep is not None:
+        keep = keep if keep > 0 else context - min(max(cfg.max_new_tokens, 1), context // 2)
+        if keep > context:
+            raise ApiError(
+                400, f"truncate_prompt_tokens={keep} is over the model's context of {context} tokens; send at most {context}", param="truncate_prompt_tokens"
+            )
+        ids = ids[-keep:]
+    if len(ids) > context or (len(ids) == context and cfg.max_new_tokens > 0):
+        raise ApiError(
+            400,
+            f"the prompt is {len(ids)} tokens and the model's context is {context} tokens, leaving no room for an answer; "
+            'shorten the prompt or ask for truncation (Ollama: "truncate": true; OpenAI: "truncate_prompt_tokens": N)',
+            param=field,
+            code="context_length_exceeded",
+        )
+    room = context - len(ids)
+    if cfg.max_new_tokens > room:
+        cfg = dataclasses.replace(cfg, max_new_tokens=room)
+    return Job(list(ids), cfg, n - len(ids))
 
 
 def sampling_config(max_tokens: int, limit: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> SamplingConfig:
@@ -89,11 +133,33 @@ class Engine:
         self.builder: PromptBuilder = prompt_builder(tokenizer, prompt_style)
         self.lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptlab-generate")
+        self.prep_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gptlab-prepare")  # templates, tokenizing
         self.closing = threading.Event()
 
+    @property
+    def context_length(self) -> int:
+        """Return the model's context length in tokens."""
+        return int(self.model.config.context_length)
+
     def chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
-        """Return the prompt for chat ``messages`` (the tokenizer's chat template, or the instruction style)."""
+        """Return the prompt for chat ``messages`` (the tokenizer's chat template, bounded, or the instruction style)."""
         return self.builder(messages)
+
+    def job(self, prompt: str | Prompt | Sequence[ChatMessage], cfg: SamplingConfig, keep: int | None = None, field: str = "prompt") -> Job:
+        """Return the :class:`Job` of ``prompt`` (text, or chat messages to render): encoded and fit to the context (:func:`fit_context`)."""
+        if not isinstance(prompt, (str, Prompt)):
+            prompt = self.chat_prompt(prompt)
+        return fit_context(self.encode(prompt), cfg, self.context_length, keep, field)
+
+    async def prepare(self, prompt: str | Prompt | Sequence[ChatMessage], cfg: SamplingConfig, keep: int | None = None, field: str = "prompt") -> Job:
+        """Return :meth:`job` run on a helper thread: the event loop keeps answering while a template renders
+        or a long prompt is tokenized, and neither waits behind a generation. ApiError 400/422 as it says."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.prep_executor, self.job, prompt, cfg, keep, field)
+
+    def interrupt(self) -> None:
+        """End every generation at its next token (finish reason ``shutdown``) and every queued one before it starts."""
+        self.closing.set()
 
     def encode(self, prompt: str | Prompt) -> list[int]:
         """Return the token ids of ``prompt``: plain text stays text; a templated Prompt's special tokens are tokens."""
@@ -103,18 +169,20 @@ class Engine:
             ids = self.tokenizer.encode_ordinary(prompt.text if isinstance(prompt, Prompt) else prompt)
         return ids or [self.tokenizer.eot_token]
 
-    def _stopped(self, cancelled: threading.Event | None) -> bool:
-        return self.closing.is_set() or (cancelled is not None and cancelled.is_set())
+    def _stopped(self, cancelled: threading.Event | None) -> str | None:
+        if self.closing.is_set():
+            return "shutdown"
+        return "cancelled" if cancelled is not None and cancelled.is_set() else None
 
     def complete(
         self,
-        prompt: str | Prompt,
+        prompt: str | Prompt | list[int],
         cfg: SamplingConfig,
         stop: list[str] | None = None,
         on_text: Callable[[str], None] | None = None,
         cancelled: threading.Event | None = None,
     ) -> Completion:
-        """Return the completion of ``prompt`` (a str is plain text: special-token text stays text).
+        """Return the completion of ``prompt`` (a str is plain text: special-token text stays text; a list: token ids, e.g. a :class:`Job`'s).
 
         ``on_text`` receives the text as it is generated, in pieces that never include a stop
         string or the start of one; setting ``cancelled`` ends generation at the next token.
@@ -123,11 +191,11 @@ class Engine:
         ends = set(self.tokenizer.stop_tokens)  # end-of-text and a chat model's end-of-turn ids
         with self.lock:
             start = time.perf_counter()
-            ids = self.encode(prompt)
+            ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt)
             decoder = self.tokenizer.decode_stream()
             text, sent, n, finish, flush = "", 0, 0, "length", True
-            if self._stopped(cancelled):
-                finish = "cancelled"  # the client left while this request waited for the model
+            if reason := self._stopped(cancelled):
+                finish = reason  # the client left (or the server stops) while this request waited for the model
             elif cfg.max_new_tokens > 0:
                 for tokens, _ in stream(self.model, [ids], cfg, stop_tokens=sorted(ends)):
                     token = int(tokens[0])
@@ -145,8 +213,8 @@ class Engine:
                         if safe > sent:
                             on_text(text[sent:safe])
                             sent = safe
-                    if self._stopped(cancelled):
-                        finish = "cancelled"
+                    if reason := self._stopped(cancelled):
+                        finish = reason
                         break
             if flush:  # bytes of a character cut short by the end come out as U+FFFD
                 text += decoder.flush()
@@ -204,3 +272,4 @@ class Engine:
         """Stop the worker thread: queued generations are dropped, a running one ends at its next token."""
         self.closing.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.prep_executor.shutdown(wait=True, cancel_futures=True)

@@ -13,6 +13,7 @@ _OPENAI_TYPES = {
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    422: "invalid_request_error",
 }
 _KINDS = {
     "int_type": "an integer",
@@ -80,6 +81,8 @@ def from_validation(exc: ValidationError, prefix: str = "") -> ApiError:
     elif kind in _BOUNDS:
         bounds = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
         message = f"{name} must be {_BOUNDS[kind].format(**bounds)}, got {shown}"
+    elif kind == "extra_forbidden":
+        message = f"{name} is not a parameter gptlab serve implements or knows to be harmless; remove it from the request"
     elif kind == "missing":
         message = f"{name} is required"
     elif kind == "value_error":  # raised by our own validators

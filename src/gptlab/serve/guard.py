@@ -3,7 +3,8 @@
 A web page can make a browser send requests to ``127.0.0.1``: directly (cross-origin, with an
 ``Origin`` header) or by rebinding its own host name to 127.0.0.1 (same-origin for the browser,
 but with the page's name in ``Host``). The server answers 403 unless ``Host`` names an allowed
-host (loopback names always; more when the user allows them or binds a public address), and
+host (loopback names always; more when the user allows them or binds a public address; a
+request with no ``Host`` only when any name is allowed), and
 unless a request's ``Origin``, when it has one, is an allowed origin (by default only the
 server's own loopback origin; ``*`` allows any).
 """
@@ -68,9 +69,12 @@ class HostOriginGuard:
         self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins}
 
     def host_ok(self, host: str) -> bool:
-        """Return True when the ``Host`` header value ``host`` may be answered (browsers always send one)."""
+        """Return True when the ``Host`` header value ``host`` may be answered.
+
+        A request without one (HTTP/1.0 allows it) is answered only when any host is allowed (``*``).
+        """
         name = host_name(host)
-        return not name or "*" in self.hosts or name in self.hosts or is_loopback(name)
+        return "*" in self.hosts or (bool(name) and (name in self.hosts or is_loopback(name)))
 
     def origin_ok(self, origin: str, host: str, scheme: str) -> bool:
         """Return True when a request from ``origin`` (its ``Origin`` header) to ``scheme://host`` may be answered."""
@@ -86,6 +90,10 @@ class HostOriginGuard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
         host, origin, path = headers.get("host", ""), headers.get("origin"), scope.get("path", "")
+        if not host.strip() and not self.host_ok(host):
+            message = "a request without a Host header is not answered (DNS rebinding guard); send Host: localhost"
+            await error_response(path, 403, message, code="host_not_allowed")(scope, receive, send)
+            return
         if not self.host_ok(host):
             message = f"Host {host!r} is not allowed (DNS rebinding guard); add it with --allow-host {host_name(host) or 'NAME'}"
             await error_response(path, 403, message, code="host_not_allowed")(scope, receive, send)

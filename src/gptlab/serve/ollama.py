@@ -3,9 +3,13 @@
 Streaming is Ollama's default: NDJSON lines with ``done`` false, then one line with ``done``
 true and the counts. Sampling ``options``: ``temperature`` (default 0.8, 0 = greedy),
 ``top_k`` (40; 0 = off), ``top_p`` (0.9), ``seed``, ``num_predict`` (128; -1/-2 = up to the
-server's limit), ``stop``. Load-time options (``num_ctx``, ``num_thread``...) are ignored;
-samplers gptlab lacks (``repeat_penalty``, ``mirostat``...) and ``format``, ``tools``,
-``images``, ``think``... are refused with a 400 naming them, unless sent with their "off" value.
+server's limit; always capped so prompt + answer fit the context), ``stop``. Load-time options
+(``num_ctx``, ``num_thread``...) and options that only tune a refused sampler (``mirostat_tau``,
+``repeat_last_n``...) are ignored; samplers gptlab lacks (``repeat_penalty``, ``min_p``,
+``mirostat``...), unknown options, and ``format``, ``tools``, ``images``, ``think``... are
+refused with a 400 naming them, unless sent with their "off" value. A prompt that does not
+fit the context is a 400 naming both lengths unless the request sends ``"truncate": true``
+(then its last tokens are kept, leaving room for the answer).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from gptlab.data.prompts import format_prompt
 from gptlab.serve.common import RequestModel, Served, StopMixin, check_model, json_body, now_iso, refuse_unless, served
 from gptlab.serve.engine import Completion, sampling_config
 from gptlab.serve.errors import ApiError
-from gptlab.serve.prompts import ChatMessage, Prompt
+from gptlab.serve.prompts import ChatMessage
 
 router = APIRouter()
 NEVER = "9999-12-31T23:59:59Z"  # /api/ps expires_at: the model stays loaded while the server runs
@@ -32,9 +36,10 @@ _OFF_FEATURES = {"format": ("",), "tools": ([],), "images": ([],), "think": (Fal
 
 
 class OllamaOptions(StopMixin):
-    """Ollama ``options``: the sampling gptlab implements; other samplers must be off; load-time options are ignored."""
+    """Ollama ``options``: the sampling gptlab implements; other samplers must be off; load-time options
+    (and those tuning only a refused sampler) are ignored; an unknown option is a 400."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     num_predict: int | None = Field(None, ge=-2)
     temperature: float | None = Field(None, ge=0)
@@ -48,6 +53,25 @@ class OllamaOptions(StopMixin):
     typical_p: float | None = None
     tfs_z: float | None = None
     min_p: float | None = None
+    # ignored: load-time options, and options that change nothing while the samplers above are off
+    numa: Any = None
+    num_ctx: Any = None
+    num_batch: Any = None
+    num_gpu: Any = None
+    main_gpu: Any = None
+    low_vram: Any = None
+    f16_kv: Any = None
+    logits_all: Any = None
+    vocab_only: Any = None
+    use_mmap: Any = None
+    use_mlock: Any = None
+    embedding_only: Any = None
+    num_thread: Any = None
+    num_keep: Any = None
+    repeat_last_n: Any = None
+    mirostat_tau: Any = None
+    mirostat_eta: Any = None
+    penalize_newline: Any = None
 
 
 class OllamaMessage(ChatMessage):
@@ -65,6 +89,7 @@ class _OllamaRequest(RequestModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     keep_alive: Any = None  # accepted, meaningless here: the model stays loaded
+    truncate: bool | None = None  # a prompt over the context keeps its last tokens instead of a 400
 
     def check(self) -> None:
         """Raise ApiError 400 for features and samplers gptlab serve lacks."""
@@ -132,7 +157,7 @@ def _final(s: Served, c: Completion) -> dict:
         "model": s.name,
         "created_at": now_iso(),
         "done": True,
-        "done_reason": "length" if c.finish_reason == "length" else "stop",
+        "done_reason": _final_reason(c),
         "total_duration": int(c.seconds * 1e9),
         "load_duration": 0,
         "prompt_eval_count": c.prompt_tokens,
@@ -141,7 +166,11 @@ def _final(s: Served, c: Completion) -> dict:
     }
 
 
-async def _reply(s: Served, prompt: str | Prompt, body: _OllamaRequest, chat: bool, gone) -> Response:
+def _final_reason(c: Completion) -> str:
+    return c.finish_reason if c.finish_reason in ("length", "shutdown") else "stop"
+
+
+async def _reply(s: Served, prompt: str | list[ChatMessage], body: _OllamaRequest, chat: bool, gone) -> Response:
     o = body.options or OllamaOptions()
     cfg = sampling_config(
         128 if o.num_predict is None else o.num_predict,
@@ -152,17 +181,19 @@ async def _reply(s: Served, prompt: str | Prompt, body: _OllamaRequest, chat: bo
         o.seed,
     )
     stop = o.stop or []
+    job = await s.engine.prepare(prompt, cfg, keep=0 if body.truncate else None, field="messages" if chat else "prompt")
+    cfg, prompt_ids = job.cfg, job.ids
 
     def piece(text: str) -> dict:
         return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
 
     if body.stream is False:
-        c = await s.engine.complete_async(prompt, cfg, stop, gone=gone)
+        c = await s.engine.complete_async(prompt_ids, cfg, stop, gone=gone)
         return JSONResponse({**_final(s, c), **piece(c.text)})
 
     async def lines() -> AsyncIterator[str]:
         try:
-            async for item in s.engine.pieces(prompt, cfg, stop):
+            async for item in s.engine.pieces(prompt_ids, cfg, stop):
                 if isinstance(item, Completion):
                     yield json.dumps({**_final(s, item), **piece("")}) + "\n"
                 else:
@@ -247,10 +278,9 @@ async def generate(request: Request, body: GenerateRequest = Depends(json_body(G
     prompt, system = body.prompt or "", body.system or ""
     if not prompt and not system:  # Ollama's "load the model" call
         return _loaded(s, chat=False)
-    text: str | Prompt = prompt
-    if not body.raw:
-        turns = ([ChatMessage(role="system", content=system)] if system else []) + [ChatMessage(role="user", content=prompt)]
-        text = s.engine.chat_prompt(turns)
+    text: str | list[ChatMessage] = prompt
+    if not body.raw:  # rendered off the event loop, bounded, by the engine
+        text = ([ChatMessage(role="system", content=system)] if system else []) + [ChatMessage(role="user", content=prompt)]
     return await _reply(s, text, body, chat=False, gone=request.is_disconnected)
 
 
@@ -260,4 +290,4 @@ async def chat(request: Request, body: ChatRequest = Depends(json_body(ChatReque
     check_model(s, body.model, openai=False)
     if not body.messages:
         return _loaded(s, chat=True)
-    return await _reply(s, s.engine.chat_prompt(body.messages), body, chat=True, gone=request.is_disconnected)
+    return await _reply(s, list(body.messages), body, chat=True, gone=request.is_disconnected)

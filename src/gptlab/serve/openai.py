@@ -3,9 +3,14 @@
 Streaming (``stream: true``) sends server-sent events ``data: {...}`` ending with
 ``data: [DONE]``. Sampling: ``temperature`` (0..2, default 1), ``top_p`` (0..1), ``top_k``
 (vLLM's extension; -1/0 = off), ``seed``, ``max_tokens`` / ``max_completion_tokens`` (default
-16 for completions, the server's limit for chat; capped at it), ``stop``. Parameters gptlab
-does not implement (``logprobs``, ``response_format``, ``tools``, ``n`` > 1, penalties...) are
-refused with a 400 naming them, unless sent with their "off" value.
+16 for completions, the server's limit for chat; capped at it and at the room the context
+leaves), ``stop``. Parameters gptlab does not implement (``logprobs``, ``response_format``,
+``tools``, ``n`` > 1, penalties, ``min_p``, ``repetition_penalty``...) are refused with a 400
+naming them, unless sent with their "off" value; so is any key this module does not know. Keys
+that cannot change the answer (``user``, ``metadata``, ``store``, ``service_tier``,
+``prompt_cache_key``, ``safety_identifier``) are ignored. A prompt that does not fit the
+context is a 400 naming both lengths unless ``truncate_prompt_tokens`` (vLLM's: keep the
+prompt's last N tokens) is sent.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gptlab.serve.common import RequestModel, Served, StopMixin, check_model, json_body, refuse_unless, served
 from gptlab.serve.engine import Completion, sampling_config
 from gptlab.serve.errors import ApiError
-from gptlab.serve.prompts import ChatMessage, Prompt
+from gptlab.serve.prompts import ChatMessage
 
 router = APIRouter()
 _OFF = {
@@ -39,6 +44,8 @@ _OFF = {
     "functions": ([],),
     "function_call": ("none", "auto"),
     "parallel_tool_calls": (True, False),
+    "min_p": (0,),
+    "repetition_penalty": (1,),
 }
 
 
@@ -51,6 +58,8 @@ class StreamOptions(BaseModel):
 
 
 class _OpenAIRequest(RequestModel, StopMixin):
+    model_config = ConfigDict(strict=True, extra="forbid")  # an unknown key is a 400: it might change the answer
+
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=0)
@@ -71,6 +80,16 @@ class _OpenAIRequest(RequestModel, StopMixin):
     functions: list[Any] | None = None
     function_call: Any = None
     parallel_tool_calls: bool | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=1)
+    # ignored: they cannot change the answer
+    user: Any = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+    prompt_cache_key: Any = None
+    safety_identifier: Any = None
 
     def check(self) -> None:
         """Raise ApiError 400 for parameters gptlab serve does not implement."""
@@ -126,10 +145,10 @@ def _usage(c: Completion) -> dict:
 
 
 def _finish(c: Completion) -> str:
-    return "length" if c.finish_reason == "length" else "stop"
+    return c.finish_reason if c.finish_reason in ("length", "shutdown") else "stop"
 
 
-async def _reply(s: Served, prompt: str | Prompt, body: _OpenAIRequest, chat: bool, default_max_tokens: int, gone) -> Response:
+async def _reply(s: Served, prompt: str | list[ChatMessage], body: _OpenAIRequest, chat: bool, default_max_tokens: int, gone) -> Response:
     max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
     cfg = sampling_config(
         default_max_tokens if max_tokens is None else max_tokens,
@@ -140,12 +159,14 @@ async def _reply(s: Served, prompt: str | Prompt, body: _OpenAIRequest, chat: bo
         body.seed,
     )
     stop = body.stop or []
+    job = await s.engine.prepare(prompt, cfg, keep=body.truncate_prompt_tokens, field="messages" if chat else "prompt")
+    cfg, prompt_ids = job.cfg, job.ids
     kind = "chat.completion" if chat else "text_completion"
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     stamp = int(time.time())
 
     if not body.stream:
-        c = await s.engine.complete_async(prompt, cfg, stop, gone=gone)
+        c = await s.engine.complete_async(prompt_ids, cfg, stop, gone=gone)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": c.text}, "logprobs": None, "finish_reason": _finish(c)}
         else:
@@ -168,7 +189,7 @@ async def _reply(s: Served, prompt: str | Prompt, body: _OpenAIRequest, chat: bo
         try:
             if chat:
                 yield chunk(None, None, first=True)
-            async for item in s.engine.pieces(prompt, cfg, stop):
+            async for item in s.engine.pieces(prompt_ids, cfg, stop):
                 if isinstance(item, Completion):
                     yield chunk(None, _finish(item))
                     if include_usage:
@@ -210,4 +231,4 @@ async def completions(request: Request, body: CompletionRequest = Depends(json_b
 async def chat_completions(request: Request, body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest)), s: Served = Depends(served)) -> Response:
     """Answer ``messages`` (up to the server's token limit unless ``max_tokens`` says otherwise)."""
     check_model(s, body.model, openai=True)
-    return await _reply(s, s.engine.chat_prompt(body.messages), body, chat=True, default_max_tokens=s.engine.max_tokens_limit, gone=request.is_disconnected)
+    return await _reply(s, list(body.messages), body, chat=True, default_max_tokens=s.engine.max_tokens_limit, gone=request.is_disconnected)

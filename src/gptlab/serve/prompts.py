@@ -8,18 +8,28 @@ else alpaca. In an instruction prompt the last user message is the instruction; 
 assistant turns, in order) are folded into the ``### Input:`` block as ``System: ...``,
 ``User: ...``, ``Assistant: ...`` paragraphs, and messages after it (an assistant prefill) are
 appended after ``### Response:`` for the model to continue.
+
+A chat template is a model folder's code: it renders in a sandbox with bounds
+(``TEMPLATE_TIMEOUT_S`` seconds of running, checked at every line of the compiled template;
+``TEMPLATE_MAX_CHARS`` characters of output; ``*`` and ``**`` that would build a longer
+string or a huge number refused before they run), so a template with nested loops stops
+and the request gets a 422 naming the bound (see :func:`render_bounded`).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 
-from gptlab.data.prompts import compile_chat_template, format_prompt
+from gptlab.data.prompts import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.serve.errors import ApiError, from_validation
 from gptlab.tokenizer import Tokenizer
@@ -59,6 +69,75 @@ class ChatMessage(BaseModel):
 
 PromptBuilder = Callable[[Sequence[ChatMessage]], Prompt]
 _MESSAGES = TypeAdapter(list[ChatMessage])
+TEMPLATE_TIMEOUT_S = 5.0  # a chat template's running time per request (real templates take milliseconds)
+TEMPLATE_MAX_CHARS = 4 << 20  # ... and its output: 4 Mi characters, past any context once tokenized
+_MAX_EXPONENT = 4096
+
+
+class TemplateBoundError(Exception):
+    """A chat template ran past one of its bounds (time, output size, a huge ``*`` or ``**``)."""
+
+
+class BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox (as transformers renders chat templates) refusing a ``*`` that
+    would build a sequence over ``TEMPLATE_MAX_CHARS`` and a ``**`` with a huge exponent (both
+    run in C, where the time bound cannot stop them)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Return ``left operator right`` unless it would exceed the bounds (TemplateBoundError)."""
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > TEMPLATE_MAX_CHARS:
+                    raise TemplateBoundError(f"the chat template exceeded {TEMPLATE_MAX_CHARS} characters")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > _MAX_EXPONENT and isinstance(left, (int, float)) and abs(left) > 1:
+            raise TemplateBoundError(f"the chat template raised a number to the power {right}")
+        return super().call_binop(context, operator, left, right)
+
+
+def compile_bounded(chat_template: str) -> Template:
+    """Return the Jinja ``chat_template`` compiled in a :class:`BoundedEnvironment` with Hugging Face's
+    ``raise_exception`` and ``strftime_now``; GptlabError when it does not compile."""
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(chat_template)
+    except TemplateError as e:
+        raise GptlabError(f"serve: the tokenizer's chat_template does not compile ({e}); fix it in the checkpoint's tokenizer files") from None
+
+
+def render_bounded(template: Template, timeout_s: float | None = None, max_chars: int | None = None, **context: Any) -> str:
+    """Return ``template`` rendered with ``context``, stopped by TemplateBoundError past ``timeout_s``
+    seconds (default ``TEMPLATE_TIMEOUT_S``) or ``max_chars`` characters of output (``TEMPLATE_MAX_CHARS``).
+
+    The time bound is real: a trace function on this thread checks the clock at every line the
+    compiled template runs and raises inside it, so the thread stops (Python threads cannot be killed).
+    """
+    timeout_s = TEMPLATE_TIMEOUT_S if timeout_s is None else timeout_s
+    max_chars = TEMPLATE_MAX_CHARS if max_chars is None else max_chars
+    deadline = time.monotonic() + timeout_s
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise TemplateBoundError(f"the chat template exceeded {timeout_s:g} s")
+        return tracer
+
+    pieces, size, previous = [], 0, sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        for piece in template.generate(**context):
+            size += len(piece)
+            if size > max_chars:
+                raise TemplateBoundError(f"the chat template exceeded {max_chars} characters")
+            pieces.append(piece)
+    finally:
+        sys.settrace(previous)
+    return "".join(pieces)
 
 
 def alpaca_builder(style: str = "alpaca") -> PromptBuilder:
@@ -82,22 +161,25 @@ def alpaca_builder(style: str = "alpaca") -> PromptBuilder:
 
 
 def template_builder(chat_template: str, bos_token: str = "", eos_token: str = "") -> PromptBuilder:
-    """Return the builder rendering messages with the Jinja ``chat_template`` (sandboxed, as transformers does).
+    """Return the builder rendering messages with the Jinja ``chat_template`` (sandboxed, as transformers does,
+    and bounded: :func:`render_bounded`).
 
-    GptlabError if the template does not compile; a template's ``raise_exception`` is a 400 for the client.
+    GptlabError if the template does not compile; a template's ``raise_exception`` is a 400 for the
+    client; a template past its time or size bound a 422 naming the bound (the model's template,
+    not the request, is at fault, but this request cannot be answered).
     """
-
-    try:
-        template = compile_chat_template(chat_template)
-    except GptlabError as e:
-        raise GptlabError(f"serve: {e}") from None
+    template = compile_bounded(chat_template)
 
     def build(messages: Sequence[ChatMessage]) -> Prompt:
         turns = [{"role": m.role, "content": m.content or ""} for m in messages]
         try:
-            text = template.render(messages=turns, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+            text = render_bounded(template, messages=turns, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
         except TemplateError as e:
             raise ApiError(400, f"messages do not fit the model's chat template: {e}", param="messages") from None
+        except (TemplateBoundError, MemoryError, OverflowError) as e:
+            raise ApiError(
+                422, f"{e} rendering these messages; the model folder's chat_template is at fault", param="messages", code="chat_template_bound"
+            ) from None
         return Prompt(text, special_tokens=True)
 
     return build
