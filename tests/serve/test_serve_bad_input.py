@@ -14,9 +14,9 @@ import pytest
 
 from gptlab.serve import create_app, running_server
 from gptlab.serve import prompts as serve_prompts
+from gptlab.tokenizer import GPT2Tokenizer, gpt2
 from tests.helpers.models import tiny_gpt2
 from tests.serve.helpers import CHAT, ndjson, sse
-from tests.serve.test_serve_engine import TemplatedTokenizer
 
 ROUTES = [
     ("/v1/completions", "prompt"),
@@ -165,6 +165,14 @@ def test_no_host_header_is_refused(url):
         while chunk := s.recv(4096):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 403") and b"without a Host header" in reply, reply
+
+
+class TemplatedTokenizer(GPT2Tokenizer):
+    """GPT-2's tokenizer carrying a (runaway) chat template, as a model folder's tokenizer can."""
+
+    def __init__(self, chat_template: str):
+        super().__init__(gpt2().encoding)
+        self.chat_template = chat_template
 
 
 NESTED = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}hi"

@@ -7,7 +7,6 @@ import random
 import time
 
 import httpx
-import pytest
 
 PATHS = ["/v1/completions", "/v1/chat/completions", "/api/generate", "/api/chat"]
 KEYS = ["prompt", "messages", "model", "stream", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "options", "raw", "system", "n"]
@@ -104,7 +103,6 @@ def body(rng: random.Random, path: str) -> bytes:
     return text.encode()
 
 
-@pytest.mark.slow
 def test_two_hundred_random_requests_are_all_answered_below_500(url):
     rng = random.Random(24)
     statuses: dict[int, int] = {}
