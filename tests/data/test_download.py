@@ -431,7 +431,7 @@ download:
         (FILES_YAML.replace('"file:///data/002.parquet"}', '"file:///d.txt", name: ../d.txt}'), r"files\[2\].name='../d.txt' is not a usable file name"),
         (
             FILES_YAML.replace('"file:///data/002.parquet"}', '"file:///d.txt", size: 3}'),
-            r"unknown key download.sources.corpus.files\[2\].size; allowed keys: uri, sha256, name",
+            r"unknown key download.sources.corpus.files\[2\].size; delete it \(line \d+: .*size: 3\}'\).*; allowed keys: uri, sha256, name",
         ),
     ],
 )
