@@ -5,16 +5,27 @@ the project folder. Either way :func:`stage_main` parses ``--params FILE`` and a
 ``-S key=value`` overrides (as ``dvc exp run -S`` takes them), loads the typed params and calls
 the stage's ``run(params)``. Bad input ends with one line on stderr and exit code 2; Ctrl-C or
 SIGTERM (after the stage saved what it can) with exit code 130.
+
+One run of a stage at a time: :func:`stage_lock` holds ``.dvc/tmp/gptlab-<stage>.lock`` while
+the stage runs, so a second run waits for it a few seconds, then stops with one line naming the
+holder's pid. Under DVC a stage also dies with its parent (:func:`die_with_parent`): a
+``kill -9`` of ``dvc repro`` leaves no orphan writing the stage's outputs behind a rerun.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import ctypes
 import dataclasses
+import fcntl
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +37,8 @@ from gptlab.params.docs import params_help
 
 # The stages of dvc.yaml, in pipeline order (each is stages/<name>.py and `gptlab <name>`).
 STAGES = ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score")
+LOCK_WAIT_S = 10.0  # a second run of a stage waits this long for the first (e.g. one saving after SIGTERM) to end
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -74,7 +87,73 @@ def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None
         known, _ = stage_parser(prog, doc, add_help=False).parse_known_args(argv)
         parser.epilog = _params_epilog(name, known)
     args = parser.parse_args(argv)
-    return run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
+
+    def locked_run() -> None:
+        params = load_params(args.params, overrides=args.overrides)
+        die_with_parent()
+        with stage_lock(name, wait_s=LOCK_WAIT_S) if name else contextlib.nullcontext():
+            run(params)
+
+    return run_cli(locked_run)
+
+
+def die_with_parent() -> bool:
+    """Under DVC (``DVC_STAGE`` set) on Linux, have the kernel send this process SIGTERM when its
+    parent dies (``prctl(PR_SET_PDEATHSIG)``); return True when that is set up.
+
+    A stage run by hand (no ``DVC_STAGE``) is left alone, so ``nohup gptlab pretrain &`` outlives
+    its shell. A parent already gone by the time the request took effect gets the same SIGTERM.
+    """
+    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+@contextlib.contextmanager
+def stage_lock(name: str, root: str | Path = ".", wait_s: float = LOCK_WAIT_S) -> Iterator[Path | None]:
+    """Hold the exclusive lock of stage ``name`` of the DVC project in ``root`` while the block runs;
+    yield the lock file (``.dvc/tmp/gptlab-<name>.lock``, holding this process's pid), or None
+    outside a DVC project (no ``.dvc/`` folder).
+
+    The lock is an ``fcntl.flock``: the kernel drops it when the holder exits, however it ends
+    (``kill -9`` included). When another process holds it, wait up to ``wait_s`` seconds (saying
+    so once), then raise GptlabError naming that process's pid and the fix.
+    """
+    if not (Path(root) / ".dvc").is_dir():
+        yield None
+        return
+    path = Path(root) / ".dvc" / "tmp" / f"gptlab-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline, told = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    raise GptlabError(
+                        f"stage {name} is already running (pid {holder} holds {path}); wait for it to end, or end it (kill {holder}) and run again"
+                    ) from None
+                if not told:
+                    print(f"gptlab: stage {name} is running in pid {holder}; waiting up to {wait_s:g} s for it to end", file=sys.stderr)
+                    told = True
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _stage_name(run: Callable) -> str | None:

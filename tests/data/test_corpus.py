@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from gptlab.data.corpus import Document, chunk_bounds, read_corpus, split_documents
+from gptlab.data.corpus import Document, chunk_bounds, clean_text, read_corpus, split_documents
 from gptlab.data.shards import TokenShards, read_shard
 from gptlab.data.tokenize import encode_documents, tokenize_corpus
 from gptlab.errors import GptlabError
@@ -86,7 +86,7 @@ def test_tokenize_corpus_end_to_end(corpus_dir, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     enc = gpt2()
     for split in ("train", "val"):
-        texts = [(corpus_dir / n).read_bytes().decode() for n in meta["splits"][split]["documents"]]
+        texts = [clean_text((corpus_dir / n).read_bytes().decode()) for n in meta["splits"][split]["documents"]]  # c.txt ends in \r\n
         expected = [i for t in texts for i in enc.encode_ordinary(t) + [enc.eot_token]]
         got = np.concatenate([read_shard(out / n) for n in meta["splits"][split]["shards"]])
         assert got.tolist() == expected

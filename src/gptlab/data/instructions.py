@@ -49,7 +49,7 @@ def load_records(path: str | Path) -> list[dict]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not part of the JSON
     except FileNotFoundError:
         raise GptlabError(f"{path}: not found; check the instruction data path (run `dvc repro download` first?)") from None
     except UnicodeDecodeError as e:

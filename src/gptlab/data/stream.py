@@ -28,7 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from gptlab.data.corpus import Document, _split_one, chunk_bounds, corpus_files, hash_in_val, is_blank, read_text, seed_key, text_pieces
+from gptlab.data.corpus import (
+    Document,
+    _split_one,
+    chunk_bounds,
+    corpus_files,
+    hash_in_val,
+    is_blank,
+    needs_cleaning,
+    read_text,
+    seed_key,
+    text_pieces,
+)
 from gptlab.data.records import PARQUET_SUFFIXES, arrow_texts, is_record_file, jsonl_blobs, jsonl_texts, parquet_batches
 from gptlab.errors import GptlabError
 from gptlab.tokenizer import Tokenizer
@@ -53,7 +64,8 @@ class CorpusPlan:
     ``units`` yields ``(unit, disk_bytes)`` pairs (``disk_bytes``: how far the unit advanced
     through the files on disk, for a progress bar); ``names`` holds the document names per
     split for the ``choice`` rule (None for ``hash``); ``total_bytes`` the files' size on disk;
-    ``unit_chars`` the size of a unit (characters of text, bytes of JSONL).
+    ``unit_chars`` the size of a unit (characters of text, bytes of JSONL); ``cleaned`` the names
+    of the text files whose byte-order mark or ``\\r`` line endings are dropped as they are read.
     """
 
     files: list[Path]
@@ -62,6 +74,7 @@ class CorpusPlan:
     names: tuple[list[str], list[str]] | None = None
     total_bytes: int = field(default=0)
     unit_chars: int = field(default=UNIT_CHARS)
+    cleaned: list[str] = field(default_factory=list)
 
 
 def plan_corpus(folder: str | Path, pattern: str, text_field: str, val_fraction: float, seed: int, chunk_chars: int) -> CorpusPlan:
@@ -77,8 +90,9 @@ def plan_corpus(folder: str | Path, pattern: str, text_field: str, val_fraction:
     files = corpus_files(folder, pattern)
     total = sum(p.stat().st_size for p in files)
     unit_chars = max(4 * chunk_chars, min(UNIT_CHARS, total // 32))
+    cleaned = [p.name for p in files if not is_record_file(p) and needs_cleaning(p)]
     if any(is_record_file(p) for p in files):
-        return CorpusPlan(files, "hash", _hash_units(files, text_field, val_fraction, seed, chunk_chars, unit_chars), None, total, unit_chars)
+        return CorpusPlan(files, "hash", _hash_units(files, text_field, val_fraction, seed, chunk_chars, unit_chars), None, total, unit_chars, cleaned)
     docs = [p for p in files if not is_blank(p)]
     if not docs:
         raise GptlabError(f"{folder}: the corpus is empty ({len(files)} files, all blank); add text files")
@@ -86,12 +100,12 @@ def plan_corpus(folder: str | Path, pattern: str, text_field: str, val_fraction:
         train, val = _split_one(Document(docs[0].name, read_text(docs[0])), val_fraction)
         halves = [(TRAIN, train[0].text), (VAL, val[0].text)]
         units = _batch(((s, t[a:b], b == len(t)) for s, t in halves for a, b in chunk_bounds(t, chunk_chars)), unit_chars, total)
-        return CorpusPlan(files, "choice", units, ([train[0].name], [val[0].name]), total, unit_chars)
+        return CorpusPlan(files, "choice", units, ([train[0].name], [val[0].name]), total, unit_chars, cleaned)
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
     chosen = set(np.random.default_rng(seed).permutation(len(docs))[:n_val].tolist())
     splits = [VAL if i in chosen else TRAIN for i in range(len(docs))]
     names = ([p.name for p, s in zip(docs, splits) if s == TRAIN], [p.name for p, s in zip(docs, splits) if s == VAL])
-    return CorpusPlan(files, "choice", _text_units(list(zip(docs, splits)), chunk_chars, unit_chars), names, total, unit_chars)
+    return CorpusPlan(files, "choice", _text_units(list(zip(docs, splits)), chunk_chars, unit_chars), names, total, unit_chars, cleaned)
 
 
 def _batch(pieces: Iterator[tuple[int, str, bool]], unit_chars: int, disk_bytes: int) -> Iterator[tuple[Unit, int]]:
@@ -128,8 +142,11 @@ def _text_units(docs: list[tuple[Path, int]], chunk_chars: int, unit_chars: int)
 
 
 def _file_hash_split(path: Path, seed: int, val_fraction: float) -> int:
-    """Return the split of a text file under the hash rule (the hash of its bytes is that of its text)."""
+    """Return the split of a text file under the hash rule (the hash of its cleaned text: of its bytes when cleaning changes nothing)."""
     digest = hashlib.blake2b(digest_size=8, key=seed_key(seed))
+    if needs_cleaning(path):
+        digest.update(read_text(path).encode("utf-8"))
+        return VAL if hash_in_val(digest, val_fraction) else TRAIN
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)

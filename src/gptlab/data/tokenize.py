@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -137,6 +138,12 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     """
     start = time.perf_counter()
     plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
+    if plan.cleaned:
+        print(
+            f"tokenize: normalised {len(plan.cleaned)} of {len(plan.files)} files (a leading byte-order mark dropped, \\r\\n and \\r line endings "
+            f"made \\n; e.g. {plan.cleaned[0]})",
+            file=sys.stderr,
+        )
     train_texts = _train_texts(params, corpus_dir, seed) if params.tokenizer in TRAINED else ()
     tokenizer = build_tokenizer(params.tokenizer, train_texts, params.vocab_size)
     _check_fits(tokenizer)

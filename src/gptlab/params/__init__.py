@@ -98,11 +98,13 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
 
     Each override is ``dotted.key=value`` (value parsed as YAML), as ``dvc exp run -S`` takes it.
     Raises ParamsError naming the file and the dotted key on any unknown key, wrong type
-    or impossible value, and when the file is missing or not YAML.
+    or impossible value, and when the file is missing or not YAML; an unknown key found in the
+    file is named with its line (``params.yaml:42: unknown key foo; delete it (line 42: ...)``).
     """
     path = Path(path)
     try:
-        data = _yaml(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = _yaml(text)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project root or pass --params FILE") from None
     except yaml.YAMLError as e:
@@ -110,7 +112,44 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
     data = data or {}
     for item in overrides:
         apply_override(data, item, str(path))
-    return from_dict(Params, data, source=str(path) + (" (with -S overrides)" if overrides else ""))
+    try:
+        return from_dict(Params, data, source=str(path) + (" (with -S overrides)" if overrides else ""))
+    except ParamsError as e:
+        key = getattr(e, "unknown_key", None)
+        where = _key_line(text, key) if key else None
+        if where is None:  # not in the file (an -S override) or not found: the loader's line as is
+            raise
+        line, content, block = where
+        under = " and the lines indented under it" if block else ""
+        raise ParamsError(
+            f"{path}:{line}: unknown key {key}; delete it (line {line}: {content!r}{under}), e.g. a leftover of `dvc exp run -S +KEY=VALUE`, "
+            f"or fix its spelling; allowed keys: {e.allowed}"
+        ) from None
+
+
+def _key_line(text: str, dotted: str) -> tuple[int, str, bool] | None:
+    """Return (1-based line, that line's text, whether the key opens a block of lines under it) of the
+    key ``dotted`` (``a.b[2].c``) in the YAML ``text``; None when it is not found there."""
+    try:
+        node = yaml.compose(text, Loader=_Yaml12Numbers)
+    except yaml.YAMLError:
+        return None
+    key_node = None
+    for index, name in re.findall(r"\[(\d+)\]|([^.\[\]]+)", dotted):
+        if index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            node = node.value[int(index)]
+        elif name and isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == name]
+            if not match:
+                return None
+            key_node, node = match[-1]
+        else:
+            return None
+    if key_node is None:
+        return None
+    line = key_node.start_mark.line
+    block = isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not node.flow_style and node.start_mark.line > line
+    return line + 1, text.splitlines()[line].strip()[:80], block
 
 
 def apply_override(data: dict, item: str, source: str = "params") -> None:

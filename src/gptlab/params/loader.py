@@ -93,7 +93,9 @@ def _build_dataclass(cls: type, value: Any, source: str, where: str) -> Any:
     prefix = f"{where}." if where else ""
     unknown = [k for k in value if k not in fields]
     if unknown:
-        raise ParamsError(f"{source}: unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(fields)}")
+        error = ParamsError(f"{source}: unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(fields)}")
+        error.unknown_key, error.allowed = f"{prefix}{unknown[0]}", ", ".join(fields)  # load_params adds the line to delete
+        raise error
     kwargs = {}
     for name, f in fields.items():
         if name in value:
