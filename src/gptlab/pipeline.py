@@ -13,6 +13,7 @@ import argparse
 import ast
 import dataclasses
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,7 +75,44 @@ def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None
         known, _ = stage_parser(prog, doc, add_help=False).parse_known_args(argv)
         parser.epilog = _params_epilog(name, known)
     args = parser.parse_args(argv)
-    return run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
+    before = {} if name is None or DVC_STAGE_ENV in os.environ else _out_stamps(stage_outs(name))
+    code = run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
+    for out in [o for o, stamp in before.items() if _stamp(o) not in (None, stamp)]:
+        print(f"gptlab: replaced {out} (tracked by DVC stage {name}); `dvc repro` or `dvc checkout` to get the pipeline's version back")
+    return code
+
+
+# DVC sets this variable for every stage command it runs (dvc/stage/run.py): its absence means a run by hand.
+DVC_STAGE_ENV = "DVC_STAGE"
+
+
+def stage_outs(name: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """Return the cached outs (paths) stage ``name`` declares in ``dvc_yaml``: what `dvc checkout`
+    restores; [] when the file or the stage is not there."""
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    outs = []
+    for out in (stages.get(name) or {}).get("outs", []):
+        path, opts = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+        if (opts or {}).get("cache", True):
+            outs.append(path)
+    return outs
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """``path``'s (inode, mtime ns), or None when it does not exist: a stage replacing it changes both."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _out_stamps(outs: list[str]) -> dict[str, tuple[int, int] | None]:
+    """Each out's :func:`_stamp` before a run."""
+    return {out: _stamp(out) for out in outs}
 
 
 def _stage_name(run: Callable) -> str | None:
