@@ -1,6 +1,9 @@
-"""A LoRA run's checkpoints hold the trained tensors, the optimizer state and the base's hash, not the model."""
+"""A LoRA run's checkpoints hold the trained tensors, the optimizer state and the base's hash, not
+the model; queued and --temp experiments (DVC runs them in a temporary copy of the project, with
+DVC_ROOT naming the project) keep their checkpoints in the project's folder, so they resume."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from gptlab.lora import lora_state, model_hash
 from gptlab.model import GPT
 from gptlab.params import FinetuneParams, LoraParams
 from gptlab.train.finetune import finetune, publish_finetuned
+from gptlab.train.run import checkpoint_root
 from tests.helpers.records import INSTRUCTIONS
 
 
@@ -81,3 +85,24 @@ def test_a_checkpoint_of_another_base_is_refused(base_and_splits, tmp_path):
     config.write_text(json.dumps(data))
     with pytest.raises(GptlabError, match="trained on base 0000000000000000"):
         run(base_and_splits, p)
+
+
+def test_a_relative_checkpoint_dir_is_the_projects_under_dvc(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert checkpoint_root("checkpoints/finetune") == Path("checkpoints/finetune")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
+    assert checkpoint_root("checkpoints/finetune") == tmp_path / "project" / "checkpoints" / "finetune"
+    assert checkpoint_root(tmp_path / "abs") == tmp_path / "abs"
+
+
+def test_an_interrupted_run_in_a_temporary_workspace_resumes_from_the_projects_checkpoints(base_and_splits, tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    p = params(tmp_path, checkpoint_dir="checkpoints/finetune")
+    for workspace in ("exp-a", "exp-b"):  # DVC gives each attempt a fresh temporary copy
+        (tmp_path / workspace).mkdir()
+        monkeypatch.chdir(tmp_path / workspace)
+        result = run(base_and_splits, p, **({"stop_after_steps": 3} if workspace == "exp-a" else {}))
+    assert "resuming run" in capsys.readouterr().out
+    assert result.train.latest.is_relative_to(project / "checkpoints" / "finetune")
+    assert not (tmp_path / "exp-b" / "checkpoints").exists()

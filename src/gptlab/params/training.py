@@ -97,7 +97,7 @@ class LoopParams:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
     checkpoint_dir: str = "checkpoints/pretrain"
-    """folder of the resumable training state, one run folder per set of params (outside DVC's outputs)"""
+    """folder of the resumable training state, one run folder per set of params (outside DVC's outputs); relative: to the project (a queued or --temp experiment uses its project's)"""
     resume: bool = True
     """continue an interrupted run with the same params from its state in checkpoint_dir"""
     keep_runs: int = 3
