@@ -75,7 +75,8 @@ def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None
         known, _ = stage_parser(prog, doc, add_help=False).parse_known_args(argv)
         parser.epilog = _params_epilog(name, known)
     args = parser.parse_args(argv)
-    before = {} if name is None or DVC_STAGE_ENV in os.environ else _out_stamps(stage_outs(name))
+    by_hand = name is not None and DVC_STAGE_ENV not in os.environ and os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 writes
+    before = _out_stamps(stage_outs(name)) if by_hand else {}
     code = run_cli(lambda: run(load_params(args.params, overrides=args.overrides)))
     for out in [o for o, stamp in before.items() if _stamp(o) not in (None, stamp)]:
         print(f"gptlab: replaced {out} (tracked by DVC stage {name}); `dvc repro` or `dvc checkout` to get the pipeline's version back")
