@@ -1,7 +1,7 @@
 """Stage `convert`: the base model of fine-tuning, as a gptlab checkpoint.
 
 reads   data/checkpoint/ (convert.source's files), models/pretrained/ ; params convert
-writes  models/base/ (model.safetensors, config.json, tokenizer), data/provenance/convert.json (weights used, sha256, time, memory)
+writes  models/base/ (model.safetensors, config.json, tokenizer), data/provenance/convert.json (weights used, sha256; time and memory are printed only)
 metrics metrics/convert.json (parameters)
 """
 

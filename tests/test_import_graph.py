@@ -19,7 +19,7 @@ GRAPH = module_imports(ROOT / "src")
 
 # The layers, bottom up (design.md): a module may import only modules of its own layer or below.
 LOW = ("gptlab.data", "gptlab.params", "gptlab.tokenizer", "gptlab.config", "gptlab.model", "gptlab.fused_loss", "gptlab.checkpoint", "gptlab.sampling")
-HIGH = ("gptlab.convert", "gptlab.train", "gptlab.score", "gptlab.serve", "gptlab.litgpt", "gptlab.cli", "gptlab.lora", "gptlab.generate")
+HIGH = ("gptlab.convert", "gptlab.train", "gptlab.score", "gptlab.serve", "gptlab.litgpt", "gptlab.cli", "gptlab.lora", "gptlab.generate", "gptlab.chat")
 
 
 def _under(module: str, prefixes) -> bool:

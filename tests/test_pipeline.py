@@ -176,3 +176,31 @@ def test_a_one_parameter_experiment_table_fits_160_columns(scratch):
     widths = [len(line.rstrip()) for line in r.stdout.splitlines()]
     assert widths and max(widths) <= 160, r.stdout
     assert "max_new_tokens" in r.stdout
+
+
+def cached_out_hashes(project: Path) -> dict[str, str]:
+    """Each cached out of dvc.lock (those dvc.yaml does not mark ``cache: false``) with its md5."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    declared = [o for s in stages.values() for kind in ("outs", "metrics", "plots") for o in s.get(kind, [])]
+    uncached = {next(iter(o)) for o in declared if isinstance(o, dict) and not next(iter(o.values())).get("cache", True)}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", []) if o["path"] not in uncached}
+
+
+@pytest.mark.slow
+def test_a_fresh_run_writes_the_same_outputs_and_the_committed_lock_checks_out(scratch):
+    """Every cached output is a function of its inputs: a second run from nothing (no DVC cache,
+    no checkpoints) locks the same hashes, so `dvc checkout` of the committed lock finds them."""
+    project, params, _ = scratch
+    git(project, "checkout", "--", "dvc.lock", "params.yaml")
+    committed = cached_out_hashes(project)
+    assert "data/provenance/convert.json" in committed and "models/finetuned" in committed
+    for path in (project / ".dvc" / "cache", Path(params["pretrain"]["checkpoint_dir"]), Path(params["finetune"]["checkpoint_dir"])):
+        shutil.rmtree(path, ignore_errors=True)
+    dvc(project, "repro", "-f")
+    assert cached_out_hashes(project) == committed
+    git(project, "checkout", "--", "dvc.lock", "params.yaml", "metrics")
+    shutil.rmtree(project / "models" / "base")
+    out = dvc(project, "checkout")
+    assert "not in cache" not in out
+    assert (project / "models" / "base" / "model.safetensors").exists()

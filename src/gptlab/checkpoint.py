@@ -27,6 +27,8 @@ from gptlab.rng import capture_rng, restore_rng
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "gptlab"
+# A checkpoint of a run that freezes part of the model (LoRA) holds only the trained tensors, in this file.
+TRAINABLE_WEIGHTS = "trainable.safetensors"
 
 
 def model_state(model: GPT) -> dict[str, torch.Tensor]:
@@ -37,6 +39,11 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
+def trainable_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Return the tensors of the parameters that require grad (a LoRA run: the adapter's), by state-dict name."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
 def save_model(
     folder: str | Path,
     model: GPT,
@@ -44,6 +51,7 @@ def save_model(
     extra: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     train_state: dict | None = None,
+    trainable_only: bool = False,
 ) -> Path:
     """Write ``model`` to ``folder`` (replacing it only once complete); return the folder.
 
@@ -51,10 +59,15 @@ def save_model(
     a tokenizer object (GPT-2's is recorded by name, any other saved as ``tokenizer.json``). ``extra`` adds JSON-able entries to ``config.json``. With
     ``optimizer`` and ``train_state`` (JSON-able) it is a training checkpoint: the optimizer's
     tensors and the RNG states go to ``state.safetensors``, the rest to ``state.json``.
+    ``trainable_only``: only the tensors that require grad go to ``trainable.safetensors`` (a
+    LoRA run's checkpoint: the frozen base is the one the run loads; no ``model.safetensors``).
     """
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(model_state(model), tmp / "model.safetensors", metadata={"format": FORMAT})
+        if trainable_only:
+            save_file(trainable_state(model), tmp / TRAINABLE_WEIGHTS, metadata={"format": FORMAT})
+        else:
+            save_file(model_state(model), tmp / "model.safetensors", metadata={"format": FORMAT})
         spec = "gpt2"
         if not isinstance(tokenizer, (str, Path)):  # a tokenizer object: GPT-2's stays a name, any other is saved
             if tokenizer.name != "gpt2":
@@ -139,9 +152,29 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
 
 
 def load_weights(model: GPT, folder: str | Path) -> None:
-    """Load ``folder/model.safetensors`` into ``model`` (names and shapes checked)."""
-    weights = Path(folder) / "model.safetensors"
+    """Load ``folder/model.safetensors`` into ``model`` (names and shapes checked); a folder with
+    only ``trainable.safetensors`` (``save_model(trainable_only=True)``) loads those tensors into
+    the model's parameters of the same names, the rest (the frozen base) left as loaded."""
+    folder = Path(folder)
+    weights = folder / "model.safetensors"
+    if not weights.exists() and (folder / TRAINABLE_WEIGHTS).exists():
+        load_trainable(model, folder / TRAINABLE_WEIGHTS)
+        return
     load_state(model, load_tensors(weights), str(weights))
+
+
+def load_trainable(model: GPT, path: str | Path) -> None:
+    """Copy the tensors of ``path`` into ``model``'s parameters of the same names; GptlabError names
+    the file and the first tensor the model lacks or whose shape differs."""
+    tensors = load_tensors(path)
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        if name not in params or tuple(params[name].shape) != tuple(value.shape):
+            found = tuple(params[name].shape) if name in params else "no such parameter"
+            raise GptlabError(f"{path}: {name} {tuple(value.shape)} does not fit the model ({found}); remove the checkpoint or restore the params")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
 
 
 _DAMAGED = "is truncated or not a safetensors file ({}); copy, download or convert it again"

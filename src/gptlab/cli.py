@@ -3,7 +3,7 @@
 ``gptlab <stage>`` (download, tokenize, pretrain, instructions, download_checkpoint, convert,
 finetune, generate, litgpt, score) runs ``stages/<stage>.py`` of the project in the current
 folder, exactly as ``dvc repro`` does (``--params FILE``, ``-S key=value`` overrides). The
-tools: ``sample`` (continue a prompt, streaming), ``convert --model`` (one model into another
+tools: ``sample`` (continue a prompt, streaming), ``chat`` (talk to a model), ``convert --model`` (one model into another
 format), ``serve``, ``encode``, ``clean``.
 
 Bad input ends the command with one line ``gptlab: error: ...`` on stderr and exit code 2;
@@ -17,6 +17,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from gptlab.chat import Conversation, chat_loop, prompt_style_of, single_turn_ids, stream_answer
 from gptlab.checkpoint import save_model
 from gptlab.convert.export import export_model
 from gptlab.convert.openai_tf import export_openai_tf
@@ -25,7 +26,7 @@ from gptlab.litgpt.checkpoint import export_litgpt
 from gptlab.lora import load_merged
 from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
-from gptlab.sampling import SamplingConfig, stream
+from gptlab.sampling import SamplingConfig
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.retention import clean_checkpoints
 
@@ -51,16 +52,34 @@ def _encode(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     model, tok = load_merged(args.model, args.adapter, args.device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    prompt = tok.encode(args.prompt, allowed_special="all")
-    text = tok.decode_stream()  # a character may span tokens
-    ends = set(tok.stop_tokens)
-    for tokens, _ in stream(model, [prompt], cfg, stop_tokens=sorted(ends), use_cache=not args.no_cache, pad_token=tok.eot_token):
-        token = int(tokens[0])
-        if token in ends:
-            break
-        sys.stdout.write(text.add(token))
-        sys.stdout.flush()
-    sys.stdout.write(text.flush() + "\n")
+    style = None if args.raw else prompt_style_of(args.model, tok)
+    _, interrupted = stream_answer(model, tok, single_turn_ids(tok, args.prompt, style), cfg, use_cache=not args.no_cache)
+    sys.stdout.write("\n")
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _chat(args: argparse.Namespace) -> None:
+    try:
+        import readline  # noqa: F401  line editing and history for input() where the platform has it
+    except ImportError:
+        pass
+    model, tok = load_merged(args.model, args.adapter, args.device)
+    style = prompt_style_of(args.model, tok) or "alpaca"
+    cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    print(f"chat: {args.model} ({style} prompts); /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer", flush=True)
+    chat_loop(model, tok, Conversation(tok, style, model.config.context_length, args.max_new_tokens, args.system), cfg)
+
+
+def _sampling_options(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
+    """Add the sampling options ``sample`` and ``chat`` share."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most (per answer)")
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (none: all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (none: off)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (none: random)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (finetune's models/finetuned/adapter) merged into --model")
 
 
 def _convert_model(args: argparse.Namespace) -> None:
@@ -124,16 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="continue a prompt with a model, streaming tokens as they come", formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="a gptlab checkpoint folder (or a Hugging Face GPT-2 folder)")
-    p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (none: all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (none: off)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (none: random)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--prompt", required=True, help="the text to continue; a chat model (a chat template or a fine-tuning prompt style) gets it as one user turn"
+    )
+    p.add_argument("--raw", action="store_true", help="give a chat model the prompt text as is (no chat template or prompt style)")
+    _sampling_options(p, 64, 0.8)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (for comparison)")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (finetune's models/finetuned/adapter) merged into --model")
     p.set_defaults(fn=_sample)
+
+    p = sub.add_parser("chat", help="talk to a model, multi-turn, streaming (its chat template or fine-tuning prompt style)", formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True, help="a model folder (gptlab, Hugging Face or OpenAI), e.g. models/finetuned")
+    p.add_argument("--system", default=None, help="a system message opening the conversation")
+    _sampling_options(p, 256, 0.7)
+    p.set_defaults(fn=_chat)
 
     p = sub.add_parser("serve", help="serve a model over Ollama- and OpenAI-compatible HTTP APIs", formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="a gptlab (or Hugging Face GPT-2) model folder")

@@ -94,7 +94,12 @@ def stage_main(run: Callable, doc: str | None = None, argv: Sequence[str] | None
         with stage_lock(name, wait_s=LOCK_WAIT_S) if name else contextlib.nullcontext():
             run(params)
 
-    return run_cli(locked_run)
+    by_hand = name is not None and DVC_STAGE_ENV not in os.environ and os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 writes
+    before = _out_stamps(stage_outs(name)) if by_hand else {}
+    code = run_cli(locked_run)
+    for out in [o for o, stamp in before.items() if _stamp(o) not in (None, stamp)]:
+        print(f"gptlab: replaced {out} (tracked by DVC stage {name}); `dvc repro` or `dvc checkout` to get the pipeline's version back")
+    return code
 
 
 def die_with_parent() -> bool:
@@ -104,7 +109,7 @@ def die_with_parent() -> bool:
     A stage run by hand (no ``DVC_STAGE``) is left alone, so ``nohup gptlab pretrain &`` outlives
     its shell. A parent already gone by the time the request took effect gets the same SIGTERM.
     """
-    if "DVC_STAGE" not in os.environ or not sys.platform.startswith("linux"):
+    if DVC_STAGE_ENV not in os.environ or not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()
     try:
@@ -154,6 +159,39 @@ def stage_lock(name: str, root: str | Path = ".", wait_s: float = LOCK_WAIT_S) -
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+# DVC sets this variable for every stage command it runs (dvc/stage/run.py): its absence means a run by hand.
+DVC_STAGE_ENV = "DVC_STAGE"
+
+
+def stage_outs(name: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """Return the cached outs (paths) stage ``name`` declares in ``dvc_yaml``: what `dvc checkout`
+    restores; [] when the file or the stage is not there."""
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    outs = []
+    for out in (stages.get(name) or {}).get("outs", []):
+        path, opts = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+        if (opts or {}).get("cache", True):
+            outs.append(path)
+    return outs
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """``path``'s (inode, mtime ns), or None when it does not exist: a stage replacing it changes both."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _out_stamps(outs: list[str]) -> dict[str, tuple[int, int] | None]:
+    """Each out's :func:`_stamp` before a run."""
+    return {out: _stamp(out) for out in outs}
 
 
 def _stage_name(run: Callable) -> str | None:

@@ -38,10 +38,11 @@ def test_pretrained_source_is_copied_as_is(tmp_path):
     assert summary == {"source": "pretrained", "files": {}}
     m = build_base(p, tmp_path / "checkpoint", tmp_path / "pretrained", tmp_path / "base", tmp_path / "convert.json", tmp_path / "provenance.json")
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == (tmp_path / "pretrained" / "model.safetensors").read_bytes()
-    # metrics: the figure to compare; provenance: the rest (hash, time, memory, which weights)
+    # metrics: the figure to compare; provenance: the rest (hash, which weights), nothing that differs per run
     assert json.loads((tmp_path / "convert.json").read_text()) == {"parameters": model.num_parameters()}
     provenance = json.loads((tmp_path / "provenance.json").read_text())
     assert provenance["sha256"] == m["sha256"] and len(m["sha256"]) == 64 and m["peak_memory_mib"] > 0 and provenance["weights"] == "final"
+    assert "seconds" not in provenance and "peak_memory_mib" not in provenance  # a DVC out: the same bytes for the same inputs
 
 
 @pytest.mark.slow

@@ -25,6 +25,9 @@ from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, sha256_file, write_json
 from gptlab.params import ConvertParams
 
+# Summary fields that differ between two runs of the same inputs: printed, never in a DVC out.
+RUN_DEPENDENT = ("seconds", "peak_memory_mib")
+
 
 def peak_rss_bytes() -> int:
     """Return this process's peak resident memory so far, in bytes (Linux ru_maxrss is KiB)."""
@@ -61,7 +64,8 @@ def build_base(
 ) -> dict:
     """Write the base model to ``out_dir`` (a gptlab checkpoint) and return the summary: source,
     parameters, sha256 of ``model.safetensors``, seconds, peak memory (MiB) and source bytes.
-    ``metrics_path`` gets the parameter count; ``provenance_path`` the whole summary.
+    ``metrics_path`` gets the parameter count; ``provenance_path`` the summary less its seconds
+    and peak memory (a DVC out must be a function of its inputs: those two are printed only).
 
     For ``source: pretrained`` ``p.weights`` picks the best or the final pretrained weights; which
     were used is printed and written to ``provenance_path`` (JSON) when given."""
@@ -107,6 +111,6 @@ def build_base(
     }
     if metrics_path is not None:  # the one figure worth comparing across experiments
         write_json(metrics_path, {"parameters": summary["parameters"]})
-    if provenance_path is not None:  # what was converted, from where, how fast
-        write_json(provenance_path, {**provenance, **summary})
+    if provenance_path is not None:  # what was converted, from where (not how fast: that differs per run)
+        write_json(provenance_path, {**provenance, **{k: v for k, v in summary.items() if k not in RUN_DEPENDENT}})
     return summary

@@ -97,8 +97,8 @@ class LoopParams:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
     checkpoint_dir: str = "checkpoints/pretrain"
-    """folder of the resumable training state, one run folder per set of params (outside DVC's outputs); may lie anywhere (e.g. a scratch disk): a run
-    resumes only from a run folder of the same params, to the same weights"""
+    """folder of the resumable training state, one run folder per set of params (outside DVC's outputs); may lie anywhere (e.g. a scratch disk);
+    relative: to the project (a queued or --temp experiment uses its project's). A run resumes only from a run folder of the same params, to the same weights"""
     resume: bool = True
     """continue an interrupted run with the same params from its state in checkpoint_dir"""
     keep_runs: int = 3

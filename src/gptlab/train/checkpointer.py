@@ -24,12 +24,18 @@ def config_differences(a: GPTConfig, b: GPTConfig) -> list[str]:
 
 class Checkpointer:
     """Reads and writes ``run.run_dir/{latest,best}`` for one run; :attr:`saved_step` is the step
-    ``latest/`` holds (None before the first save of a fresh run)."""
+    ``latest/`` holds (None before the first save of a fresh run).
+
+    A run that freezes part of the model (LoRA: :attr:`lean`) writes only the trained tensors
+    (``trainable.safetensors``: the adapter, tens of MB for SmolLM2) beside the optimizer state,
+    with the base's hash (``run.extra``'s ``base_sha256``) in ``config.json``; ``best/`` holds the
+    adapter alone. Resuming loads them into the model the run built from its base."""
 
     def __init__(self, run: LoopRun, p: LoopParams, par: Parallel, ddp: Distributed, model: GPT, optimizer):
         self.run, self.p, self.par, self.ddp, self.model, self.optimizer = run, p, par, ddp, model, optimizer
         self.latest, self.best = run.run_dir / "latest", run.run_dir / "best"
         self.saved_step: int | None = None
+        self.lean = not par.sharded and any(not q.requires_grad for q in model.parameters())
 
     def prepare(self) -> None:
         """Rank 0: finish or undo a killed writer's renames, mark the run folder used and remove
@@ -56,6 +62,7 @@ class Checkpointer:
             raise GptlabError(
                 f"{self.latest}: the checkpoint's model differs from params.yaml ({'; '.join(config_differences(saved_cfg, config))}); remove it or restore the params"
             )
+        self._check_base(read_config(self.latest).get(self.run.name) or {})
         saved = self.par.load(self.latest, self.model, self.optimizer)
         state = LoopState.from_json(saved)
         self.run.source.restore(saved["data_rng"])
@@ -68,10 +75,20 @@ class Checkpointer:
         """Write ``latest/`` at ``state.step`` (rank 0; every rank under FSDP); ``pending``: that
         step's evaluation is still to be done (it is redone on resume)."""
         extra = {self.run.name: {"step": state.step, **self.run.extra}}
-        self.par.save(self.latest, self.model, self.optimizer, self.run.tokenizer_spec, extra, state.to_json(self.run.run_id, self.run.source.state(), pending))
+        state_json = state.to_json(self.run.run_id, self.run.source.state(), pending)
+        self.par.save(self.latest, self.model, self.optimizer, self.run.tokenizer_spec, extra, state_json, trainable_only=self.lean)
         self.saved_step = state.step
         fault_point("after_save_latest")
 
     def save_best(self, model: GPT, step: int, val_loss: float) -> None:
-        """Write ``best/``: the full ``model``'s weights at ``step`` with its val loss (rank 0)."""
-        save_model(self.best, model, self.run.tokenizer_spec, {self.run.name: {"step": step, "val_loss": val_loss, **self.run.extra}})
+        """Write ``best/``: ``model``'s weights at ``step`` (a :attr:`lean` run: its trained tensors) with its val loss (rank 0)."""
+        extra = {self.run.name: {"step": step, "val_loss": val_loss, **self.run.extra}}
+        save_model(self.best, model, self.run.tokenizer_spec, extra, trainable_only=self.lean)
+
+    def _check_base(self, saved: dict) -> None:
+        """GptlabError when ``latest/`` (its ``config.json`` entry ``saved``) was trained on another base than this run's."""
+        want, got = self.run.extra.get("base_sha256"), saved.get("base_sha256")
+        if want is not None and got is not None and want != got:
+            raise GptlabError(
+                f"{self.latest}: the checkpoint was trained on base {got[:16]}..., this run's base is {want[:16]}...; remove it or restore the base"
+            )

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from gptlab.checkpoint import load_tensors, load_training_state, load_weights, save_model
+from gptlab.checkpoint import TRAINABLE_WEIGHTS, load_tensors, load_training_state, load_weights, save_model
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, write_json
 from gptlab.model import GPT
@@ -78,6 +78,8 @@ def _load_plain_into_sharded(folder: Path, model: GPT, optimizer) -> dict:
     the full tensors and keeps its shard. The optimizer's tensors are keyed by parameter index,
     mapped to names through the optimizer's parameter order (the same in both modes)."""
     meta = read_json(folder / "state.json", "a training checkpoint's state.json")
+    if not (folder / "model.safetensors").exists() and (folder / TRAINABLE_WEIGHTS).exists():
+        raise GptlabError(f"{folder}: holds only the trained tensors (a LoRA run); resume it without FSDP (finetune.parallel) or remove it")
     weights = load_tensors(folder / "model.safetensors")
     if model.config.tie_embeddings:
         weights["head.weight"] = weights["tok_emb.weight"]

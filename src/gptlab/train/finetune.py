@@ -31,7 +31,7 @@ from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
-from gptlab.train.run import LoopRun, TrainResult, json_sha256, run_id
+from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, json_sha256, run_id
 from gptlab.train.runtime import setup_distributed
 
 
@@ -145,7 +145,7 @@ def finetune(
     run = LoopRun(
         name="finetune",
         run_id=rid,
-        run_dir=Path(p.checkpoint_dir) / rid,
+        run_dir=checkpoint_root(p.checkpoint_dir) / rid,
         tokenizer_spec=tokenizer_spec,
         source=InstructionSource(batches),
         evaluate=evaluate,

@@ -106,11 +106,12 @@ class Parallel:
             self.replica.load_state_dict(full)
         return self.replica
 
-    def save(self, folder: Path, model: GPT, optimizer, tokenizer: str, extra: dict, state: dict | None) -> None:
-        """Write the training checkpoint ``folder`` (rank 0 writes; FSDP: every rank writes its shards)."""
+    def save(self, folder: Path, model: GPT, optimizer, tokenizer: str, extra: dict, state: dict | None, trainable_only: bool = False) -> None:
+        """Write the training checkpoint ``folder`` (rank 0 writes; FSDP: every rank writes its shards).
+        ``trainable_only`` (plain checkpoints): the weights are the trained tensors only."""
         if not self.sharded:
             if self.ddp.main:
-                save_model(folder, model, tokenizer, extra, optimizer, state)
+                save_model(folder, model, tokenizer, extra, optimizer, state, trainable_only=trainable_only)
             return
         full = self.view(model)
         save_sharded(folder, model, optimizer, full, tokenizer, extra, state, self.ddp)

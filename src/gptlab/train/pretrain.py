@@ -22,7 +22,7 @@ from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
-from gptlab.train.run import LoopRun, TrainResult, run_id
+from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, run_id
 from gptlab.train.runtime import flops_per_token, setup_distributed
 
 
@@ -136,7 +136,7 @@ def pretrain(
     run = LoopRun(
         name="pretrain",
         run_id=rid,
-        run_dir=Path(p.checkpoint_dir) / rid,
+        run_dir=checkpoint_root(p.checkpoint_dir) / rid,
         tokenizer_spec=tokenizer_spec,
         source=source,
         evaluate=evaluate,

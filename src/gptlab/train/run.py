@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,3 +85,13 @@ def run_id(kind: str, p: LoopParams, **parts: Any) -> str:
     The same inputs give the same id, so a run with an id already in the checkpoint folder resumes it."""
     keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in NOT_TRAJECTORY}
     return json_sha256({kind: keep, **parts})[:12]
+
+
+def checkpoint_root(checkpoint_dir: str | Path) -> Path:
+    """Return the folder of a run's checkpoints: ``checkpoint_dir`` as is when absolute, else under
+    ``$DVC_ROOT`` when DVC set it, else under the current folder. DVC points ``DVC_ROOT`` at the
+    project a queued or ``--temp`` experiment came from (its stage runs in a temporary copy), so
+    such an experiment, interrupted, resumes from the project's ``checkpoints/`` like any run."""
+    path = Path(checkpoint_dir).expanduser()
+    root = os.environ.get("DVC_ROOT")
+    return path if path.is_absolute() or not root else Path(root) / path
