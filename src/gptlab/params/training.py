@@ -55,6 +55,9 @@ class ModelParams:
     """bias on the attention's output projection"""
     mlp_bias: bool | None = None
     """biases on the MLP's linear layers"""
+    vocab_pad: int | None = None
+    """round the embedding and head rows up to a multiple of this (64 on a GPU: the head's matmuls on tile-friendly shapes; 1 or null: no padding);
+    the pad rows are never predicted, never in the loss, and every export writes the true vocabulary"""
 
     def __post_init__(self) -> None:
         self.to_config()  # an impossible shape fails here, naming the fields
