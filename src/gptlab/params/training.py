@@ -95,8 +95,8 @@ class LoopParams:
     """evaluate, log and save a resumable checkpoint every this many steps (and at the last step)"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto (bf16 on a GPU, fp32 on the CPU: the same numbers on every CPU), fp32, bf16, or fp16 (CUDA only)"""
-    compile: bool = False
-    """torch.compile the model"""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the training model: true, false, or auto (on for CUDA, off elsewhere); the compile warm-up is timed apart (summary's compile_seconds)"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
     checkpoint_dir: str = "checkpoints/pretrain"
