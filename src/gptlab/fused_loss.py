@@ -54,7 +54,7 @@ def _fused(hidden, weight, targets, chunk: int, vocab: int, dtype: torch.dtype |
     n_valid = valid.sum().clamp(min=1).to(acc)
     grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
     rows_of = None  # all rows take part: the plain path, unchanged numerics
-    if not bool(valid.all()):
+    if hidden.device.type == "cpu" and not bool(valid.all()):  # skip ignored rows' matmuls; off the CPU the mask does it, with no host sync
         rows_of = valid.nonzero().squeeze(1)
         full_grad = torch.zeros_like(hidden)
         hidden, targets = hidden[rows_of], targets[rows_of]
