@@ -24,6 +24,8 @@ class GPTConfig:
     ``mlp``: gelu | swiglu with ``mlp_hidden`` units (None: 4 x emb_dim); ``n_kv_heads``: key/value
     heads (None: n_heads); ``qkv_bias`` / ``proj_bias`` / ``mlp_bias``: biases of the qkv,
     attention output and MLP projections; ``tie_embeddings``: head shares the token embedding.
+    ``vocab_pad``: the embedding and head rows are rounded up to a multiple of it
+    (:attr:`padded_vocab`; 64 suits a GPU's matmul tiles); the pad rows are never predicted.
     """
 
     vocab_size: int = 50257
@@ -43,9 +45,10 @@ class GPTConfig:
     n_kv_heads: int | None = None
     proj_bias: bool = True
     mlp_bias: bool = True
+    vocab_pad: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "vocab_pad"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
         if self.emb_dim % self.n_heads:
@@ -64,6 +67,11 @@ class GPTConfig:
             raise GptlabError(f"positions=rope needs an even head_dim, got emb_dim/n_heads={self.head_dim}; change emb_dim or n_heads")
         if self.norm_eps <= 0 or self.rope_base <= 0:
             raise GptlabError(f"norm_eps={self.norm_eps} and rope_base={self.rope_base} must be > 0")
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and the head: ``vocab_size`` rounded up to a multiple of ``vocab_pad``."""
+        return -(-self.vocab_size // self.vocab_pad) * self.vocab_pad
 
     @property
     def head_dim(self) -> int:
@@ -88,8 +96,12 @@ class GPTConfig:
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def to_dict(self) -> dict:
-        """Return the config as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """Return the config as a JSON-ready dict (``vocab_pad`` only when it pads: a config.json
+        written before padding existed reads back the same, and an unpadded one is unchanged)."""
+        out = dataclasses.asdict(self)
+        if out["vocab_pad"] == 1:
+            del out["vocab_pad"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> GPTConfig:

@@ -17,6 +17,7 @@ positions.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -26,6 +27,8 @@ from torch import nn
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.fused_loss import linear_cross_entropy
+
+HEAD_CHUNK_ACCELERATOR = 2048  # rows per chunk of the fused head + loss off the CPU: a few large matmuls, ~0.4 GB of fp32 logits at GPT-2's vocabulary
 
 
 class KVCache:
@@ -158,13 +161,13 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.tok_emb = nn.Embedding(config.padded_vocab, config.emb_dim)
         if config.positions == "learned":
             self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop = nn.Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = make_norm(config)
-        self.head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.emb_dim, config.padded_vocab, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -249,16 +252,38 @@ class GPT(nn.Module):
         ``mask``: (batch, 1, seq, keys) bool attention mask, default causal.
         ``last_only``: logits of the last position only, (batch, 1, vocab) (for generation).
 
-        With ``targets`` (and no autocast) the loss comes from a chunked fused head +
-        cross-entropy that never materialises the (batch, seq, vocab) logits; ``logits`` is
-        then None unless ``return_logits``.
+        With ``targets`` the loss comes from a chunked fused head + cross-entropy (under autocast
+        too: its matmuls in autocast's dtype, the log-sum-exp in fp32) that never materialises the
+        (batch, seq, vocab) logits; ``logits`` is then None unless ``return_logits``. A padded
+        vocabulary (``config.vocab_pad``) is invisible here: ``logits`` has the true ``vocab_size``
+        columns and the pad rows never enter the loss.
         """
         x = self.hidden_states(idx, cache=cache, position_ids=position_ids, mask=mask, last_only=last_only)
-        if targets is not None and not return_logits and type(self.head) is nn.Linear and not torch.is_autocast_enabled(x.device.type):
+        vocab = self.config.vocab_size
+        if targets is not None and not return_logits and type(self.head) is nn.Linear:
             # fused head + loss; a wrapped head (e.g. LoRA) takes the plain path
-            return None, linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())
+            chunk = 256 if x.device.type == "cpu" else HEAD_CHUNK_ACCELERATOR
+            return None, linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten(), chunk, vocab)
         logits = self.head(x)
+        if logits.size(-1) != vocab:
+            logits = logits[..., :vocab]
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return logits, loss
+
+
+def unpadded(model: GPT) -> GPT:
+    """``model`` itself when its vocabulary is not padded, else a model with ``vocab_pad`` 1 whose
+    embedding and head are views of the true ``vocab_size`` rows (no copy, no RNG drawn): what
+    every export writes."""
+    if model.config.padded_vocab == model.config.vocab_size:
+        return model
+    v = model.config.vocab_size
+    trimmed = {k: (t[:v] if k in ("tok_emb.weight", "head.weight") else t) for k, t in model.state_dict().items()}
+    with torch.device("meta"):
+        out = GPT(dataclasses.replace(model.config, vocab_pad=1))
+    out.load_state_dict(trimmed, assign=True)
+    if out.config.tie_embeddings:
+        out.head.weight = out.tok_emb.weight
+    return out.train(model.training)

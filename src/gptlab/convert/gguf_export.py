@@ -34,7 +34,7 @@ from gptlab.config import GPTConfig
 from gptlab.convert.gguf import llama_permute, tensor_name
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_path, read_json
-from gptlab.model import GPT
+from gptlab.model import GPT, unpadded
 from gptlab.tokenizer import GPT2Tokenizer, HFTokenizer, Tokenizer, gpt2_bpe_dir
 
 DTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
@@ -190,6 +190,7 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, path: str | Path, dtype: str =
     :func:`gguf_vocab`)."""
     if dtype not in DTYPES:
         raise GptlabError(f"GGUF dtype={dtype!r} is unknown; choose among {', '.join(DTYPES)}")
+    model = unpadded(model)  # the true vocabulary, whatever vocab_pad trained with
     c = model.config
     arch = architecture(c)
     vocab = gguf_vocab(tokenizer, c.vocab_size)

@@ -25,7 +25,7 @@ from gptlab.convert import hf_gpt2, hf_llama
 from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, write_json
-from gptlab.model import GPT
+from gptlab.model import GPT, unpadded
 from gptlab.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -216,6 +216,7 @@ def export_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | str | Path 
     """
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
+    model = unpadded(model)  # the true vocabulary, whatever vocab_pad trained with
     family = family_of(model.config)
     hf_config = family.config_to_hf(model.config)
     if tokenizer is not None:

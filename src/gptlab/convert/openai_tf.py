@@ -32,7 +32,7 @@ import torch
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, write_json
-from gptlab.model import GPT
+from gptlab.model import GPT, unpadded
 from gptlab.progress import progress
 from gptlab.tokenizer import gpt2_bpe_dir
 
@@ -262,6 +262,7 @@ def export_openai_tf(model: GPT, folder: str | Path) -> Path:
     ``encoder.json`` + ``vocab.bpe`` (from :func:`gptlab.tokenizer.gpt2_bpe_dir`). The model needs a
     tied head, qkv biases and GPT-2's 50,257-token vocabulary; anything else raises GptlabError.
     """
+    model = unpadded(model)  # the true vocabulary, whatever vocab_pad trained with
     config = model.config
     folder = Path(folder)
     problems = []

@@ -29,6 +29,7 @@ from gptlab.convert.hf import check_tokenizer_fits
 from gptlab.convert.hf_tokenizer import write_hf_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
+from gptlab.model import unpadded
 from gptlab.progress import progress
 
 DEFAULT_CONFIG = "SmolLM2-135M-Instruct"
@@ -310,6 +311,7 @@ def export_litgpt(model, tokenizer, out_dir: str | Path, name: str = "gptlab") -
     """
     from litgpt.utils import save_config  # litgpt: the optional [litgpt] extra
 
+    model = unpadded(model)  # the true vocabulary, whatever vocab_pad trained with
     config = litgpt_config_of(model.config, name)
     check_tokenizer_fits(tokenizer, model.config)
     with atomic_dir(out_dir) as tmp:

@@ -55,6 +55,9 @@ class ModelParams:
     """bias on the attention's output projection"""
     mlp_bias: bool | None = None
     """biases on the MLP's linear layers"""
+    vocab_pad: int | None = None
+    """round the embedding and head rows up to a multiple of this (64 on a GPU: the head's matmuls on tile-friendly shapes; 1 or null: no padding);
+    the pad rows are never predicted, never in the loss, and every export writes the true vocabulary"""
 
     def __post_init__(self) -> None:
         self.to_config()  # an impossible shape fails here, naming the fields
@@ -92,8 +95,8 @@ class LoopParams:
     """evaluate, log and save a resumable checkpoint every this many steps (and at the last step)"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto (bf16 on a GPU, fp32 on the CPU: the same numbers on every CPU), fp32, bf16, or fp16 (CUDA only)"""
-    compile: bool = False
-    """torch.compile the model"""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the training model: true, false, or auto (on for CUDA, off elsewhere); the compile warm-up is timed apart (summary's compile_seconds)"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
     checkpoint_dir: str = "checkpoints/pretrain"

@@ -151,7 +151,7 @@ def reference_loss(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], st
         targets = targets.to(device)
         scored = targets != -100
         hidden = model.hidden_states(inputs.to(device))[scored]  # (scored tokens, emb_dim): no logits for prompts or padding
-        nll = F.cross_entropy(model.head(hidden).float(), targets[scored], reduction="none")
+        nll = F.cross_entropy(model.head(hidden)[:, : model.config.vocab_size].float(), targets[scored], reduction="none")
         per_record = torch.zeros(len(batch), dtype=nll.dtype, device=device).index_add_(0, scored.nonzero()[:, 0], nll)
         for i, loss in zip(batch, (per_record / scored.sum(dim=1)).tolist()):
             losses[i] = loss

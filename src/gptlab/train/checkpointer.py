@@ -19,7 +19,7 @@ from gptlab.train.state import LoopState
 
 def config_differences(a: GPTConfig, b: GPTConfig) -> list[str]:
     """Return ``field: a -> b`` for each differing field."""
-    return [f"{f}: {getattr(a, f)} -> {getattr(b, f)}" for f in a.to_dict() if getattr(a, f) != getattr(b, f)]
+    return [f"{f}: {getattr(a, f)} -> {getattr(b, f)}" for f in dict.fromkeys((*a.to_dict(), "vocab_pad")) if getattr(a, f) != getattr(b, f)]
 
 
 class Checkpointer:

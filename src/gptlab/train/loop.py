@@ -48,15 +48,47 @@ from gptlab.train.run import LoopRun, TrainResult
 from gptlab.train.runtime import StopRequest, peak_flops
 from gptlab.train.state import LoopState
 
+SYNC_EVERY = 10  # off the CPU: steps between reads of the loss (a host sync) for the finite check and the progress bar
+
+
+def sync_interval(device: torch.device) -> int:
+    """Steps between reads of the training loss: every step on the CPU (a read costs nothing
+    there, and a non-finite loss stops the run before its update), ``SYNC_EVERY`` on an accelerator."""
+    return 1 if device.type == "cpu" else SYNC_EVERY
+
 
 @dataclass
 class StepResult:
-    """What one optimizer step computed: its mean loss over the micro-batches (nats/token), the
-    tokens it consumed on all ranks, and the gradient norm before clipping (None without clipping)."""
+    """What one optimizer step computed: its mean loss over the micro-batches (nats/token; None
+    when the loss was left on the device this step), the tokens it consumed on all ranks, and
+    the gradient norm before clipping (None without clipping)."""
 
-    loss: float
+    loss: float | None
     tokens: int
     grad_norm: torch.Tensor | None
+
+
+def compile_enabled(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``compile`` (true | false | auto) compiles on ``device``: auto is on for CUDA only."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def device_batches(batches, device: torch.device):
+    """``batches`` of host (x, y) tensors moved to ``device``. On CUDA each is pinned and its copy
+    issued one micro-batch ahead (non-blocking), so the host never waits for a transfer; elsewhere
+    a plain ``.to``."""
+    if device.type != "cuda":
+        for x, y in batches:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    ahead = None
+    for x, y in batches:
+        nxt = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        if ahead is not None:
+            yield ahead
+        ahead = nxt
+    if ahead is not None:
+        yield ahead
 
 
 class Trainer:
@@ -79,7 +111,11 @@ class Trainer:
         if ddp.world > 1:
             dist.barrier()
         self.state = self.checkpointer.resume() or LoopState()
-        self.train_model = self.par.wrap(torch.compile(model) if p.compile else model)
+        self.compiled = compile_enabled(p.compile, device)
+        self.train_model = self.par.wrap(torch.compile(model) if self.compiled else model)
+        self.sync_every = sync_interval(device)
+        self.pending_losses: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not read yet
+        self.compile_seconds, self.warmup_tokens = None, 0
         self.evaluator = Evaluator(run, p, ddp.world, self.autocast, peak_flops(device), self.checkpointer.save_best)
         self.logger = LiveLogger(live_dir, self.state.history) if ddp.main and live_dir else None
         self.bar = None
@@ -88,15 +124,16 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer step at ``state.step``: the learning rate of the schedule, ``run.accum``
         micro-batches forward and backward (gradients reduced across ranks on the last), unscaling,
-        clipping and the AdamW update. A non-finite loss stops the run (GptlabError)."""
+        clipping and the AdamW update. A non-finite loss stops the run (GptlabError; see
+        :meth:`read_losses`: on the CPU before this step's update, elsewhere within ``sync_every``
+        steps and always before an evaluation or a save)."""
         p, ddp, optimizer, scaler, accum = self.p, self.ddp, self.optimizer, self.scaler, self.run.accum
         lr = lr_at(self.state.step, p)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
-        for micro, (x, y) in enumerate(self.run.source.step_batches(accum, ddp.rank, ddp.world)):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for micro, (x, y) in enumerate(device_batches(self.run.source.step_batches(accum, ddp.rank, ddp.world), self.device)):
             tokens += x.numel() * ddp.world
             sync = ddp.world == 1 or micro == accum - 1
             with self.par.sync(self.model, self.train_model, sync), self.autocast:
@@ -109,13 +146,11 @@ class Trainer:
         grad_norm = None
         if p.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_([q for q in self.model.parameters() if q.requires_grad], p.grad_clip)
-        step_loss = (loss_sum / accum).item()
-        if not math.isfinite(step_loss):
-            latest = self.checkpointer.latest
-            raise GptlabError(
-                f"step {self.state.step}: training loss is {step_loss}; stopped. The last good checkpoint is {latest if latest.exists() else 'none yet'}; "
-                f"lower {self.run.name}.lr or use precision: fp32"
-            )
+        self.pending_losses.append((self.state.step, loss_sum / accum))
+        step_loss = None
+        next_step = self.state.step + 1
+        if len(self.pending_losses) >= self.sync_every or self.evaluator.due(next_step) or next_step >= p.max_steps:
+            step_loss = self.read_losses()
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -124,6 +159,23 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         fault_point("mid_step")
         return StepResult(step_loss, tokens, grad_norm)
+
+    def read_losses(self) -> float | None:
+        """Read the losses left on the device (one host sync); return the last (None if none
+        pending). GptlabError naming the first step whose loss is not finite."""
+        if not self.pending_losses:
+            return None
+        steps, losses = zip(*self.pending_losses)
+        self.pending_losses = []
+        values = torch.stack(losses).tolist() if len(losses) > 1 else [losses[0].item()]
+        for step, value in zip(steps, values):
+            if not math.isfinite(value):
+                latest = self.checkpointer.latest
+                raise GptlabError(
+                    f"step {step}: training loss is {value}; stopped. The last good checkpoint is {latest if latest.exists() else 'none yet'}; "
+                    f"lower {self.run.name}.lr or use precision: fp32"
+                )
+        return values[-1]
 
     def save(self) -> None:
         """Write ``latest/`` at the current step (its evaluation marked pending if not done yet)."""
@@ -164,6 +216,20 @@ class Trainer:
         if self.ddp.world > 1:
             dist.barrier()
 
+    def timed_warmup_step(self) -> StepResult:
+        """The first compiled step of this process, timed apart (``compile_seconds``): the timing
+        window restarts after it, so tokens/s and MFU are the compiled model's steady state."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = self.train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.compile_seconds = time.perf_counter() - start
+        self.warmup_tokens = out.tokens
+        self.window_start, self.window_tokens = time.perf_counter(), -out.tokens  # the caller adds them back
+        return out
+
     def end_window(self) -> float:
         """Close the current timing window: add its seconds to the state; return its tokens/s."""
         if self.device.type == "cuda":
@@ -178,6 +244,7 @@ class Trainer:
         s, saved = self.state, self.checkpointer
         s.train_seconds += time.perf_counter() - self.window_start
         if not in_step and saved.saved_step != s.step:
+            self.read_losses()  # a non-finite loss is never saved
             self.save()
         if self.ddp.main:
             where = (
@@ -203,15 +270,16 @@ class Trainer:
                     if stop_after_steps is not None and s.step - start_step >= stop_after_steps:
                         break
                     in_step = True
-                    out = self.train_step()
+                    out = self.timed_warmup_step() if self.compiled and self.compile_seconds is None else self.train_step()
                     s.step += 1
                     s.tokens_seen += out.tokens
                     self.window_tokens += out.tokens
                     in_step = False
                     fault_point("step_end")
                     self.bar.update(1)
-                    now = time.perf_counter()
-                    self.bar.set_postfix(loss=f"{out.loss:.3f}", tok_s=f"{self.window_tokens / max(now - self.window_start, 1e-9):,.0f}")
+                    if out.loss is not None:  # read at a sync point: every step on the CPU
+                        now = time.perf_counter()
+                        self.bar.set_postfix(loss=f"{out.loss:.3f}", tok_s=f"{self.window_tokens / max(now - self.window_start, 1e-9):,.0f}")
                     if self.evaluator.due(s.step):
                         self.eval_and_checkpoint(self.end_window())
                         self.window_start = time.perf_counter()
@@ -221,6 +289,7 @@ class Trainer:
             finally:
                 self.bar.close()
         if self.checkpointer.saved_step != s.step:  # stopped between evaluations
+            self.read_losses()
             s.train_seconds += time.perf_counter() - self.window_start
             self.save()
         final = self.final_evaluate()
@@ -254,11 +323,12 @@ class Trainer:
             {
                 "best_val_loss": None if s.best_val_loss == float("inf") else round(s.best_val_loss, 5),
                 "val_loss_rising_evals": rising_evals(s.history),
-                "tokens_per_s": round(s.tokens_seen / s.train_seconds, 1) if s.train_seconds else None,
+                "tokens_per_s": round((s.tokens_seen - self.warmup_tokens) / s.train_seconds, 1) if s.train_seconds else None,
                 "train_seconds": round(s.train_seconds, 2),
                 "device": str(self.device),
                 "precision": str(self.amp_dtype or torch.float32).removeprefix("torch."),
                 "processes": self.ddp.world,
+                **({"compile_seconds": round(self.compile_seconds, 2)} if self.compile_seconds is not None else {}),
                 **({"parallel": "fsdp"} if self.par.sharded else {}),
                 **self.run.summary,
                 **final,

@@ -23,7 +23,7 @@ from gptlab.tokenizer import load_tokenizer
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
 from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, run_id
-from gptlab.train.runtime import flops_per_token, setup_distributed
+from gptlab.train.runtime import flops_per_token, pad_parameters, setup_distributed
 
 
 def shards_fingerprint(shards_dir: Path, meta: dict) -> dict:
@@ -142,7 +142,7 @@ def pretrain(
         evaluate=evaluate,
         accum=p.tokens_per_step // per_micro,
         sample=sample if prompt_ids and p.sample_tokens else None,
-        flops_per_token=flops_per_token(config, model.num_parameters()),
+        flops_per_token=flops_per_token(config, model.num_parameters() - pad_parameters(config)),
         final_evaluate=evaluate_full,
     )
     return train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)

@@ -74,6 +74,11 @@ def flops_per_token(config: GPTConfig, n_params: int) -> float:
     return 6 * n_params + 12 * config.n_layers * config.emb_dim * config.context_length
 
 
+def pad_parameters(config: GPTConfig) -> int:
+    """Parameters in the pad rows of a padded vocabulary (embedding, and the head when untied): not counted in MFU."""
+    return (config.padded_vocab - config.vocab_size) * config.emb_dim * (1 if config.tie_embeddings else 2)
+
+
 def peak_flops(device: torch.device) -> float | None:
     """The bf16 peak of this GPU if known, else None."""
     if device.type != "cuda":
