@@ -25,7 +25,7 @@ from gptlab.litgpt.checkpoint import export_litgpt
 from gptlab.lora import load_merged
 from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
-from gptlab.sampling import SamplingConfig, stream
+from gptlab.sampling import NonFiniteLogits, SamplingConfig, stream
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.retention import clean_checkpoints
 
@@ -54,12 +54,15 @@ def _sample(args: argparse.Namespace) -> None:
     prompt = tok.encode(args.prompt, allowed_special="all")
     text = tok.decode_stream()  # a character may span tokens
     ends = set(tok.stop_tokens)
-    for tokens, _ in stream(model, [prompt], cfg, stop_tokens=sorted(ends), use_cache=not args.no_cache, pad_token=tok.eot_token):
-        token = int(tokens[0])
-        if token in ends:
-            break
-        sys.stdout.write(text.add(token))
-        sys.stdout.flush()
+    try:
+        for tokens, _ in stream(model, [prompt], cfg, stop_tokens=sorted(ends), use_cache=not args.no_cache, pad_token=tok.eot_token):
+            token = int(tokens[0])
+            if token in ends:
+                break
+            sys.stdout.write(text.add(token))
+            sys.stdout.flush()
+    except NonFiniteLogits as e:
+        raise GptlabError(f"{args.model}: {e}") from None
     sys.stdout.write(text.flush() + "\n")
 
 
