@@ -146,7 +146,10 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise GptlabError(f"{folder / 'config.json'}: not a gptlab checkpoint (format: gptlab); convert it first (gptlab convert --model {folder} --out DIR)")
     if not isinstance(data.get("model"), dict):
         raise GptlabError(f"{folder / 'config.json'}: key 'model' (the model config) is missing or not an object; save the checkpoint again")
-    config = GPTConfig.from_dict(data["model"])
+    try:
+        config = GPTConfig.from_dict(data["model"])
+    except GptlabError as e:
+        raise GptlabError(f"{folder / 'config.json'}: {e}") from None
     weights = folder / "model.safetensors"
     check_shapes(config, read_shapes(weights), str(weights), folder / "config.json")
     spec = data.get("tokenizer", "gpt2")

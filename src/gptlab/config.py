@@ -8,6 +8,7 @@ Qwen2 (Llama plus qkv biases) are configurations of the same class (see :mod:`gp
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
@@ -48,6 +49,10 @@ class GPTConfig:
     mlp_bias: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "mlp_hidden", "n_kv_heads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+                raise GptlabError(f"{name}={value!r} is impossible: must be a whole number")
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name}={getattr(self, name)} is impossible: must be >= 1")

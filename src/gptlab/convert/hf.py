@@ -138,6 +138,8 @@ def read_hf_config(folder: str | Path) -> tuple[dict, GPTConfig]:
         raise GptlabError(f"{config_path}: key {e.args[0]!r} is missing; is this a {family.name} config.json?") from None
     except TypeError as e:
         raise GptlabError(f"{config_path}: a shape key has the wrong type ({e}); fix config.json") from None
+    except GptlabError as e:  # an impossible shape (a size the machine could never hold...): name the file
+        raise GptlabError(f"{config_path}: {e}") from None
 
 
 def load_hf_dir(folder: str | Path) -> GPT:
