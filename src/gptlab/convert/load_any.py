@@ -35,8 +35,8 @@ def load_any(folder: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         return model.to(device).eval(), tokenizer
     data = read_config(folder)
     if data.get("model_type") in MODEL_TYPES:
-        tokenizer = read_hf_tokenizer(folder, gpt2_default=data["model_type"] == "gpt2")
         model = load_hf_dir(folder)
+        tokenizer = read_hf_tokenizer(folder, gpt2_default=data["model_type"] == "gpt2")
         check_tokenizer_fits(tokenizer, model.config.vocab_size, folder)
         return model.to(device).eval(), tokenizer
     if data.get("format") != FORMAT:
