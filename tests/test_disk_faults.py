@@ -21,6 +21,7 @@ import gptlab.checkpoint as checkpoint
 import gptlab.io as gio
 from gptlab.checkpoint import save_model
 from gptlab.config import GPTConfig
+from gptlab.convert.hf import export_hf
 from gptlab.errors import GptlabError
 from gptlab.io import write_json
 from gptlab.model import GPT
@@ -101,6 +102,15 @@ def test_a_full_disk_under_a_checkpoint_is_one_line_and_keeps_the_previous_folde
     monkeypatch.setattr(checkpoint, "save_file", full)
     one_line(lambda: save_model(folder, GPT(LARGE)), rf"^{folder}: no space left on device while writing it")
     assert tree(folder) == before and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_full_disk_under_a_hugging_face_export_is_one_line(tmp_path, monkeypatch):
+    def full(tensors, path, metadata=None):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    one_line(lambda: export_hf(GPT(SMALL), tmp_path / "hf"), rf"^{tmp_path / 'hf'}: no space left on device while writing it")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_output_folder_is_one_line_naming_it(tmp_path, monkeypatch):

@@ -76,11 +76,12 @@ def save_model(
     return folder
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Write ``tensors`` to ``path`` (gptlab's metadata); a full disk raises ``OSError(ENOSPC)`` naming
-    ``path`` (safetensors reports it as a SafetensorError), which :func:`gptlab.io.atomic_dir` turns into one line."""
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` with ``metadata`` (default: gptlab's format); a full disk raises
+    ``OSError(ENOSPC)`` naming ``path`` (safetensors reports it as a SafetensorError), which
+    :func:`gptlab.io.atomic_dir` turns into one line."""
     try:
-        save_file(tensors, path, metadata={"format": FORMAT})
+        save_file(tensors, path, metadata=metadata or {"format": FORMAT})
     except SafetensorError as e:
         text = str(e)
         if "code: 28" in text or "No space left" in text or "StorageFull" in text:

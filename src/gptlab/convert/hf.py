@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from gptlab.checkpoint import check_layer_count, check_shapes, load_state, load_tensors, read_shapes
+from gptlab.checkpoint import check_layer_count, check_shapes, load_state, load_tensors, read_shapes, write_safetensors
 from gptlab.config import GPTConfig
 from gptlab.convert import hf_gpt2, hf_llama
 from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
@@ -227,7 +226,7 @@ def export_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | str | Path 
     elif (hf_config.get("eos_token_id") or 0) >= model.config.vocab_size:
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = None  # GPT-2's id would be outside the vocabulary
     with atomic_dir(folder) as tmp:
-        save_file(family.to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        write_safetensors(family.to_hf(model), tmp / "model.safetensors", {"format": "pt"})
         write_json(tmp / "config.json", hf_config)
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, model.config.context_length)
