@@ -25,7 +25,7 @@ class SamplingConfig:
     max_new_tokens: int = 64
     """tokens to generate at most per answer (>= 0)"""
     temperature: float = 1.0
-    """sampling temperature (0: greedy, the likeliest token)"""
+    """sampling temperature (0, or below 1e-5: greedy, the likeliest token; finite)"""
     top_k: int | None = None
     """sample among the k likeliest tokens only (>= 1; null: off)"""
     top_p: float | None = None
