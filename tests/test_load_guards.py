@@ -13,7 +13,7 @@ from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 
-TINY = GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2)
+TINY = GPTConfig(vocab_size=50257, context_length=16, emb_dim=16, n_heads=2, n_layers=2)
 
 
 @pytest.fixture
@@ -63,8 +63,8 @@ def test_a_million_layers_in_an_hf_config_fails_fast(hf):
 
 
 def test_a_shape_the_config_does_not_fit_names_the_tensor(ours, hf):
-    edit_config(ours, lambda d: d["model"].update(emb_dim=1_000_000, n_heads=1))
-    one_line_error(lambda: load_any(ours), r"model.safetensors: tok_emb.weight has shape \(64, 16\), the config needs \(64, 1000000\)")
+    edit_config(ours, lambda d: d["model"].update(emb_dim=4096, n_heads=1))
+    one_line_error(lambda: load_any(ours), r"model.safetensors: tok_emb.weight has shape \(50257, 16\), the config needs \(50257, 4096\)")
     edit_config(hf, lambda d: d.update(n_positions=4096))
     one_line_error(lambda: load_hf_dir(hf), r"model.safetensors: pos_emb.weight has shape \(16, 16\), the config needs \(4096, 16\)")
 

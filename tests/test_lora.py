@@ -25,10 +25,13 @@ from gptlab.lora import (
 )
 from gptlab.model import GPT
 from gptlab.params import LoraParams
-from gptlab.tokenizer import SimpleTokenizer
+from gptlab.tokenizer import ENDOFTEXT, UNK, SimpleTokenizer
 from tests.helpers.records import INSTRUCTIONS
 
 ALL = ("qkv", "proj", "fc", "mlp_proj", "head")
+
+
+TOK = SimpleTokenizer([f"w{i}" for i in range(59)] + [ENDOFTEXT, UNK])  # fits the 61 ids of tiny()
 
 
 def tiny(seed=0, **overrides):
@@ -107,7 +110,7 @@ def test_merged_logits_equal_unmerged_tied_head(tmp_path):
     assert merged.config.tie_embeddings is False and merged.head.weight is not merged.tok_emb.weight
     assert torch.equal(merged.tok_emb.weight, tok_emb)
     torch.testing.assert_close(merged(IDX)[0], logits, atol=1e-5, rtol=1e-5)
-    save_model(tmp_path / "merged", merged)
+    save_model(tmp_path / "merged", merged, TOK)
     reloaded, _ = load_model(tmp_path / "merged")
     torch.testing.assert_close(reloaded(IDX)[0], logits, atol=1e-5, rtol=1e-5)
 
@@ -153,7 +156,7 @@ def test_only_adapters_trainable():
 
 def test_adapter_round_trip_and_hash(tmp_path):
     base = tiny(seed=3)
-    save_model(tmp_path / "base", base)
+    save_model(tmp_path / "base", base, TOK)
     base_hash = model_hash(tmp_path / "base")
     assert model_hash(base) == base_hash and len(base_hash) == 64
     cfg = LoraParams(r=4, alpha=4, dropout=0.0, targets=("qkv", "mlp_proj", "head"))

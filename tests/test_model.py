@@ -5,6 +5,7 @@ from gptlab.checkpoint import load_model, save_model
 from gptlab.config import PRESETS, GPTConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
+from gptlab.tokenizer import ENDOFTEXT, UNK, SimpleTokenizer
 
 TINY = GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
 
@@ -77,11 +78,11 @@ def test_tied_head_shares_the_embedding():
 def test_checkpoint_round_trip(tmp_path, tie):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY.to_dict(), "tie_embeddings": tie}))
-    save_model(tmp_path / "ckpt", model)
+    save_model(tmp_path / "ckpt", model, SimpleTokenizer([f"w{i}" for i in range(95)] + [ENDOFTEXT, UNK]))  # a tokenizer that fits the 97 ids
     again, tok = load_model(tmp_path / "ckpt")
     idx = torch.randint(0, 97, (2, 16))
     assert torch.equal(model.eval()(idx)[0], again(idx)[0])
-    assert again.config == model.config and tok.n_vocab == 50257
+    assert again.config == model.config and tok.n_vocab == 97
     assert (again.head.weight is again.tok_emb.weight) == tie
 
 

@@ -11,8 +11,13 @@ resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import re
+import resource
 import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -65,9 +70,9 @@ def save_model(
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         if trainable_only:
-            save_file(trainable_state(model), tmp / TRAINABLE_WEIGHTS, metadata={"format": FORMAT})
+            write_safetensors(trainable_state(model), tmp / TRAINABLE_WEIGHTS)
         else:
-            save_file(model_state(model), tmp / "model.safetensors", metadata={"format": FORMAT})
+            write_safetensors(model_state(model), tmp / "model.safetensors")
         spec = "gpt2"
         if not isinstance(tokenizer, (str, Path)):  # a tokenizer object: GPT-2's stays a name, any other is saved
             if tokenizer.name != "gpt2":
@@ -79,9 +84,22 @@ def save_model(
         write_json(tmp / "config.json", {"format": FORMAT, "model": model.config.to_dict(), "tokenizer": spec, **(extra or {})})
         if optimizer is not None:
             tensors, meta = _training_state(optimizer)
-            save_file(tensors, tmp / "state.safetensors", metadata={"format": FORMAT})
+            write_safetensors(tensors, tmp / "state.safetensors")
             write_json(tmp / "state.json", {**meta, **(train_state or {})})
     return folder
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` with ``metadata`` (default: gptlab's format); a full disk raises
+    ``OSError(ENOSPC)`` naming ``path`` (safetensors reports it as a SafetensorError), which
+    :func:`gptlab.io.atomic_dir` turns into one line."""
+    try:
+        save_file(tensors, path, metadata=metadata or {"format": FORMAT})
+    except SafetensorError as e:
+        text = str(e)
+        if "code: 28" in text or "No space left" in text or "StorageFull" in text:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise GptlabError(f"{path}: cannot write the weights ({text.splitlines()[0] if text else type(e).__name__})") from None
 
 
 def _training_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -142,13 +160,28 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise GptlabError(f"{folder / 'config.json'}: not a gptlab checkpoint (format: gptlab); convert it first (gptlab convert --model {folder} --out DIR)")
     if not isinstance(data.get("model"), dict):
         raise GptlabError(f"{folder / 'config.json'}: key 'model' (the model config) is missing or not an object; save the checkpoint again")
-    config = GPTConfig.from_dict(data["model"])
+    try:
+        config = GPTConfig.from_dict(data["model"])
+    except GptlabError as e:
+        raise GptlabError(f"{folder / 'config.json'}: {e}") from None
     weights = folder / "model.safetensors"
     check_shapes(config, read_shapes(weights), str(weights), folder / "config.json")
+    spec = data.get("tokenizer", "gpt2")
+    tokenizer = load_tokenizer(spec if spec == "gpt2" else folder / spec)
+    check_tokenizer_fits(tokenizer, config.vocab_size, folder)
     model = GPT(config)
     load_weights(model, folder)
-    spec = data.get("tokenizer", "gpt2")
-    return model.to(device).eval(), load_tokenizer(spec if spec == "gpt2" else folder / spec)
+    return model.to(device).eval(), tokenizer
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, folder: str | Path) -> None:
+    """GptlabError naming ``folder`` when the tokenizer can produce an id (special tokens
+    included) the model's embedding (``vocab_size`` rows) does not hold."""
+    if tokenizer.max_id >= vocab_size:
+        raise GptlabError(
+            f"{folder}: the tokenizer's ids go up to {tokenizer.max_id} ({tokenizer.n_vocab:,} ids) but the model's vocab_size is {vocab_size:,}; "
+            "put the tokenizer the model was trained with in the folder (or train the model with this tokenizer's vocabulary)"
+        )
 
 
 def load_weights(model: GPT, folder: str | Path) -> None:
@@ -188,6 +221,7 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     path = Path(path)
     if not path.is_file():
         raise GptlabError(f"{path}: not found; the checkpoint is incomplete")
+    check_data_size(path)
     try:
         with safe_open(path, framework="pt") as f:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
@@ -200,10 +234,43 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise GptlabError(f"{path}: not found; the checkpoint is incomplete")
+    check_data_size(path)
     try:
         return load_file(path)
     except (SafetensorError, OSError) as e:
         raise GptlabError(f"{path}: {_DAMAGED.format(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+
+
+def memory_limit() -> int:
+    """Bytes this process may hold at most: the machine's physical memory, or the address-space
+    limit (``ulimit -v``) when lower."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return limit if soft == resource.RLIM_INFINITY else min(limit, soft)
+
+
+def check_data_size(path: Path) -> int:
+    """Return the bytes of tensor data a safetensors file's header declares, read from the header
+    alone; GptlabError naming the file when the header is damaged, declares more than the file
+    holds, or more than :func:`memory_limit` (a crafted 4 TB header on a sparse file)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > min(size - 8, 100_000_000):  # safetensors caps headers at 100 MB
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise GptlabError(f"{path}: {_DAMAGED.format(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+    if 8 + n + end > size:
+        raise GptlabError(f"{path}: {_DAMAGED.format(f'the header declares {8 + n + end} bytes, the file holds {size}')}")
+    if end > (limit := memory_limit()):
+        raise GptlabError(
+            f"{path}: its tensors take {end / 2**30:.1f} GiB, over the {limit / 2**30:.1f} GiB this process may use (memory or ulimit -v); "
+            "load it on a larger machine, or check that the file is the model you meant"
+        )
+    return end
 
 
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")

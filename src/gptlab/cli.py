@@ -26,7 +26,7 @@ from gptlab.litgpt.checkpoint import export_litgpt
 from gptlab.lora import load_merged
 from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
-from gptlab.sampling import SamplingConfig
+from gptlab.sampling import NonFiniteLogits, SamplingConfig
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.retention import clean_checkpoints
 
@@ -53,7 +53,10 @@ def _sample(args: argparse.Namespace) -> None:
     model, tok = load_merged(args.model, args.adapter, args.device)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     style = None if args.raw else prompt_style_of(args.model, tok)
-    _, interrupted = stream_answer(model, tok, single_turn_ids(tok, args.prompt, style), cfg, use_cache=not args.no_cache)
+    try:
+        _, interrupted = stream_answer(model, tok, single_turn_ids(tok, args.prompt, style), cfg, use_cache=not args.no_cache)
+    except NonFiniteLogits as e:
+        raise GptlabError(f"{args.model}: {e}") from None
     sys.stdout.write("\n")
     if interrupted:
         raise KeyboardInterrupt

@@ -8,10 +8,14 @@ Qwen2 (Llama plus qkv biases) are configurations of the same class (see :mod:`gp
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from gptlab.errors import GptlabError
 
+# Parameters a config may describe (2**40, 4.4 TB in fp32): a typo such as emb_dim 1e9 fails in one line
+# instead of in the allocator.
+MAX_PARAMS = 1 << 40
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "positions": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
 
 
@@ -48,6 +52,10 @@ class GPTConfig:
     vocab_pad: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "mlp_hidden", "n_kv_heads", "vocab_pad"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
+                raise GptlabError(f"{name}={value!r} is impossible: must be a whole number")
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "vocab_pad"):
             if getattr(self, name) < 1:
                 raise GptlabError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
@@ -67,6 +75,21 @@ class GPTConfig:
             raise GptlabError(f"positions=rope needs an even head_dim, got emb_dim/n_heads={self.head_dim}; change emb_dim or n_heads")
         if self.norm_eps <= 0 or self.rope_base <= 0:
             raise GptlabError(f"norm_eps={self.norm_eps} and rope_base={self.rope_base} must be > 0")
+        if self.n_params > MAX_PARAMS:
+            raise GptlabError(
+                f"vocab_size={self.vocab_size}, context_length={self.context_length}, emb_dim={self.emb_dim}, n_layers={self.n_layers}, "
+                f"mlp_hidden={self.hidden_dim} describe {self.n_params:.3g} parameters ({self.n_params * 4 / 1e12:.3g} TB in fp32), "
+                f"over the {MAX_PARAMS:.3g} a config may describe; fix these fields"
+            )
+
+    @property
+    def n_params(self) -> int:
+        """The parameter count the config describes (embeddings, head, attention, MLP; norms and
+        biases left out), computed without building anything: a bound, not an exact count."""
+        emb, hidden, kv = self.emb_dim, self.hidden_dim, self.kv_heads * self.head_dim
+        embeddings = self.vocab_size * emb * (1 if self.tie_embeddings else 2) + self.context_length * emb
+        layer = emb * (emb + 2 * kv) + emb * emb + (3 if self.mlp == "swiglu" else 2) * emb * hidden
+        return embeddings + self.n_layers * layer
 
     @property
     def padded_vocab(self) -> int:

@@ -14,12 +14,13 @@ from pathlib import Path
 from gptlab.data.instructions import load_records
 from gptlab.data.prompts import encode_prompt, format_prompt, model_prompt_style, response_text
 from gptlab.device import Distributed, pick_device
+from gptlab.errors import GptlabError
 from gptlab.io import write_json
 from gptlab.lora import load_merged
 from gptlab.model import GPT
 from gptlab.params import GenerateParams
 from gptlab.progress import progress
-from gptlab.sampling import SamplingConfig, generate
+from gptlab.sampling import NonFiniteLogits, SamplingConfig, generate
 from gptlab.tokenizer import Tokenizer
 
 
@@ -45,7 +46,10 @@ def answer_file(
     device = pick_device(p.device, Distributed())
     model, tok = load_merged(model_dir, adapter_dir, str(device))
     style = style or model_prompt_style(model_dir, "alpaca")
-    out = respond(model, tok, load_records(test_path), sampling_config(p, seed), p.batch_size, style)
+    try:
+        out = respond(model, tok, load_records(test_path), sampling_config(p, seed), p.batch_size, style)
+    except NonFiniteLogits as e:
+        raise GptlabError(f"{model_dir}: {e}") from None
     write_json(out_path, out)
     return out
 

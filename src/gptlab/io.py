@@ -11,6 +11,7 @@ point, for the fault-injection tests.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -86,23 +87,60 @@ def recover_dir(target: str | Path) -> list[Path]:
     return touched
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def environment_error(e: OSError, target: Path) -> GptlabError | None:
+    """Return the one-line GptlabError for a full disk (ENOSPC, EDQUOT) or an output folder this
+    process may not write (EACCES, EPERM, EROFS) met while writing ``target``; None for any other error."""
+    if e.errno in _FULL:
+        return GptlabError(f"{target}: no space left on device while writing it ({os.strerror(e.errno)}); free space there or write elsewhere, then rerun")
+    named = Path(os.fsdecode(e.filename)).absolute() if e.filename else None
+    if e.errno in _DENIED and (
+        named is None or named.is_relative_to(target.parent.absolute()) or target.parent.absolute().is_relative_to(named)
+    ):  # not an input it could not read
+        return GptlabError(f"{target.parent}: cannot write there ({os.strerror(e.errno)}); make the folder writable or choose another output path, then rerun")
+    return None
+
+
+@contextlib.contextmanager
+def environment_errors(target: Path) -> Iterator[None]:
+    """Turn a full disk or an unwritable output folder met in the block into one GptlabError
+    naming ``target`` (see :func:`environment_error`); other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        error = environment_error(e, target)
+        if error is None:
+            raise
+        raise error from None
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it replaces ``target``.
 
     On an exception the temporary folder is removed and ``target`` is left as it was, so a
     crash never leaves a half-written output behind (a kill is undone by :func:`recover_dir`).
+    A full disk or an unwritable parent folder raises one GptlabError naming the folder.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
-    try:
-        yield tmp
-        fault_point(f"atomic_dir:{target.name}")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with environment_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
+        try:
+            yield tmp
+            fault_point(f"atomic_dir:{target.name}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        swap_in(tmp, target)
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """Replace ``target`` with the finished folder ``tmp`` (two renames, see :func:`recover_dir`)."""
     honour_umask(tmp)
     old = None
     if target.exists():
@@ -154,18 +192,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield the path of a new empty temporary file beside ``path``, for a writer that opens the
     file by name (``gguf.GGUFWriter``, ``safetensors``); when the block ends without an exception
     the file gets the umask's modes and replaces ``path`` (one rename), otherwise it is removed
-    and ``path`` is left as it was."""
+    and ``path`` is left as it was. A full disk or an unwritable folder raises one GptlabError naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, readable_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with environment_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, readable_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager

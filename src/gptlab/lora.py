@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from gptlab.checkpoint import FORMAT
+from gptlab.checkpoint import FORMAT, write_safetensors
 from gptlab.convert.load_any import load_any
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, write_json
@@ -209,11 +209,11 @@ def save_adapter(model: GPT, cfg: LoraParams, folder: str | Path, base_hash: str
     }
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_file(lora_state(model), tmp / ADAPTER_WEIGHTS, metadata={"format": ADAPTER_FORMAT})
+        write_safetensors(lora_state(model), tmp / ADAPTER_WEIGHTS, {"format": ADAPTER_FORMAT})
         write_json(tmp / ADAPTER_CONFIG, {**meta, **(extra or {})})
         for name, content in (files or {}).items():
             if name.endswith(".safetensors"):
-                save_file(content, tmp / name, metadata={"format": "pt"})
+                write_safetensors(content, tmp / name, {"format": "pt"})
             else:
                 write_json(tmp / name, content)
     return folder

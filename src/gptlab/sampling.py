@@ -20,14 +20,20 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, KVCache
-from gptlab.params.evaluation import SamplingConfig
+from gptlab.params.evaluation import TEMPERATURE_FLOOR, SamplingConfig
 
-__all__ = ["SamplingConfig", "generate", "sample_next", "stream"]
+__all__ = ["TEMPERATURE_FLOOR", "NonFiniteLogits", "SamplingConfig", "generate", "sample_next", "stream"]
+
+
+class NonFiniteLogits(GptlabError):
+    """The model gave NaN or infinite logits at the first step (broken weights); a caller that
+    knows the model folder names it."""
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row. ``logits``: (batch, vocab) -> (batch,) int64."""
-    if cfg.temperature == 0:
+    """Pick one token per row. ``logits``: (batch, vocab) -> (batch,) int64. A temperature below
+    :data:`TEMPERATURE_FLOOR` picks the likeliest token (greedy), as 0 does."""
+    if cfg.temperature < TEMPERATURE_FLOOR:
         return logits.argmax(dim=-1)
     logits = logits.float() / cfg.temperature
     if cfg.top_k is not None and cfg.top_k < logits.size(-1):
@@ -109,6 +115,8 @@ def stream(
             mask = _mask(win_valid, window.size(1))
             logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
             count = win_valid.sum(dim=1)
+        if step == 0 and not bool(torch.isfinite(logits[:, -1]).all()):
+            raise NonFiniteLogits("the model gives NaN or infinite logits: its weights are broken; convert, download or train it again")
         nxt = sample_next(logits[:, -1], cfg, generator)
         nxt = torch.where(active, nxt, torch.full_like(nxt, pad_token))
         yield nxt, active.clone()

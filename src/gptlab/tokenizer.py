@@ -98,6 +98,11 @@ class Tokenizer:
         raise NotImplementedError
 
     @property
+    def max_id(self) -> int:
+        """The largest id the tokenizer can produce, special tokens included (a model needs ``vocab_size > max_id``)."""
+        return self.n_vocab - 1
+
+    @property
     def stop_tokens(self) -> list[int]:
         """The ids generation stops at (sorted): the end-of-text id, and a chat model's end-of-turn ids."""
         return [self.eot_token]
@@ -375,6 +380,11 @@ class HFTokenizer(Tokenizer):
         """Number of token ids, added tokens included."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def max_id(self) -> int:
+        """The largest id of the vocabulary and the added tokens (ids may leave gaps)."""
+        return max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Return token ids of ``text``, treating special-token text as ordinary text."""
         self.tokenizer.encode_special_tokens = True
@@ -433,17 +443,42 @@ class HFTokenizer(Tokenizer):
         return cls(tok, extra.get("chat_template"), tok.token_to_id(eos) if eos else None, stops)
 
 
+# Bounds on a tokenizer file, checked before the tokenizer is built (a 3 M-entry file cost 1.25 GB):
+# SmolLM2's tokenizer.json is 2 MiB / 49,152 ids, Qwen2's 7 MiB / 151,936, Gemma 3's 33 MiB / 262,144.
+MAX_TOKENIZER_BYTES = 64 << 20
+MAX_TOKENIZER_ENTRIES = 1 << 20
+
+
+def _check_entries(path: Path, data) -> None:
+    """GptlabError naming ``path`` when its vocabulary (+ added tokens) holds over :data:`MAX_TOKENIZER_ENTRIES` entries."""
+    if not isinstance(data, dict):
+        return
+    inner = data.get("tokenizer") if data.get("type") == HF_FORMAT and isinstance(data.get("tokenizer"), dict) else data
+    model = inner.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else inner.get("vocab")
+    added = inner.get("added_tokens")
+    n = (len(vocab) if isinstance(vocab, (dict, list)) else 0) + (len(added) if isinstance(added, list) else 0)
+    if n > MAX_TOKENIZER_ENTRIES:
+        raise GptlabError(f"{path}: {n:,} vocabulary entries, over the {MAX_TOKENIZER_ENTRIES:,} a tokenizer may hold; it is not a real tokenizer: replace it")
+
+
 def load_tokenizer(spec: str | Path) -> Tokenizer:
     """Return the tokenizer named by ``spec``: ``"gpt2"``, or the path of a ``tokenizer.json``
-    (SimpleTokenizer, gptlab's HF wrapper, or a Hugging Face ``tokenizer.json``)."""
+    (SimpleTokenizer, gptlab's HF wrapper, or a Hugging Face ``tokenizer.json``). A file over
+    :data:`MAX_TOKENIZER_BYTES` or :data:`MAX_TOKENIZER_ENTRIES` entries is refused before it is built."""
     if str(spec) == "gpt2":
         return gpt2()
     path = Path(spec)
     if path.is_file():
+        if path.stat().st_size > MAX_TOKENIZER_BYTES:
+            raise GptlabError(
+                f"{path}: {path.stat().st_size / 2**20:.0f} MiB, over the {MAX_TOKENIZER_BYTES >> 20} MiB a tokenizer file may hold; it is not a real tokenizer: replace it"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise GptlabError(f"{path}: cannot read a tokenizer: {e}; write it again") from None
+        _check_entries(path, data)
         if isinstance(data, dict) and (data.get("type") == HF_FORMAT or isinstance(data.get("model"), dict)):
             return HFTokenizer.from_json(data, path)
         if isinstance(data, dict) and data.get("type") == "tiktoken":

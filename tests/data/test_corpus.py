@@ -108,7 +108,7 @@ def test_tokenize_with_the_simple_tokenizer(corpus_dir, tmp_path):
     tok = SimpleTokenizer.load(out / "tokenizer.json")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tokenizer"] == "tokenizer.json" and meta["vocab_size"] == tok.n_vocab
-    train_text = "".join((corpus_dir / n).read_bytes().decode() + "<|endoftext|>" for n in meta["splits"]["train"]["documents"])
+    train_text = "".join(clean_text((corpus_dir / n).read_bytes().decode()) + "<|endoftext|>" for n in meta["splits"]["train"]["documents"])
     assert tok.decode(read_shard(out / "train-00000.bin").tolist()) == train_text
 
 

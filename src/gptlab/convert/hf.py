@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from gptlab.checkpoint import check_layer_count, check_shapes, load_state, load_tensors, read_shapes
+from gptlab.checkpoint import check_layer_count, check_shapes, load_state, load_tensors, read_shapes, write_safetensors
 from gptlab.config import GPTConfig
 from gptlab.convert import hf_gpt2, hf_llama
 from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
@@ -138,6 +137,8 @@ def read_hf_config(folder: str | Path) -> tuple[dict, GPTConfig]:
         raise GptlabError(f"{config_path}: key {e.args[0]!r} is missing; is this a {family.name} config.json?") from None
     except TypeError as e:
         raise GptlabError(f"{config_path}: a shape key has the wrong type ({e}); fix config.json") from None
+    except GptlabError as e:  # an impossible shape (a size the machine could never hold...): name the file
+        raise GptlabError(f"{config_path}: {e}") from None
 
 
 def load_hf_dir(folder: str | Path) -> GPT:
@@ -226,7 +227,7 @@ def export_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | str | Path 
     elif (hf_config.get("eos_token_id") or 0) >= model.config.vocab_size:
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = None  # GPT-2's id would be outside the vocabulary
     with atomic_dir(folder) as tmp:
-        save_file(family.to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        write_safetensors(family.to_hf(model), tmp / "model.safetensors", {"format": "pt"})
         write_json(tmp / "config.json", hf_config)
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, model.config.context_length)

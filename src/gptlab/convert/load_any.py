@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import FORMAT, load_model, read_config
+from gptlab.checkpoint import FORMAT, check_tokenizer_fits, load_model, read_config
 from gptlab.convert.hf import MODEL_TYPES, load_hf_dir
 from gptlab.convert.hf_tokenizer import read_hf_tokenizer
 from gptlab.convert.openai_tf import load_openai_tf
@@ -25,15 +25,20 @@ def load_any(folder: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     ``convert.source`` spells it). The model is in eval mode on ``device``.
 
     Every reader checks the weights' headers against the config before building the model, so
-    an absurd config (a million layers) fails at once, naming the key.
+    an absurd config (a million layers) fails at once, naming the key; a tokenizer with ids the
+    model's ``vocab_size`` does not hold is refused, naming the folder.
     """
     folder = Path(str(folder).removeprefix("hf:"))
     if (folder / "hparams.json").exists() and not (folder / "config.json").exists():
-        return load_openai_tf(folder).to(device).eval(), load_tokenizer("gpt2")
+        model, tokenizer = load_openai_tf(folder), load_tokenizer("gpt2")
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, folder)
+        return model.to(device).eval(), tokenizer
     data = read_config(folder)
     if data.get("model_type") in MODEL_TYPES:
         model = load_hf_dir(folder)
-        return model.to(device).eval(), read_hf_tokenizer(folder, gpt2_default=data["model_type"] == "gpt2")
+        tokenizer = read_hf_tokenizer(folder, gpt2_default=data["model_type"] == "gpt2")
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, folder)
+        return model.to(device).eval(), tokenizer
     if data.get("format") != FORMAT:
         raise GptlabError(f"{folder / 'config.json'}: neither a gptlab checkpoint (format: gptlab) nor a Hugging Face GPT-2, Llama or Qwen2 config")
     return load_model(folder, device)

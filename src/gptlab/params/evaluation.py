@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass, field
 from typing import Literal
 
 from gptlab.errors import ParamsError
 
+TEMPERATURE_FLOOR = 1e-5
+"""Temperatures below this sample greedily (see :class:`SamplingConfig`)."""
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to pick each next token (the one sampler, :func:`gptlab.sampling.generate`, takes it)."""
+    """How to pick each next token (the one sampler, :func:`gptlab.sampling.generate`, takes it).
+
+    A temperature below :data:`TEMPERATURE_FLOOR` (1e-5) is greedy, as 0 is: dividing fp32 logits
+    by a smaller one overflows (1e-45 gave inf/nan probabilities), and the sampled token would be
+    the likeliest anyway. Non-finite ``temperature`` or ``top_p`` is refused.
+    """
 
     max_new_tokens: int = 64
     """tokens to generate at most per answer (>= 0)"""
     temperature: float = 1.0
-    """sampling temperature (0: greedy, the likeliest token)"""
+    """sampling temperature (0, or below 1e-5: greedy, the likeliest token; finite)"""
     top_k: int | None = None
     """sample among the k likeliest tokens only (>= 1; null: off)"""
     top_p: float | None = None
@@ -27,6 +36,10 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ParamsError(f"max_new_tokens={self.max_new_tokens} is impossible: must be >= 0")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ParamsError(f"{name}={value} is impossible: must be a finite number")
         if self.temperature < 0:
             raise ParamsError(f"temperature={self.temperature} is impossible: must be >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 1:

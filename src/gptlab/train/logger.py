@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from gptlab.io import write_json
+from gptlab.errors import GptlabError
+from gptlab.io import atomic_dir, write_json
 
 # The figures of a training run that `dvc metrics show` / `dvc exp show` compare (the fixed
 # windows' val_bits_per_byte stays in the plots: the whole val split's figure supersedes it).
@@ -24,16 +24,27 @@ PLOTTED = ("train_loss", "val_loss", "val_perplexity", "val_bits_per_byte", "lr"
 
 
 class LiveLogger:
-    """A fresh DVCLive log in ``live_dir`` with ``history`` (the rows of a resumed run) replayed."""
+    """A fresh DVCLive log for ``live_dir`` with ``history`` (the rows of a resumed run) replayed.
+
+    It is written in a temporary folder beside ``live_dir`` (:func:`gptlab.io.atomic_dir`) and
+    swapped in by :meth:`finish`; :meth:`close` without :meth:`finish` (a failed run) discards
+    it, so ``live_dir`` keeps the previous run's files until a run completes."""
 
     def __init__(self, live_dir: str | Path, history: list[dict]):
         from dvclive import Live  # dvclive imports its DVC integration: only when a run logs
 
-        self.dir = Path(live_dir)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.target = Path(live_dir)
+        self._writing = atomic_dir(self.target)
+        self.dir = self._writing.__enter__()
         self.live = Live(dir=str(self.dir), dvcyaml=None, save_dvc_exp=False, report=None)
         for row in history:
             self.log(row)
+
+    def close(self) -> None:
+        """Discard the log unless :meth:`finish` swapped it in (``live_dir`` stays as it was)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.__exit__(GptlabError, GptlabError("the run did not complete"), None)
 
     def log(self, row: dict) -> None:
         """Log one evaluation: numbers as DVCLive metrics, the sample text to ``samples.txt`` beside them."""
@@ -61,3 +72,5 @@ class LiveLogger:
         live.make_summary()
         live.end()
         write_json(self.dir / "summary.json", summary)
+        writing, self._writing = self._writing, None
+        writing.__exit__(None, None, None)  # swap the finished log in

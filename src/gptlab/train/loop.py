@@ -253,7 +253,16 @@ class Trainer:
             self.bar.write(f"{self.run.name}: interrupted; {where}; run again to resume")
 
     def train(self, stop_after_steps: int | None = None) -> TrainResult:
-        """Step to ``max_steps`` (or ``stop_after_steps`` more), evaluating and saving as due; return the result."""
+        """Step to ``max_steps`` (or ``stop_after_steps`` more), evaluating and saving as due; return the result.
+
+        The DVCLive folder is replaced only when the run ends normally: a run that fails leaves the previous one intact."""
+        try:
+            return self._train(stop_after_steps)
+        finally:
+            if self.logger:
+                self.logger.close()
+
+    def _train(self, stop_after_steps: int | None) -> TrainResult:
         s, p, ddp = self.state, self.p, self.ddp
         self.model.train()
         start_step = s.step
