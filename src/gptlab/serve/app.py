@@ -53,7 +53,7 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server that drains on shutdown: requests in flight run on for ``grace_s`` seconds,
     then the engine stops their generations at the next token so every answer ends with its final chunk."""
 
-    def __init__(self, config: uvicorn.Config, engine: Engine, grace_s: float = DEFAULT_GRACE_S):
+    def __init__(self, config: uvicorn.Config, engine: Engine | None, grace_s: float = DEFAULT_GRACE_S):
         config.timeout_graceful_shutdown = int(grace_s + _CLOSE_MARGIN_S + 0.999)
         super().__init__(config)
         self.engine, self.grace_s = engine, grace_s
@@ -63,11 +63,12 @@ class DrainingServer(uvicorn.Server):
         busy = len(self.server_state.tasks)
         if busy:
             log.info("draining %d request(s) in flight for up to %g s", busy, self.grace_s)
-        timer = asyncio.get_running_loop().call_later(self.grace_s, self.engine.interrupt)
+        timer = asyncio.get_running_loop().call_later(self.grace_s, self.engine.interrupt) if self.engine else None
         try:
             await super().shutdown(sockets)
         finally:
-            timer.cancel()
+            if timer:
+                timer.cancel()
 
 
 def create_app(
@@ -191,7 +192,7 @@ def running_server(
     """
     sock = _bind(host, port)
     config = uvicorn.Config(app, log_level=log_level, lifespan="on")
-    server = DrainingServer(config, app.state.engine, grace_s)
+    server = DrainingServer(config, getattr(app.state, "engine", None), grace_s)  # any ASGI app (tests serve fake judges too)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gptlab-serve", daemon=True)
     thread.start()
     try:
