@@ -76,9 +76,10 @@ class Conversation:
         return ids[-self.budget :], dropped
 
 
-def stream_answer(model: GPT, tokenizer: Tokenizer, ids: list[int], cfg: SamplingConfig, out: TextIO = sys.stdout, use_cache: bool = True) -> tuple[str, bool]:
+def stream_answer(model: GPT, tokenizer: Tokenizer, ids: list[int], cfg: SamplingConfig, out: TextIO | None = None, use_cache: bool = True) -> tuple[str, bool]:
     """Generate the continuation of ``ids``, writing its text to ``out`` as it comes, up to a stop
-    token; Ctrl-C stops it early. Return ``(text, interrupted)``."""
+    token; Ctrl-C stops it early. ``out``: None writes to the current ``sys.stdout``. Return ``(text, interrupted)``."""
+    out = out if out is not None else sys.stdout  # looked up per call: a default bound at import would keep a replaced stream
     text, decoder, ends = [], tokenizer.decode_stream(), set(tokenizer.stop_tokens)
     interrupted = False
     try:
@@ -98,11 +99,13 @@ def stream_answer(model: GPT, tokenizer: Tokenizer, ids: list[int], cfg: Samplin
 
 
 def chat_loop(
-    model: GPT, tokenizer: Tokenizer, conversation: Conversation, cfg: SamplingConfig, read: Callable[[str], str] = input, out: TextIO = sys.stdout
+    model: GPT, tokenizer: Tokenizer, conversation: Conversation, cfg: SamplingConfig, read: Callable[[str], str] = input, out: TextIO | None = None
 ) -> None:
     """Read user lines with ``read`` (``input``) and stream the answers to ``out`` until ``/exit``
     or end of input; ``/reset`` starts the conversation over. Ctrl-C while an answer streams ends
-    that answer (kept in the history as far as it got); at the prompt it clears the line."""
+    that answer (kept in the history as far as it got); at the prompt it clears the line.
+    ``out``: None writes to the current ``sys.stdout``."""
+    out = out if out is not None else sys.stdout
     while True:
         try:
             line = read("> ")
