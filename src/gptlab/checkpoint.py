@@ -174,13 +174,17 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model.to(device).eval(), tokenizer
 
 
-def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, folder: str | Path) -> None:
-    """GptlabError naming ``folder`` when the tokenizer can produce an id (special tokens
-    included) the model's embedding (``vocab_size`` rows) does not hold."""
+EXPORT_FIX = "export with the tokenizer the model was trained with"
+LOAD_FIX = "put the tokenizer the model was trained with in the folder (or train the model with this tokenizer's vocabulary)"
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, folder: str | Path, fix: str = LOAD_FIX) -> None:
+    """GptlabError naming ``folder`` and ``fix`` when the tokenizer can produce an id (special
+    tokens included) the model's embedding (``vocab_size`` rows) does not hold; loaders and
+    exporters alike call it."""
     if tokenizer.max_id >= vocab_size:
         raise GptlabError(
-            f"{folder}: the tokenizer's ids go up to {tokenizer.max_id} ({tokenizer.n_vocab:,} ids) but the model's vocab_size is {vocab_size:,}; "
-            "put the tokenizer the model was trained with in the folder (or train the model with this tokenizer's vocabulary)"
+            f"{folder}: the tokenizer's ids go up to {tokenizer.max_id} ({tokenizer.n_vocab:,} ids) but the model's vocab_size is {vocab_size:,}; {fix}"
         )
 
 

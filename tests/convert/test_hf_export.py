@@ -116,7 +116,10 @@ def test_simple_tokenizer_exports_as_word_level(tmp_path):
 
 
 def test_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
-    with pytest.raises(GptlabError, match="the tokenizer has 50257 ids but the model's vocab_size is 64"):
+    with pytest.raises(
+        GptlabError,
+        match=r"hf: the tokenizer's ids go up to 50256 \(50,257 ids\) but the model's vocab_size is 64; export with the tokenizer the model was trained with",
+    ):
         export_hf(GPT(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1)), tmp_path / "hf", "gpt2")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.checkpoint import check_layer_count, check_shapes, load_state, load_tensors, read_shapes, write_safetensors
+from gptlab.checkpoint import EXPORT_FIX, check_layer_count, check_shapes, check_tokenizer_fits, load_state, load_tensors, read_shapes, write_safetensors
 from gptlab.config import GPTConfig
 from gptlab.convert import hf_gpt2, hf_llama
 from gptlab.convert.hf_tokenizer import special_ids, write_hf_tokenizer
@@ -196,14 +196,6 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_tokenizer_fits(tokenizer: Tokenizer, config: GPTConfig) -> None:
-    """GptlabError when the tokenizer has more ids than the model's ``vocab_size``."""
-    if tokenizer.n_vocab > config.vocab_size:
-        raise GptlabError(
-            f"the tokenizer has {tokenizer.n_vocab} ids but the model's vocab_size is {config.vocab_size}; export with the tokenizer the model was trained with"
-        )
-
-
 def export_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | str | Path | None = None) -> Path:
     """Write ``model`` as a Hugging Face folder ``transformers.AutoModelForCausalLM.from_pretrained``
     loads (GPT-2, Llama or Qwen2, by :func:`family_of`); return the folder.
@@ -221,7 +213,7 @@ def export_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | str | Path 
     family = family_of(model.config)
     hf_config = family.config_to_hf(model.config)
     if tokenizer is not None:
-        check_tokenizer_fits(tokenizer, model.config)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, folder, EXPORT_FIX)
         ids = special_ids(tokenizer)
         hf_config["bos_token_id"], hf_config["eos_token_id"] = ids["bos_token_id"], ids["eos_token_id"]
     elif (hf_config.get("eos_token_id") or 0) >= model.config.vocab_size:

@@ -67,8 +67,9 @@ def model_prompt_style(folder: str | Path, default: str | None = None) -> str | 
 
 
 @functools.lru_cache(maxsize=8)
-def compile_chat_template(template: str):
-    """Return the compiled Jinja ``template`` (sandboxed, as transformers renders chat templates).
+def compile_chat_template(template: str, environment: type[ImmutableSandboxedEnvironment] = ImmutableSandboxedEnvironment):
+    """Return the compiled Jinja ``template`` (sandboxed, as transformers renders chat templates),
+    compiled in ``environment`` (a subclass of Jinja's immutable sandbox, e.g. serve's bounded one).
 
     Raises GptlabError when it does not compile; the template may call ``raise_exception`` and
     ``strftime_now`` as Hugging Face templates do.
@@ -77,7 +78,7 @@ def compile_chat_template(template: str):
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try:
         return env.from_string(template)

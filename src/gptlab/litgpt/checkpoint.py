@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 import torch
 
+from gptlab.checkpoint import EXPORT_FIX, check_tokenizer_fits
 from gptlab.convert.gguf import (
     GGUFVocab,
     build_tokenizer,
@@ -25,7 +26,6 @@ from gptlab.convert.gguf import (
     read_gguf_vocab,
     tensor_name,
 )
-from gptlab.convert.hf import check_tokenizer_fits
 from gptlab.convert.hf_tokenizer import write_hf_tokenizer
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
@@ -313,7 +313,7 @@ def export_litgpt(model, tokenizer, out_dir: str | Path, name: str = "gptlab") -
 
     model = unpadded(model)  # the true vocabulary, whatever vocab_pad trained with
     config = litgpt_config_of(model.config, name)
-    check_tokenizer_fits(tokenizer, model.config)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, out_dir, EXPORT_FIX)
     with atomic_dir(out_dir) as tmp:
         torch.save(litgpt_state_dict(model), tmp / "lit_model.pth")
         save_config(config, tmp)

@@ -22,14 +22,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator
 
-from gptlab.data.prompts import format_prompt
+from gptlab.data.prompts import compile_chat_template, format_prompt
 from gptlab.errors import GptlabError
 from gptlab.serve.errors import ApiError, from_validation
 from gptlab.tokenizer import Tokenizer
@@ -97,18 +96,12 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
 
 def compile_bounded(chat_template: str) -> Template:
-    """Return the Jinja ``chat_template`` compiled in a :class:`BoundedEnvironment` with Hugging Face's
-    ``raise_exception`` and ``strftime_now``; GptlabError when it does not compile."""
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    """Return the Jinja ``chat_template`` compiled in a :class:`BoundedEnvironment` (the one
+    compiler, :func:`gptlab.data.prompts.compile_chat_template`); GptlabError when it does not compile."""
     try:
-        return env.from_string(chat_template)
-    except TemplateError as e:
-        raise GptlabError(f"serve: the tokenizer's chat_template does not compile ({e}); fix it in the checkpoint's tokenizer files") from None
+        return compile_chat_template(chat_template, BoundedEnvironment)
+    except GptlabError as e:
+        raise GptlabError(f"serve: {e}") from None
 
 
 def render_bounded(template: Template, timeout_s: float | None = None, max_chars: int | None = None, **context: Any) -> str:
