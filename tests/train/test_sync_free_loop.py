@@ -14,22 +14,7 @@ from gptlab.params import PretrainParams
 from gptlab.params.loader import from_dict
 from gptlab.train import loop
 from gptlab.train.pretrain import pretrain
-from tests.train.test_train import params, tiny_config, weights
-
-
-def poison_from(monkeypatch, first_bad_call: int):
-    original = GPT.forward
-    calls = {"n": 0}
-
-    def poisoned(self, idx, targets=None, **kw):
-        logits, loss = original(self, idx, targets, **kw)
-        if self.training and targets is not None:
-            calls["n"] += 1
-            if calls["n"] >= first_bad_call:
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(GPT, "forward", poisoned)
+from tests.train.test_train import params, poison_from, tiny_config, weights
 
 
 def test_deferred_finite_check_names_the_step_and_saves_nothing_poisoned(shards, tmp_path, monkeypatch):

@@ -119,7 +119,8 @@ def test_bad_inputs_name_the_parameter(shards, tmp_path):
         pretrain(dataclasses.replace(cfg, vocab_size=10), params(tmp_path), shards, seed=0)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, monkeypatch):
+def poison_from(monkeypatch, first_bad_call: int) -> None:
+    """Make every training forward from the ``first_bad_call``-th on return a NaN loss."""
     original = GPT.forward
     calls = {"n": 0}
 
@@ -127,11 +128,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, mon
         logits, loss = original(self, idx, targets, **kw)
         if self.training and targets is not None:
             calls["n"] += 1
-            if calls["n"] > 6:  # 2 micro-batches per step: steps 1-3 are fine, step 4 is not
+            if calls["n"] >= first_bad_call:
                 loss = loss * float("nan")
         return logits, loss
 
     monkeypatch.setattr(GPT, "forward", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    poison_from(monkeypatch, 7)  # 2 micro-batches per step: steps 1-3 are fine, step 4 is not
     with pytest.raises(GptlabError, match=r"step \d: training loss is nan; stopped. The last good checkpoint is .*latest"):
         pretrain(tiny_config(shards), params(tmp_path, eval_interval=2), shards, seed=0)
     latest = next((tmp_path / "ckpt").iterdir()) / "latest"
