@@ -86,11 +86,25 @@ def fit_context(ids: list[int], cfg: SamplingConfig, context: int, keep: int | N
     return Job(list(ids), cfg, n - len(ids))
 
 
-def sampling_config(max_tokens: int, limit: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> SamplingConfig:
+def sampling_config(
+    max_tokens: int,
+    limit: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    penalty_last_n: int | None = None,
+) -> SamplingConfig:
     """Return the SamplingConfig of already-validated API values.
 
     ``max_tokens`` < 0 (Ollama's -1/-2) means up to ``limit``, and is capped at it; ``top_k``
-    <= 0 and ``top_p`` >= 1 are off; ``top_p`` 0 keeps only the likeliest token (greedy).
+    <= 0 and ``top_p`` >= 1 are off; ``top_p`` 0 keeps only the likeliest token (greedy); a
+    penalty of None is off; ``penalty_last_n`` None: OpenAI's and Hugging Face's scopes, N:
+    the last N tokens (see :class:`SamplingConfig`). An impossible value is an ApiError 400 naming it.
     """
     if max_tokens < 0:
         max_tokens = limit
@@ -103,9 +117,14 @@ def sampling_config(max_tokens: int, limit: int, temperature: float, top_k: int 
             top_k=top_k if top_k is not None and top_k > 0 else None,
             top_p=top_p if top_p is not None and top_p < 1 else None,
             seed=None if seed is None else seed % 2**63,
+            min_p=min_p or None,
+            repetition_penalty=1.0 if repetition_penalty is None else float(repetition_penalty),
+            frequency_penalty=float(frequency_penalty or 0),
+            presence_penalty=float(presence_penalty or 0),
+            penalty_last_n=penalty_last_n,
         )
     except GptlabError as e:
-        raise ApiError(400, str(e)) from None
+        raise ApiError(400, str(e), param=str(e).split("=", 1)[0] if "=" in str(e) else None) from None
 
 
 def _stop_at(text: str, stops: list[str]) -> int | None:
