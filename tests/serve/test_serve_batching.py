@@ -60,18 +60,21 @@ def test_concurrent_clients_get_the_answers_they_get_alone(model_dir):
     app = slowed(build_app(model_dir, model_name="tiny", max_batch=8))
     engine = app.state.engine
     with running_server(app) as base:
-        alone = [answer(base, path, body) for path, body in REQUESTS]
-        assert engine.batch_sizes == [1] * len(REQUESTS)
-        start = threading.Barrier(len(REQUESTS))
+        plain = answer(base, "/v1/completions", {"prompt": "Stop me", "max_tokens": 16, "temperature": 0})
+        requests = [*REQUESTS, ("/v1/completions", {"prompt": "Stop me", "max_tokens": 16, "temperature": 0, "stop": [plain[6:9]]})]
+        alone = [answer(base, path, body) for path, body in requests]
+        assert alone[-1] == plain[: plain.index(plain[6:9])]  # the stop string cut it
+        engine.batch_sizes.clear()
+        start = threading.Barrier(len(requests))
 
         def together(i: int) -> str:
             start.wait()
-            return answer(base, *REQUESTS[i])
+            return answer(base, *requests[i])
 
-        with ThreadPoolExecutor(len(REQUESTS)) as pool:
-            batched = list(pool.map(together, range(len(REQUESTS))))
+        with ThreadPoolExecutor(len(requests)) as pool:
+            batched = list(pool.map(together, range(len(requests))))
     assert batched == alone and all(alone)
-    assert max(engine.batch_sizes[len(REQUESTS) :]) >= 4, engine.batch_sizes  # they were generated together
+    assert max(engine.batch_sizes) >= 4 and max(engine.batch_sizes) <= 8, engine.batch_sizes  # generated together, at most --max-batch
 
 
 def test_a_client_that_leaves_frees_its_row_for_a_waiting_one(model_dir):
