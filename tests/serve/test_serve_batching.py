@@ -10,10 +10,19 @@ import httpx
 import openai
 import pytest
 
-from gptlab.serve import build_app, running_server
+from gptlab.sampling import SamplingConfig
+from gptlab.serve import Engine, build_app, running_server
+from gptlab.tokenizer import gpt2
+from tests.helpers.models import tiny_gpt2
 from tests.serve.helpers import CHAT, ndjson
 
 STEP_S = 0.02  # each forward is slowed this much, so requests sent together overlap
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny GPT-2-shaped model (context 64) of the serve tests."""
+    return tiny_gpt2().eval()
 
 
 def slowed(app, step_s: float = STEP_S):
@@ -150,3 +159,30 @@ def test_no_request_waits_behind_more_than_max_batch_others(model_dir, clients):
     assert first[2] < min(ends)  # three requests generate together: none waits for another to finish
     if clients == 4:
         assert first[3] > min(ends) - 0.2  # the fourth waited for a free row (at most a step or so before the first end is seen)
+
+
+def test_a_request_that_would_make_the_batch_outgrow_the_context_waits_its_turn(model):
+    """Tiny context (64): a 40-token prompt with 10 to go and a 2-token prompt with 50 to go would need 90 columns."""
+    engine = Engine(model, gpt2(), max_batch=4)
+    long_prompt = [11] * 40
+    jobs = [(long_prompt, SamplingConfig(10, 0.0)), ([5, 6], SamplingConfig(50, 0.0)), ([7, 8, 9], SamplingConfig(8, 0.0))]
+    try:
+        alone = [engine.complete(ids, cfg).text for ids, cfg in jobs]
+        engine.batch_sizes.clear()
+        original = engine.model.forward
+
+        def slow(*args, **kwargs):
+            time.sleep(STEP_S)
+            return original(*args, **kwargs)
+
+        engine.model.forward = slow
+        with ThreadPoolExecutor(3) as pool:
+            futures = []
+            for ids, cfg in jobs:
+                futures.append(pool.submit(engine.complete, ids, cfg))
+                time.sleep(0.05)  # in this order
+            together = [f.result().text for f in futures]
+    finally:
+        engine.close()
+    assert together == alone
+    assert engine.batch_sizes == [1, 2]  # the second waited for the first to finish; the third, which would fit, did not overtake it

@@ -27,6 +27,7 @@ from gptlab.tokenizer import Tokenizer
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there
 DEFAULT_MAX_BATCH = 8  # rows generated together (gptlab serve --max-batch)
+RESTART_TOKENS = 256  # a new batch may recompute this many tokens of the rows going on to let waiting requests in
 _SPARE_WAITERS = 64  # threads for requests waiting in the queue beyond one batch (more wait for a thread, in order)
 
 
@@ -209,13 +210,17 @@ class _Request:
 class Engine:
     """One model and its tokenizer, generating for every request in batches on one scheduler thread.
 
-    Requests wait in one FIFO queue; at each step boundary (one token for every row) the
-    scheduler moves waiting requests into free rows, up to ``max_batch`` rows, so a request never
-    waits behind more than ``max_batch`` others in flight. A new batch is the rows still running
+    Requests wait in one FIFO queue; at a step boundary (one token for every row) the scheduler
+    moves waiting requests into free rows, up to ``max_batch`` rows, so a request never waits
+    behind more than ``max_batch`` others in flight. A new batch is the rows still running
     (prompt + answer so far, each with its own sampling, generator and budget) plus the newcomers,
-    prefilled together: a row's tokens are the same as alone (greedy exactly, seeded sampling with
-    its own generator), though its earlier tokens are computed again. A row whose client left (or
-    whose stop string came) is dropped at the next new batch; until then it costs compute, not waiting.
+    prefilled together: a row's tokens are the same as alone (greedy, and seeded sampling with its
+    own generator), though its earlier tokens are computed again. So a new batch starts at the
+    first step boundary where that recompute is cheap (at most ``RESTART_TOKENS``, or no more than
+    the newcomers' own prompts) or half the rows are free, and only with newcomers that fit the
+    context beside the others (longest prompt + longest budget: the window never slides). A row
+    whose client left (or whose stop string came) is dropped at the next new batch; until then it
+    costs compute, not waiting.
 
     ``prompt_style``: the style chat prompts are built in, as the model was fine-tuned (None:
     the tokenizer's ``chat_template`` if any, else alpaca; see :func:`gptlab.serve.prompts.prompt_builder`).
@@ -322,19 +327,49 @@ class Engine:
             self.queue.append(request)
             self.wakeup.notify()
 
-    def _take(self, free: int) -> list[_Request]:
-        """Return up to ``free`` queued requests to start now (ending those whose client left or the server stops)."""
+    def _take(self, running: list[_Request]) -> list[_Request]:
+        """Return the queued requests that start now beside ``running``, in arrival order: up to the free rows, and
+        while the batch fits the context (longest prompt + longest budget left: the window never slides).
+        Queued requests whose client left, or all of them when the server stops, are ended on the way."""
         taken: list[_Request] = []
         with self.wakeup:
-            while self.queue and len(taken) < free:
-                request = self.queue.popleft()
+            while self.queue and len(running) + len(taken) < self.max_batch:
+                request = self.queue[0]
                 if self.closing.is_set():
                     request.end("shutdown")
                 elif reason := request.left():
                     request.end(reason)
+                elif not self._fits(running + taken, request):
+                    break  # it waits for rows to finish (in order: nobody overtakes it)
                 else:
                     taken.append(request)
+                self.queue.popleft()
         return taken
+
+    def _fits(self, rows: list[_Request], request: _Request) -> bool:
+        """Return True when ``request`` can join ``rows`` with the window never sliding: longest prompt + longest budget left <= the context."""
+        if not rows:
+            return True
+        width = max(len(r.ids) + len(r.tokens) for r in [*rows, request])
+        budget = max(r.cfg.max_new_tokens - len(r.tokens) for r in [*rows, request])
+        return width + budget <= self.context_length
+
+    def _worth_restarting(self, going: list[_Request]) -> bool:
+        """Return True when a new batch should start now for the waiting requests: a row is free and either the rows
+        going on are cheap to recompute (at most ``RESTART_TOKENS`` tokens, or no more than the newcomers' prompts)
+        or half the rows are free."""
+        free = self.max_batch - len(going)
+        if not self.queue or free <= 0:
+            return False
+        with self.wakeup:
+            for request in [r for r in self.queue if r.left()]:  # a client that left while waiting is answered now
+                self.queue.remove(request)
+                request.end("cancelled")
+            waiting = list(self.queue)[:free]
+        if not waiting or not self._fits(going, waiting[0]):
+            return False
+        recompute = sum(len(r.ids) + len(r.tokens) for r in going)
+        return recompute <= max(sum(len(r.ids) for r in waiting), RESTART_TOKENS) or free >= max(1, self.max_batch // 2)
 
     def _schedule(self) -> None:
         """The scheduler thread: wait for requests, run batches, forever (a daemon; :meth:`close` ends it)."""
@@ -345,7 +380,8 @@ class Engine:
                     self.wakeup.wait()
                 if self.shut.is_set() and not self.queue and not running:
                     return
-            running = [r for r in running if not r.done.is_set()] + self._take(self.max_batch - len(running))
+            running = [r for r in running if not r.done.is_set()]
+            running += self._take(running)
             if running:
                 self._run_batch(running)
 
@@ -363,8 +399,8 @@ class Engine:
                 going = [r for r in running if not r.done.is_set() and not r.left()]
                 if not going:
                     break
-                if self.queue and len(going) < self.max_batch:
-                    break  # a step boundary with a free row: start a new batch with the waiting requests
+                if self._worth_restarting(going):
+                    break  # a step boundary: start a new batch with the waiting requests
         except Exception as e:  # the model failed: every request of the batch gets the error
             for request in running:
                 request.end(error=e)
