@@ -4,7 +4,10 @@ Starts the real server (``python -m gptlab.cli serve --max-batch M --threads T``
 sends greedy ``/v1/completions`` requests (``--max-tokens`` each, distinct prompts):
 
 - ``sequential``: the N requests one after another (each client waits for the previous one): the baseline;
-- ``concurrent``: the N requests at once from N threads (the server batches them).
+- ``concurrent``: the N requests at once from N threads (the server batches them);
+- ``steady`` (with ``--steady K``): N threads each sending K requests back to back, of lengths
+  varying from ``max_tokens / 2`` to ``max_tokens``, so requests end and arrive while others
+  run (rows join running batches), against the same N x K requests one at a time.
 
 Aggregate tokens/s = completion tokens (from ``usage``) / wall time of the whole set. The two
 sides alternate for ``--rounds`` rounds on the same server; the medians and their ratio
@@ -12,7 +15,7 @@ sides alternate for ``--rounds`` rounds on the same server; the medians and thei
 --json. Without --model a tiny random GPT-2-shaped model (4 layers x 128, GPT-2's vocabulary) is
 written to a temporary folder.
 
-    python bench/serve.py [--model models/finetuned] [--clients 8] [--max-tokens 64] [--rounds 3] [--threads 2]
+    python bench/serve.py [--model models/finetuned] [--clients 8] [--max-tokens 64] [--rounds 3] [--threads 2] [--steady 3]
 """
 
 from __future__ import annotations
@@ -72,6 +75,33 @@ def start_server(model: Path, port: int, max_batch: int, threads: int) -> subpro
     raise SystemExit("gptlab serve did not start within 120 s")
 
 
+def steady(base: str, clients: int, per_client: int, max_tokens: int) -> tuple[float, float]:
+    """Return the aggregate tokens/s of ``clients`` threads sending ``per_client`` requests each back to back
+    (lengths from ``max_tokens // 2`` to ``max_tokens``), and of the same requests one at a time."""
+    lengths = [max_tokens // 2 + (7 * k) % (max_tokens - max_tokens // 2 + 1) for k in range(clients * per_client)]
+    counts = [0] * clients
+    barrier = threading.Barrier(clients + 1)
+
+    def one(c: int) -> None:
+        with httpx.Client() as client:
+            barrier.wait()
+            counts[c] = sum(complete(client, base, c * per_client + k, lengths[c * per_client + k]) for k in range(per_client))
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    together = sum(counts) / (time.perf_counter() - start)
+    with httpx.Client() as client:
+        start = time.perf_counter()
+        tokens = sum(complete(client, base, k, n) for k, n in enumerate(lengths))
+        alone = tokens / (time.perf_counter() - start)
+    return together, alone
+
+
 def complete(client: httpx.Client, base: str, i: int, max_tokens: int) -> int:
     """Send request ``i`` (greedy, ``max_tokens``); return its completion tokens."""
     body = {"model": "bench", "prompt": f"Request {i}: a short story about {TOPICS[i % len(TOPICS)]}.", "max_tokens": max_tokens, "temperature": 0}
@@ -116,6 +146,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    ap.add_argument("--steady", type=int, default=0, metavar="K", help="also the steady-load figure: each client sends K requests back to back")
     ap.add_argument("--json", default=None, help="write the figures here (e.g. metrics/bench_serve.json)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +162,11 @@ def main() -> None:
                 seq.append(sequential(base, args.clients, args.max_tokens))
                 conc.append(concurrent(base, args.clients, args.max_tokens))
                 print(f"round {r + 1}: sequential {seq[-1]:.1f} tokens/s, {args.clients} concurrent {conc[-1]:.1f} tokens/s, ratio {conc[-1] / seq[-1]:.2f}x")
+            if args.steady:
+                together, alone = steady(base, args.clients, args.steady, args.max_tokens)
+                print(
+                    f"steady: {args.clients} clients x {args.steady} requests {together:.1f} tokens/s, one at a time {alone:.1f}, ratio {together / alone:.2f}x"
+                )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -145,6 +181,8 @@ def main() -> None:
         "concurrent_over_sequential": round(statistics.median(conc) / statistics.median(seq), 2),
         "ratios_per_round": [round(c / s, 2) for c, s in zip(conc, seq)],
     }
+    if args.steady:
+        figures.update(steady_requests_per_client=args.steady, steady_tokens_per_s=round(together, 1), steady_over_sequential=round(together / alone, 2))
     for k, v in figures.items():
         print(f"{k}: {v}")
     if args.json:
