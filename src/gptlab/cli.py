@@ -116,6 +116,7 @@ def _serve(args: argparse.Namespace) -> None:
         allowed_hosts=args.allow_host,
         allowed_origins=args.allow_origin,
         grace_s=args.grace,
+        max_batch=args.max_batch,
     )
 
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let web pages from this origin call the server, e.g. http://localhost:3000 (repeatable; '*' any); default: none",
     )
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="on SIGTERM/Ctrl-C, seconds requests in flight may run on before they are ended")
+    p.add_argument(
+        "--max-batch", type=int, default=8, metavar="N", help="requests generated together at most; newcomers join at the next token, more wait in order"
+    )
     p.set_defaults(fn=_serve)
 
     p = sub.add_parser("encode", help="print the token ids of a text", formatter_class=HelpFormatter)

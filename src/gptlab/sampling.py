@@ -1,4 +1,4 @@
-"""Text generation: temperature, top-k, top-p, greedy, stop tokens, a KV cache, batches.
+"""Text generation: temperature, top-k, top-p, min-p, penalties, greedy, stop tokens, a KV cache, batches.
 
 The one sampling function of gptlab: the CLI, the generate stage and the server all call
 :func:`generate` (or :func:`stream` to see tokens as they come).
@@ -15,6 +15,7 @@ cache would avoid it but is not implemented).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +23,7 @@ from gptlab.errors import GptlabError
 from gptlab.model import GPT, KVCache
 from gptlab.params.evaluation import TEMPERATURE_FLOOR, SamplingConfig
 
-__all__ = ["TEMPERATURE_FLOOR", "NonFiniteLogits", "SamplingConfig", "generate", "sample_next", "stream"]
+__all__ = ["TEMPERATURE_FLOOR", "NonFiniteLogits", "Row", "SamplingConfig", "generate", "penalize", "sample_next", "stream", "warp"]
 
 
 class NonFiniteLogits(GptlabError):
@@ -30,11 +31,68 @@ class NonFiniteLogits(GptlabError):
     knows the model folder names it."""
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+@dataclass
+class Row:
+    """One row of a batch with its own sampling (``gptlab serve``'s requests): its ``cfg`` (budget,
+    temperature, filters, penalties), its ``generator`` (None: made from ``cfg.seed`` if set, else
+    torch's global one), and how many of its prompt's last tokens are its own earlier answer
+    (``answered``: a request resumed in a new batch, whose frequency/presence penalties count them)."""
+
+    cfg: SamplingConfig
+    generator: torch.Generator | None = None
+    answered: int = 0
+
+
+History = Sequence[tuple[Sequence[int], int]]
+"""Per row: its tokens so far (prompt then answer) and the index where its answer starts."""
+
+
+def penalize(logits: torch.Tensor, cfg: SamplingConfig, history: History) -> torch.Tensor:
+    """Return ``logits`` (batch, vocab) with ``cfg``'s penalties applied, as fp32 (batch, vocab).
+
+    Repetition penalty (Hugging Face's and llama.cpp's): a seen token's logit is divided by the
+    penalty when positive, multiplied when negative. Then frequency and presence (OpenAI's):
+    ``logit -= count * frequency_penalty + (count > 0) * presence_penalty``. Without
+    ``penalty_last_n`` the repetition penalty sees prompt and answer, the other two the answer
+    only; with it all three see the last ``penalty_last_n`` tokens of both (llama.cpp's window).
+    """
+    logits = logits.float().clone()
+    vocab = logits.size(-1)
+    for i, (tokens, answer_from) in enumerate(history):
+        if cfg.penalty_last_n is not None:
+            seen = counted = list(tokens[len(tokens) - cfg.penalty_last_n :]) if cfg.penalty_last_n else []
+        else:
+            seen, counted = list(tokens), list(tokens[answer_from:])
+        if cfg.repetition_penalty != 1 and seen:
+            ids = torch.as_tensor(seen, dtype=torch.long, device=logits.device).unique()
+            row = logits[i, ids]
+            logits[i, ids] = torch.where(row < 0, row * cfg.repetition_penalty, row / cfg.repetition_penalty)
+        if (cfg.frequency_penalty or cfg.presence_penalty) and counted:
+            counts = torch.bincount(torch.as_tensor(counted, dtype=torch.long, device=logits.device), minlength=vocab)[:vocab].float()
+            logits[i] -= counts * cfg.frequency_penalty + (counts > 0).float() * cfg.presence_penalty
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None, history: History | None = None) -> torch.Tensor:
     """Pick one token per row. ``logits``: (batch, vocab) -> (batch,) int64. A temperature below
-    :data:`TEMPERATURE_FLOOR` picks the likeliest token (greedy), as 0 does."""
+    :data:`TEMPERATURE_FLOOR` picks the likeliest token (greedy), as 0 does.
+
+    Order as Hugging Face's: penalties (:func:`penalize`; ``history`` gives each row's tokens,
+    needed when ``cfg.penalized``), temperature, top-k, top-p, min-p, then the draw.
+    """
+    if cfg.penalized:
+        if history is None:
+            raise GptlabError("sample_next: a penalty is on but no history of tokens was given; pass each row's tokens so far")
+        logits = penalize(logits, cfg, history)
     if cfg.temperature < TEMPERATURE_FLOOR:
         return logits.argmax(dim=-1)
+    probs = warp(logits, cfg).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def warp(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Return ``logits`` (batch, vocab) divided by the temperature (> 0) with the tokens top-k,
+    top-p and min-p drop set to -inf, in that order: fp32 (batch, vocab)."""
     logits = logits.float() / cfg.temperature
     if cfg.top_k is not None and cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
@@ -45,8 +103,22 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         # drop a token when the tokens ranked above it already cover top_p
         drop = probs.cumsum(dim=-1) - probs >= cfg.top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if cfg.min_p:
+        probs = logits.softmax(dim=-1)
+        logits = logits.masked_fill(probs < cfg.min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+    return logits
+
+
+def _sample_rows(logits: torch.Tensor, rows: Sequence[Row], history: History) -> torch.Tensor:
+    """Pick one token per row, each with its own Row: (batch, vocab) -> (batch,) int64.
+
+    Each row is drawn alone (its own generator), so a row gets the same tokens in any batch; greedy rows without penalties share one argmax.
+    """
+    out = logits.argmax(dim=-1)
+    for i, row in enumerate(rows):
+        if row.cfg.temperature >= TEMPERATURE_FLOOR or row.cfg.penalized:
+            out[i] = sample_next(logits[i : i + 1], row.cfg, row.generator, history[i : i + 1] if row.cfg.penalized else None)[0]
+    return out
 
 
 def _positions(valid: torch.Tensor) -> torch.Tensor:
@@ -73,36 +145,52 @@ def _mask(valid: torch.Tensor, n_queries: int) -> torch.Tensor | None:
 def stream(
     model: GPT,
     prompts: Sequence[Sequence[int]],
-    cfg: SamplingConfig,
+    cfg: SamplingConfig | Sequence[Row],
     stop_tokens: Iterable[int] = (),
     use_cache: bool = True,
     pad_token: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(tokens, active)`` per step: the next token of each row, (batch,) int64, and
     which rows were still generating, (batch,) bool. A row stops after a stop token (which is
-    yielded with ``active`` True); later steps yield ``pad_token`` for it with ``active`` False.
+    yielded with ``active`` True) or its budget; later steps yield ``pad_token`` for it with ``active`` False.
+
+    ``cfg``: one SamplingConfig for every row (one generator, from its seed, drawn over the
+    batch), or one :class:`Row` per prompt (each with its own budget, sampling and generator:
+    a row then gets the same tokens in any batch as alone).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GptlabError("generate: every prompt needs at least one token")
+    rows = None if isinstance(cfg, SamplingConfig) else list(cfg)
+    if rows is not None:
+        if len(rows) != len(prompts):
+            raise GptlabError(f"generate: {len(rows)} Rows for {len(prompts)} prompts; give one Row per prompt")
+        for row in rows:
+            if row.generator is None and row.cfg.seed is not None:
+                row.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(row.cfg.seed)
+    budgets = [r.cfg.max_new_tokens for r in rows] if rows is not None else [cfg.max_new_tokens] * len(prompts)
+    budget = max(budgets)
+    penalized = any(r.cfg.penalized for r in rows) if rows is not None else cfg.penalized
+    history = [(list(p), len(p) - (rows[i].answered if rows is not None else 0)) for i, p in enumerate(prompts)] if penalized else []
     model.eval()
     device = next(model.parameters()).device
     ctx = model.config.context_length
     B, width = len(prompts), max(len(p) for p in prompts)
     # preallocated: columns [0, n) hold prompt + generated tokens; valid marks real tokens
-    buf = torch.full((B, width + cfg.max_new_tokens), pad_token, dtype=torch.long, device=device)
+    buf = torch.full((B, width + budget), pad_token, dtype=torch.long, device=device)
     valid = torch.zeros(buf.shape, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
         buf[i, width - len(p) : width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
         valid[i, width - len(p) : width] = True
     stops = torch.as_tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    generator = torch.Generator(device=device).manual_seed(cfg.seed) if rows is None and cfg.seed is not None else None
+    ends = torch.as_tensor(budgets, device=device)  # a row stops after this many tokens
     active = torch.ones(B, dtype=torch.bool, device=device)
     cache: KVCache | None = None
     dtype = next(model.parameters()).dtype
     count = torch.zeros(B, dtype=torch.long, device=device)  # valid tokens in the current window
 
     n = width
-    for step in range(cfg.max_new_tokens):
+    for step in range(budget):
         if use_cache and cache is not None and n <= ctx:
             lo = n - cache.length - 1
             position = (count - 1).clamp(min=0)[:, None]
@@ -111,36 +199,46 @@ def stream(
             lo = max(0, n - ctx)
             window, win_valid = buf[:, lo:n], valid[:, lo:n]
             if use_cache:
-                cache = KVCache(model.config, B, min(ctx, window.size(1) + cfg.max_new_tokens - step), device, dtype)
+                cache = KVCache(model.config, B, min(ctx, window.size(1) + budget - step), device, dtype)
             mask = _mask(win_valid, window.size(1))
             logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
             count = win_valid.sum(dim=1)
         if step == 0 and not bool(torch.isfinite(logits[:, -1]).all()):
             raise NonFiniteLogits("the model gives NaN or infinite logits: its weights are broken; convert, download or train it again")
-        nxt = sample_next(logits[:, -1], cfg, generator)
+        if rows is not None:
+            nxt = _sample_rows(logits[:, -1], rows, history)
+        elif penalized:
+            nxt = sample_next(logits[:, -1], cfg, generator, history)
+        else:
+            nxt = sample_next(logits[:, -1], cfg, generator)
         nxt = torch.where(active, nxt, torch.full_like(nxt, pad_token))
         yield nxt, active.clone()
+        for (tokens, _), t, a in zip(history, nxt.tolist(), active.tolist()):
+            if a:
+                tokens.append(t)
         buf[:, n] = nxt
         valid[:, n] = active
         count += active
         n += 1
         if stops.numel():
             active &= ~torch.isin(nxt, stops)
-            if not bool(active.any()):
-                break
+        active &= ends > step + 1
+        if not bool(active.any()):
+            break
 
 
 def generate(
     model: GPT,
     prompts: Sequence[Sequence[int]],
-    cfg: SamplingConfig,
+    cfg: SamplingConfig | Sequence[Row],
     stop_tokens: Iterable[int] = (),
     use_cache: bool = True,
     pad_token: int = 0,
 ) -> list[list[int]]:
     """Return the new tokens of each prompt (stop token and what follows excluded).
 
-    ``prompts``: token id lists, any lengths. At most ``cfg.max_new_tokens`` tokens each.
+    ``prompts``: token id lists, any lengths. At most ``max_new_tokens`` tokens each
+    (``cfg``: one config for all rows, or one :class:`Row` each, as :func:`stream` takes).
     """
     stops = set(stop_tokens)
     out: list[list[int]] = [[] for _ in prompts]

@@ -132,23 +132,27 @@ def test_max_tokens_are_capped_to_the_room_the_context_leaves(url):
 def test_unimplemented_samplers_are_refused_on_both_routes(url):
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
     for extra, name in [
-        ({"min_p": 0.1}, "min_p=0.1"),
-        ({"repetition_penalty": 1.2}, "repetition_penalty=1.2"),
         ({"mirostat": 2}, "mirostat is not a parameter"),
+        ({"typical_p": 0.5}, "typical_p is not a parameter"),
+        ({"min_p": 1.5}, "min_p must be <= 1, got 1.5"),
+        ({"repetition_penalty": 0}, "repetition_penalty must be > 0, got 0"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty must be <= 2, got 2.5"),
     ]:
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=1, extra_body=extra)
         assert name in err.value.message and err.value.body["param"] == next(iter(extra))
-    with pytest.raises(openai.BadRequestError, match="frequency_penalty=0.5"):
-        client.completions.create(model="tiny", prompt="x", max_tokens=1, frequency_penalty=0.5)
     with pytest.raises(openai.BadRequestError, match="logit_bias="):
         client.completions.create(model="tiny", prompt="x", max_tokens=1, logit_bias={"50256": -100})
     ok = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=1, user="me", extra_body={"min_p": 0, "repetition_penalty": 1, "metadata": {}})
     assert ok.choices[0].finish_reason in ("stop", "length")
     o = ollama.Client(host=url, timeout=30)
     for options, words in [
-        ({"min_p": 0.1}, "options.min_p=0.1"),
-        ({"repeat_penalty": 1.2}, "options.repeat_penalty"),
+        ({"mirostat": 2}, "options.mirostat=2"),
+        ({"typical_p": 0.5}, "options.typical_p=0.5"),
+        ({"tfs_z": 0.5}, "options.tfs_z=0.5"),
+        ({"min_p": 1.5}, "options.min_p must be <= 1"),
+        ({"repeat_penalty": 0}, "options.repeat_penalty must be > 0"),
+        ({"repeat_last_n": -2}, "options.repeat_last_n must be >= -1"),
         ({"made_up": 1}, "options.made_up is not"),
     ]:
         with pytest.raises(ollama.ResponseError) as err:

@@ -16,7 +16,8 @@ from tests.serve.helpers import CHAT
         ({"top_k": "many"}, 'options.top_k must be an integer, got "many"'),
         ({"seed": 1.5}, "options.seed must be an integer, got 1.5"),
         ({"stop": [1]}, "options.stop[0] must be a string, got 1"),
-        ({"repeat_penalty": 1.3}, "options.repeat_penalty=1.3 is not supported by gptlab serve; remove it from the request"),
+        ({"mirostat": 1}, "options.mirostat=1 is not supported by gptlab serve; remove it from the request"),
+        ({"repeat_penalty": -1}, "options.repeat_penalty must be > 0, got -1"),
     ],
 )
 def test_ollama_options_are_checked(url, options, message):
@@ -36,7 +37,8 @@ def test_ollama_options_are_checked(url, options, message):
         ({"response_format": {"type": "json_object"}}, "response_format", "response_format="),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools="),
         ({"tool_choice": "required"}, "tool_choice", "tool_choice="),
-        ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty=0.5 is not supported"),
+        ({"presence_penalty": 2.5}, "presence_penalty", "presence_penalty must be <= 2, got 2.5"),
+        ({"logit_bias": {"1": 5}}, "logit_bias", 'logit_bias={"1": 5} is not supported'),
         ({"stream": "yes"}, "stream", 'stream must be true or false, got "yes"'),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages", "only text content parts"),
         ({"messages": []}, "messages", "messages must be a non-empty list"),

@@ -32,6 +32,17 @@ class SamplingConfig:
     """sample among the likeliest tokens whose probabilities sum to p, in (0, 1] (null: off)"""
     seed: int | None = None
     """seed of the sampling generator (null: the generate stage takes the global seed; other callers torch's global generator)"""
+    min_p: float | None = None
+    """drop tokens less likely than min_p times the likeliest one, after temperature, in [0, 1] (null or 0: off)"""
+    repetition_penalty: float = 1.0
+    """divide the positive logits (multiply the negative ones) of tokens already in the prompt or answer by this, > 0 (1: off; Hugging Face's)"""
+    frequency_penalty: float = 0.0
+    """subtract this times the count of each token already in the answer from its logit, in [-2, 2] (0: off; OpenAI's)"""
+    presence_penalty: float = 0.0
+    """subtract this from the logit of each token already in the answer, in [-2, 2] (0: off; OpenAI's)"""
+    penalty_last_n: int | None = None
+    """the three penalties look at the last N tokens of prompt and answer together, >= 0 (llama.cpp's and Ollama's repeat_last_n; null: the
+    repetition penalty sees the whole prompt and answer, frequency and presence the answer only)"""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -46,6 +57,24 @@ class SamplingConfig:
             raise ParamsError(f"top_k={self.top_k} is impossible: must be >= 1 (or None for off)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ParamsError(f"top_p={self.top_p} is impossible: must be > 0 and <= 1 (or None for off)")
+        for name in ("min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ParamsError(f"{name}={value} is impossible: must be a finite number")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise ParamsError(f"min_p={self.min_p} is impossible: must be >= 0 and <= 1 (or None for off)")
+        if self.repetition_penalty <= 0:
+            raise ParamsError(f"repetition_penalty={self.repetition_penalty} is impossible: must be > 0 (1 = off)")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ParamsError(f"{name}={getattr(self, name)} is impossible: must be >= -2 and <= 2 (0 = off)")
+        if self.penalty_last_n is not None and self.penalty_last_n < 0:
+            raise ParamsError(f"penalty_last_n={self.penalty_last_n} is impossible: must be >= 0 (or None: the whole prompt and answer)")
+
+    @property
+    def penalized(self) -> bool:
+        """Return True when a penalty is on (the sampler then needs each row's tokens so far)."""
+        return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
 
 
 @dataclass(frozen=True)

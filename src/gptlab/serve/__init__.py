@@ -1,6 +1,6 @@
 """HTTP server for a gptlab model, speaking Ollama's and OpenAI's APIs (FastAPI + uvicorn).
 
-Modules: :mod:`~gptlab.serve.engine` (model, tokenizer, lock, generation; no HTTP),
+Modules: :mod:`~gptlab.serve.engine` (model, tokenizer, the batching scheduler; no HTTP),
 :mod:`~gptlab.serve.prompts` (chat messages -> prompt: the tokenizer's chat template or the
 instruction style), :mod:`~gptlab.serve.ollama` and :mod:`~gptlab.serve.openai` (one router
 per API dialect, typed request models), :mod:`~gptlab.serve.guard` (Host/Origin checks),

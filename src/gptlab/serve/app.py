@@ -39,7 +39,7 @@ from gptlab.model import GPT
 from gptlab.serve import ollama, openai
 from gptlab.serve.body import DEFAULT_MAX_BODY_BYTES
 from gptlab.serve.common import Served
-from gptlab.serve.engine import DEFAULT_MAX_TOKENS_LIMIT, Engine
+from gptlab.serve.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS_LIMIT, Engine
 from gptlab.serve.errors import ApiError, error_response
 from gptlab.serve.guard import HostOriginGuard, default_allowed_hosts
 from gptlab.tokenizer import Tokenizer
@@ -80,15 +80,17 @@ def create_app(
     prompt_style: str | None = None,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> FastAPI:
     """Return the FastAPI app serving ``model`` under ``model_name`` (also ``model_name:latest``).
 
     ``prompt_style``: the model's instruction style (None: its chat template, else alpaca; see
     :func:`gptlab.serve.prompts.prompt_builder`);
     ``allowed_hosts``: Host names answered besides loopback ones (``*``: any);
-    ``allowed_origins``: browser origins allowed to call it (``*``: any), who also get CORS headers.
+    ``allowed_origins``: browser origins allowed to call it (``*``: any), who also get CORS headers;
+    ``max_batch``: requests generated together at most (the engine's rows; more wait in order).
     """
-    engine = Engine(model, tokenizer, max_tokens_limit, prompt_style)
+    engine = Engine(model, tokenizer, max_tokens_limit, prompt_style, max_batch=max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -140,8 +142,9 @@ def build_app(
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> FastAPI:
-    """Return the app serving the checkpoint in ``model_dir`` (CPU).
+    """Return the app serving the checkpoint in ``model_dir`` (CPU); ``max_batch``: requests generated together at most.
 
     With ``adapter_dir`` the LoRA adapters there are loaded and merged into the weights
     first. ``model_name`` defaults to the folder's name (``models/finetuned`` -> ``finetuned``).
@@ -158,6 +161,7 @@ def build_app(
         prompt_style=model_prompt_style(model_dir),
         allowed_hosts=allowed_hosts,
         allowed_origins=allowed_origins,
+        max_batch=max_batch,
     )
 
 
@@ -220,10 +224,12 @@ def serve(
     allowed_hosts: Iterable[str] | None = None,
     allowed_origins: Iterable[str] | None = None,
     grace_s: float = DEFAULT_GRACE_S,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
     """Serve the model in ``model_dir`` on ``host:port`` until interrupted (Ctrl-C, SIGTERM); returns None.
 
     On shutdown, requests in flight get ``grace_s`` seconds to finish; then they end with their final chunks.
+    Up to ``max_batch`` requests are generated together (newcomers join at the next token); more wait in order.
 
     Loopback by default: pass ``host="0.0.0.0"`` only on a trusted network (there is no auth).
     Host names: loopback ones, plus ``allowed_hosts`` when given, else any when ``host`` is
@@ -235,7 +241,9 @@ def serve(
     if threads is not None:
         torch.set_num_threads(threads)
     hosts = default_allowed_hosts(host, allowed_hosts)
-    app = build_app(model_dir, adapter_dir, model_name, max_body_bytes, max_tokens_limit, allowed_hosts=hosts, allowed_origins=allowed_origins or ())
+    app = build_app(
+        model_dir, adapter_dir, model_name, max_body_bytes, max_tokens_limit, allowed_hosts=hosts, allowed_origins=allowed_origins or (), max_batch=max_batch
+    )
     sock = _bind(host, port)
     try:
         DrainingServer(uvicorn.Config(app, log_level="info"), app.state.engine, grace_s).run(sockets=[sock])

@@ -2,11 +2,13 @@
 
 Streaming is Ollama's default: NDJSON lines with ``done`` false, then one line with ``done``
 true and the counts. Sampling ``options``: ``temperature`` (default 0.8, 0 = greedy),
-``top_k`` (40; 0 = off), ``top_p`` (0.9), ``seed``, ``num_predict`` (128; -1/-2 = up to the
+``top_k`` (40; 0 = off), ``top_p`` (0.9), ``min_p`` (0 = off), ``repeat_penalty`` (1 = off;
+Ollama's own default is 1.1), ``presence_penalty`` and ``frequency_penalty`` (0), all three
+penalties over the last ``repeat_last_n`` tokens of prompt and answer (64; 0 = none, -1 = the
+context), as llama.cpp; ``seed``, ``num_predict`` (128; -1/-2 = up to the
 server's limit; always capped so prompt + answer fit the context), ``stop``. Load-time options
-(``num_ctx``, ``num_thread``...) and options that only tune a refused sampler (``mirostat_tau``,
-``repeat_last_n``...) are ignored; samplers gptlab lacks (``repeat_penalty``, ``min_p``,
-``mirostat``...), unknown options, and ``format``, ``tools``, ``images``, ``think``... are
+(``num_ctx``, ``num_thread``...) and options that only tune a refused sampler (``mirostat_tau``...)
+are ignored; samplers gptlab lacks (``mirostat``, ``typical_p``, ``tfs_z``), unknown options, and ``format``, ``tools``, ``images``, ``think``... are
 refused with a 400 naming them, unless sent with their "off" value. A prompt that does not
 fit the context is a 400 naming both lengths unless the request sends ``"truncate": true``
 (then its last tokens are kept, leaving room for the answer).
@@ -31,7 +33,8 @@ from gptlab.serve.prompts import ChatMessage
 
 router = APIRouter()
 NEVER = "9999-12-31T23:59:59Z"  # /api/ps expires_at: the model stays loaded while the server runs
-_OFF_SAMPLERS = {"repeat_penalty": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "mirostat": (0,), "typical_p": (1,), "tfs_z": (1,), "min_p": (0,)}
+_OFF_SAMPLERS = {"mirostat": (0,), "typical_p": (1,), "tfs_z": (1,)}
+DEFAULT_REPEAT_LAST_N = 64  # Ollama's
 _OFF_FEATURES = {"format": ("",), "tools": ([],), "images": ([],), "think": (False,), "logprobs": (False,), "top_logprobs": (0,)}
 
 
@@ -46,13 +49,14 @@ class OllamaOptions(StopMixin):
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    repeat_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repeat_last_n: int | None = Field(None, ge=-1)
     mirostat: int | None = None
     typical_p: float | None = None
     tfs_z: float | None = None
-    min_p: float | None = None
+    min_p: float | None = Field(None, ge=0, le=1)
     # ignored: load-time options, and options that change nothing while the samplers above are off
     numa: Any = None
     num_ctx: Any = None
@@ -68,7 +72,6 @@ class OllamaOptions(StopMixin):
     embedding_only: Any = None
     num_thread: Any = None
     num_keep: Any = None
-    repeat_last_n: Any = None
     mirostat_tau: Any = None
     mirostat_eta: Any = None
     penalize_newline: Any = None
@@ -166,6 +169,13 @@ def _final(s: Served, c: Completion) -> dict:
     }
 
 
+def _last_n(repeat_last_n: int | None, context: int) -> int:
+    """Return the penalties' window of Ollama's ``repeat_last_n`` (None: 64; -1: the context), in tokens."""
+    if repeat_last_n is None:
+        return DEFAULT_REPEAT_LAST_N
+    return context if repeat_last_n < 0 else repeat_last_n
+
+
 def _final_reason(c: Completion) -> str:
     return c.finish_reason if c.finish_reason in ("length", "shutdown") else "stop"
 
@@ -179,6 +189,11 @@ async def _reply(s: Served, prompt: str | list[ChatMessage], body: _OllamaReques
         40 if o.top_k is None else o.top_k,
         0.9 if o.top_p is None else o.top_p,
         o.seed,
+        min_p=o.min_p,
+        repetition_penalty=o.repeat_penalty,
+        frequency_penalty=o.frequency_penalty,
+        presence_penalty=o.presence_penalty,
+        penalty_last_n=_last_n(o.repeat_last_n, s.context_length),
     )
     stop = o.stop or []
     job = await s.engine.prepare(prompt, cfg, keep=0 if body.truncate else None, field="messages" if chat else "prompt")
@@ -249,7 +264,7 @@ async def show(body: ShowRequest = Depends(json_body(ShowRequest)), s: Served = 
     cfg = s.engine.model.config
     style = s.engine.prompt_style
     template = (s.engine.tokenizer.chat_template if style in (None, "chat") else None) or format_prompt("{{ .Prompt }}", style=style or "alpaca")
-    parameters = "temperature 0.8\ntop_k 40\ntop_p 0.9\nnum_predict 128"
+    parameters = f"temperature 0.8\ntop_k 40\ntop_p 0.9\nnum_predict 128\nrepeat_penalty 1\nrepeat_last_n {DEFAULT_REPEAT_LAST_N}"
     arch = s.family
     info = {
         "general.architecture": arch,

@@ -2,10 +2,12 @@
 
 Streaming (``stream: true``) sends server-sent events ``data: {...}`` ending with
 ``data: [DONE]``. Sampling: ``temperature`` (0..2, default 1), ``top_p`` (0..1), ``top_k``
-(vLLM's extension; -1/0 = off), ``seed``, ``max_tokens`` / ``max_completion_tokens`` (default
+(vLLM's extension; -1/0 = off), ``min_p`` (0..1), ``repetition_penalty`` (> 0, over prompt and
+answer, as Hugging Face and vLLM), ``frequency_penalty`` and ``presence_penalty`` (-2..2, over the
+answer, as OpenAI), ``seed``, ``max_tokens`` / ``max_completion_tokens`` (default
 16 for completions, the server's limit for chat; capped at it and at the room the context
 leaves), ``stop``. Parameters gptlab does not implement (``logprobs``, ``response_format``,
-``tools``, ``n`` > 1, penalties, ``min_p``, ``repetition_penalty``...) are refused with a 400
+``tools``, ``n`` > 1, ``logit_bias``...) are refused with a 400
 naming them, unless sent with their "off" value; so is any key this module does not know. Keys
 that cannot change the answer (``user``, ``metadata``, ``store``, ``service_tier``,
 ``prompt_cache_key``, ``safety_identifier``) are ignored. A prompt that does not fit the
@@ -35,8 +37,6 @@ _OFF = {
     "n": (1,),
     "logprobs": (False,),
     "top_logprobs": (0,),
-    "presence_penalty": (0,),
-    "frequency_penalty": (0,),
     "logit_bias": ({},),
     "response_format": ({"type": "text"},),
     "tools": ([],),
@@ -44,8 +44,6 @@ _OFF = {
     "functions": ([],),
     "function_call": ("none", "auto"),
     "parallel_tool_calls": (True, False),
-    "min_p": (0,),
-    "repetition_penalty": (1,),
 }
 
 
@@ -71,8 +69,8 @@ class _OpenAIRequest(RequestModel, StopMixin):
     n: int | None = Field(None, ge=1)
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
@@ -80,8 +78,8 @@ class _OpenAIRequest(RequestModel, StopMixin):
     functions: list[Any] | None = None
     function_call: Any = None
     parallel_tool_calls: bool | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
     truncate_prompt_tokens: int | None = Field(None, ge=1)
     # ignored: they cannot change the answer
     user: Any = None
@@ -157,6 +155,10 @@ async def _reply(s: Served, prompt: str | list[ChatMessage], body: _OpenAIReques
         body.top_k,
         body.top_p,
         body.seed,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
     )
     stop = body.stop or []
     job = await s.engine.prepare(prompt, cfg, keep=body.truncate_prompt_tokens, field="messages" if chat else "prompt")
