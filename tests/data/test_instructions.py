@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from gptlab.data.instruction_splits import split_instruction_files
 from gptlab.data.instructions import (
     InstructionBatches,
     collate,
@@ -11,7 +12,6 @@ from gptlab.data.instructions import (
     encode_records,
     eval_batches,
     load_records,
-    split_instruction_files,
     split_records,
     write_splits,
 )
@@ -287,8 +287,42 @@ def test_duplicates_are_dropped_before_splitting_and_counted(tmp_path):
     unique, dropped = drop_duplicates(load_records(raw / "a.json"))
     assert dropped == 3 and len(unique) == 41
     metrics = tmp_path / "metrics.json"
-    counts = split_instruction_files(InstructionsParams(), raw, tmp_path / "splits", seed=1, metrics_path=metrics)
-    assert counts == {"records": 41, "duplicates_dropped": 3, "train": 35, "val": 2, "test": 4}
+    counts = split_instruction_files(InstructionsParams(dedupe="report"), raw, tmp_path / "splits", seed=1, metrics_path=metrics)
+    near_found = counts["near_duplicates_val"] + counts["near_duplicates_test"]  # `near` asks what records[7] asks: 1 if they were split apart
+    assert counts == {"records": 41, "duplicates_dropped": 3, "train": 35, "val": 2, "test": 4, **counts} and near_found <= 1
     assert json.loads(metrics.read_text()) == {k: v for k, v in counts.items() if k != "records"}
     seen = [json.dumps(r, sort_keys=True) for split in ("train", "val", "test") for r in json.loads((tmp_path / "splits" / f"{split}.json").read_text())]
     assert len(seen) == len(set(seen)) == 41  # no record in two splits
+
+
+def test_near_duplicates_of_train_records_leave_val_and_test_and_are_counted(tmp_path):
+    """Records that differ only by case, punctuation or whitespace of instruction and input ask the
+    same thing: under dedupe: drop they leave val/test; under report they stay; both count them."""
+    records = _many(60)
+    variants = []
+    for i, rec in enumerate(records[:20]):  # one variant of each of the first 20, with another answer
+        instruction = rec["instruction"].upper() + "?!" if i % 2 else "  " + rec["instruction"].replace(" ", " \t ") + "."
+        variants.append({"instruction": instruction, "input": ",,," if i % 3 == 0 else "", "output": f"another answer {i}"})
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.json").write_text(json.dumps(records + variants + [{"instruction": "task 1 2", "input": "", "output": "not a variant"}]), encoding="utf-8")
+
+    def split(mode):
+        metrics = tmp_path / f"{mode}.json"
+        counts = split_instruction_files(InstructionsParams(dedupe=mode), raw, tmp_path / mode, seed=3, metrics_path=metrics)
+        out = {name: json.loads((tmp_path / mode / f"{name}.json").read_text()) for name in ("train", "val", "test")}
+        return counts, json.loads(metrics.read_text()), out
+
+    report, report_metrics, kept = split("report")
+    dropped, drop_metrics, cleaned = split("drop")
+    key = lambda r: " ".join("".join(c if c.isalnum() else " " for c in (r["instruction"] + " " + r["input"]).lower()).split())  # noqa: E731
+    train_keys = {key(r) for r in kept["train"]}
+    for name in ("val", "test"):
+        found = sum(key(r) in train_keys for r in kept[name])  # an independent count of what the module should find
+        assert report[f"near_duplicates_{name}"] == report_metrics[f"near_duplicates_{name}"] == dropped[f"near_duplicates_{name}"] == found
+        assert len(cleaned[name]) == len(kept[name]) - found and not any(key(r) in train_keys for r in cleaned[name])
+        assert drop_metrics[name] == len(cleaned[name]) and report_metrics[name] == len(kept[name])
+    assert report["near_duplicates_val"] + report["near_duplicates_test"] > 0  # the seed splits some pairs apart
+    assert cleaned["train"] == kept["train"]
+    with pytest.raises(GptlabError, match="dedupe='keep' is unknown; choose drop"):
+        InstructionsParams(dedupe="keep")

@@ -91,6 +91,22 @@ def test_tokenize_stage_writes_the_tokenizer_beside_the_shards(corpus_dir, tmp_p
     assert ModelParams(preset="gpt-tiny", vocab_size=512).to_config(tokenizer_vocab=tok.n_vocab).vocab_size == 512
 
 
+def test_a_bpe_that_runs_out_of_merges_says_so_and_records_its_real_size(corpus_dir, tmp_path, capsys):
+    metrics_path = tmp_path / "tokenize.json"
+    tokenize_corpus(
+        TokenizeParams(tokenizer="bpe", vocab_size=4096, val_fraction=0.2, workers=1), corpus_dir, tmp_path / "s", seed=1, metrics_path=metrics_path
+    )
+    got = load_tokenizer(tmp_path / "s" / "tokenizer.json").n_vocab
+    assert 258 <= got < 4096
+    err = capsys.readouterr().err
+    assert f"tokenize: warning: tokenize.vocab_size=4096 but the BPE learnt {got:,} ids: it ran out of merges" in err
+    assert f"Set tokenize.vocab_size: {got}" in err and sum("vocab_size" in line for line in err.splitlines()) == 1
+    assert json.loads(metrics_path.read_text())["vocab_size"] == got
+    # asked for no more than it can learn: nothing said, the same size recorded
+    tokenize_corpus(TokenizeParams(tokenizer="bpe", vocab_size=got, val_fraction=0.2, workers=1), corpus_dir, tmp_path / "t", seed=1, metrics_path=metrics_path)
+    assert "warning" not in capsys.readouterr().err and json.loads(metrics_path.read_text())["vocab_size"] == got
+
+
 def test_bpe_trains_on_the_train_split_only(corpus_dir, tmp_path):
     # a word only the val document holds never becomes a merge
     (corpus_dir / "z.txt").write_text("Zyzzyva " * 400)

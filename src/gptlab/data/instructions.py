@@ -4,7 +4,8 @@ A record is a dict with ``instruction`` (non-empty str), optional ``input`` (str
 null means ``""``) and ``output`` (str); extra keys are kept as they are.
 
 The pipeline: :func:`load_records` -> :func:`drop_duplicates` -> :func:`split_records` ->
-:func:`write_splits` (all four: :func:`split_instruction_files`, the stage), then per split
+:func:`write_splits` (all four, with near-duplicates across splits dropped: the stage's
+:func:`gptlab.data.instruction_splits.split_instruction_files`), then per split
 :func:`encode_records` (token ids of prompt + response + ``<|endoftext|>``, and the prompt's
 length; the prompt styles live in :mod:`gptlab.data.prompts`) -> :class:`InstructionBatches`
 (training, shuffled, resumable) or :func:`eval_batches` (in order) -> :func:`collate` ->
@@ -24,7 +25,6 @@ import torch
 from gptlab.data.prompts import encode_prompt, format_example
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, write_json
-from gptlab.params import InstructionsParams
 from gptlab.tokenizer import Tokenizer
 
 SPLITS = ("train", "val", "test")
@@ -183,30 +183,6 @@ def write_splits(splits: Mapping[str, list[dict]], out_dir: str | Path) -> Path:
         for name in SPLITS:
             write_json(tmp / f"{name}.json", list(splits[name]))
     return out_dir
-
-
-def split_instruction_files(
-    params: InstructionsParams, raw_dir: str | Path, out_dir: str | Path, seed: int, metrics_path: str | Path | None = None
-) -> dict[str, int]:
-    """The instructions stage: read every ``params.file_glob`` file of ``raw_dir`` (sorted),
-    drop duplicate records, keep the first ``params.max_records``, split them with ``seed``
-    and write ``out_dir/{train,val,test}.json``.
-
-    Returns the counts ``{"records", "duplicates_dropped", "train", "val", "test"}`` (``records``
-    is the number split, after duplicates went); ``metrics_path`` gets all but ``records``.
-    """
-    files = sorted(p for p in Path(raw_dir).glob(params.file_glob) if p.is_file())
-    if not files:
-        raise GptlabError(f"{raw_dir}: no file matches instructions.file_glob={params.file_glob!r}; run `dvc repro download` or fix the glob")
-    records, dropped = drop_duplicates([r for f in files for r in load_records(f)])
-    if params.max_records is not None:
-        records = records[: params.max_records]
-    splits = split_records(records, (params.train_fraction, params.val_fraction, params.test_fraction), seed)
-    write_splits(splits, out_dir)
-    counts = {"records": len(records), "duplicates_dropped": dropped, **{k: len(v) for k, v in splits.items()}}
-    if metrics_path is not None:
-        write_json(metrics_path, {k: v for k, v in counts.items() if k != "records"})
-    return counts
 
 
 # ---------------------------------------------------------------------------- encoding

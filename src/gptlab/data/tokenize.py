@@ -115,6 +115,14 @@ def build_tokenizer(kind: str, train_texts: Iterable[str], vocab_size: int = 409
     return SimpleTokenizer.train(train_texts, max_size=MAX_VOCAB)
 
 
+def short_vocab_warning(asked: int, got: int) -> str:
+    """The one stderr line for a BPE that learnt fewer ids (``got``) than ``tokenize.vocab_size`` (``asked``): why, and the fix."""
+    return (
+        f"tokenize: warning: tokenize.vocab_size={asked} but the BPE learnt {got:,} ids: it ran out of merges (every word of the train split "
+        f"is already one token); the shards and the model use {got:,}. Set tokenize.vocab_size: {got} to say so, or use a larger corpus"
+    )
+
+
 def _train_texts(params: TokenizeParams, corpus_dir: str | Path, seed: int) -> Iterator[str]:
     """Yield the train split's text, piece by piece, streamed from the corpus (for a trained vocabulary)."""
     plan = plan_corpus(corpus_dir, params.corpus_glob, params.text_field, params.val_fraction, seed, params.chunk_chars)
@@ -127,10 +135,12 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     """Encode the corpus into ``out_dir/{train,val}-NNNNN.bin`` plus ``meta.json``; return the summary.
 
     The corpus streams through (see :mod:`gptlab.data.stream`): memory stays flat whatever
-    its size. The summary holds, per split, ``tokens`` (count) and ``tokens_per_s``: exactly what
-    goes to ``metrics_path`` (comparable figures only); it adds, per split, ``documents`` and
-    ``bytes`` (UTF-8 bytes of the text) and, for the caller's messages, ``tokenizer``,
-    ``vocab_size``, ``shards`` (files per split), ``workers``, ``split_rule`` and ``seconds``.
+    its size. The summary holds, per split, ``tokens`` (count), ``vocab_size`` (the ids the
+    tokenizer really has: a BPE that runs out of merges stops short of ``params.vocab_size``,
+    which one stderr line says) and ``tokens_per_s``: exactly what goes to ``metrics_path``
+    (comparable figures only); it adds, per split, ``documents`` and ``bytes`` (UTF-8 bytes of
+    the text) and, for the caller's messages, ``tokenizer``, ``shards`` (files per split),
+    ``workers``, ``split_rule`` and ``seconds``.
     ``meta.json`` holds the provenance: tokenizer, vocab size, end-of-text id, per split the
     document names (a count under the ``hash`` split rule of record streams), tokens, bytes
     and shard names, and ``files``: per shard file its split, tokens and ``crc32`` (verified
@@ -147,6 +157,8 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     train_texts = _train_texts(params, corpus_dir, seed) if params.tokenizer in TRAINED else ()
     tokenizer = build_tokenizer(params.tokenizer, train_texts, params.vocab_size)
     _check_fits(tokenizer)
+    if params.tokenizer == "bpe" and tokenizer.n_vocab < params.vocab_size:
+        print(short_vocab_warning(params.vocab_size, tokenizer.n_vocab), file=sys.stderr)
     workers = params.workers or os.cpu_count() or 1
     meta: dict = {"format_version": 1, "dtype": "uint16", "tokenizer": "gpt2" if params.tokenizer == "gpt2" else "tokenizer.json",
                   "vocab_size": tokenizer.n_vocab, "eot_token": tokenizer.eot_token, "splits": {}, "files": {}}  # fmt: skip
@@ -186,6 +198,7 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     total = sum(s["tokens"] for s in splits.values())
     metrics = {  # the figures worth comparing across experiments (documents are the data's, in meta.json)
         "tokens": {k: v["tokens"] for k, v in splits.items()},
+        "vocab_size": tokenizer.n_vocab,
         "tokens_per_s": round(total / seconds, 1),
     }
     if metrics_path is not None:
@@ -195,7 +208,6 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
         "documents": dict(zip(SPLITS, docs)),
         "bytes": {k: v["bytes"] for k, v in splits.items()},
         "tokenizer": params.tokenizer,
-        "vocab_size": tokenizer.n_vocab,
         "shards": {k: len(v["shards"]) for k, v in splits.items()},
         "workers": workers,
         "split_rule": plan.rule,

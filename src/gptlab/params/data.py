@@ -213,9 +213,14 @@ class InstructionsParams:
     """share of the records in the test split"""
     max_records: int | None = None
     """keep only the first this many records after removing duplicates (>= 3; null: all)"""
+    dedupe: Literal["drop", "report"] = "drop"
+    """val/test records whose instruction and input match a train record's once normalised (case, whitespace and punctuation ignored): drop (removed
+    from val/test) or report (kept); either way counted in the metrics as near_duplicates_val / near_duplicates_test"""
 
     def __post_init__(self) -> None:
         _check_inside("file_glob", self.file_glob, "data/raw/instructions/")
+        if self.dedupe not in ("drop", "report"):
+            raise ParamsError(f"dedupe={self.dedupe!r} is unknown; choose drop (remove near-duplicates of train records from val/test) or report (keep them)")
         fractions = (self.train_fraction, self.val_fraction, self.test_fraction)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or self.train_fraction == 0:
             raise ParamsError(f"train/val/test fractions {fractions} are impossible: each >= 0, train > 0, summing to 1")

@@ -91,8 +91,9 @@ class LoopParams:
     """AdamW's beta2 (second-moment decay), in [0, 1)"""
     grad_clip: float = 1.0
     """clip the gradients' global norm to this value (0: off)"""
-    eval_interval: int = 100
-    """evaluate, log and save a resumable checkpoint every this many steps (and at the last step)"""
+    eval_interval: int | None = None
+    """evaluate, log and save a resumable checkpoint every this many steps (and at the last step); null: derived from the data, one evaluation per
+    pass over the train split, kept between 10 and 100 evaluations per run (gptlab.train.cadence; the run prints the interval it uses)"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto (bf16 on a GPU, fp32 on the CPU: the same numbers on every CPU), fp32, bf16, or fp16 (CUDA only)"""
     compile: bool | Literal["auto"] = "auto"
@@ -117,9 +118,10 @@ class LoopParams:
             raise ParamsError(f"parallel={self.parallel!r} is unknown; choose ddp (a full copy per process) or fsdp (sharded weights, gradients and optimizer)")
         if self.keep_runs < 0:
             raise ParamsError(f"keep_runs={self.keep_runs} is impossible: must be >= 0 (0 keeps every run folder)")
-        for name in ("max_steps", "eval_interval"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{name}={getattr(self, name)} is impossible: must be >= 1")
+        if self.max_steps < 1:
+            raise ParamsError(f"max_steps={self.max_steps} is impossible: must be >= 1")
+        if self.eval_interval is not None and self.eval_interval < 1:
+            raise ParamsError(f"eval_interval={self.eval_interval} is impossible: must be >= 1 (or null: derived from the data)")
         if self.warmup_steps < 0:
             raise ParamsError(f"warmup_steps={self.warmup_steps} is impossible: must be >= 0")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:

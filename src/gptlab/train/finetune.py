@@ -29,6 +29,7 @@ from gptlab.lora import inject_lora, lora_parameter_counts, lora_state, mark_onl
 from gptlab.model import GPT
 from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
+from gptlab.train.cadence import finetune_cadence, report_finetune, with_interval
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
 from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, json_sha256, run_id
@@ -117,6 +118,11 @@ def finetune(
     train_examples = encode_records(train_records, tokenizer, p.prompt_style)
     val_examples = encode_records(val_records, tokenizer, p.prompt_style) if val_records else train_examples[: p.batch_size]
 
+    cadence = finetune_cadence(p, len(train_examples), ddp.world)
+    if ddp.main:
+        report_finetune(cadence, p, len(train_examples))
+    p = with_interval(p, cadence)  # a null eval_interval becomes the derived one (and the run id names it)
+
     base_sha = model_hash(base_dir)
     torch.manual_seed(seed)
     random.seed(seed)
@@ -152,7 +158,14 @@ def finetune(
         accum=p.grad_accum,
         sample=sample,
         extra={"method": p.method, "base_sha256": base_sha},
-        summary={"method": p.method, "base_val_loss": round(base_val, 5), "train_examples": len(train_examples), "val_examples": len(val_examples)},
+        summary={
+            "method": p.method,
+            "base_val_loss": round(base_val, 5),
+            "train_examples": len(train_examples),
+            "val_examples": len(val_examples),
+            "train_epochs": round(cadence.passes, 3),
+            "eval_interval": cadence.eval_interval,
+        },
     )
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
     if p.parallel == "fsdp" and ddp.world > 1:  # the trained model is sharded: take the full one from latest/

@@ -16,6 +16,8 @@ COMPARABLE_METRICS = (
     "best_val_loss",
     "base_val_loss",
     "val_loss_gain",
+    "train_passes",
+    "train_epochs",
     "tokens_per_s",
     "mfu",
 )

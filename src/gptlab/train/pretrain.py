@@ -20,6 +20,7 @@ from gptlab.params import PretrainParams
 from gptlab.progress import progress
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import load_tokenizer
+from gptlab.train.cadence import pretrain_cadence, report_pretrain, with_interval
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
 from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, run_id
@@ -102,6 +103,10 @@ def pretrain(
         )
     train_data.check_context(ctx)  # fail now, naming the context length, not mid-run
     val_data.check_context(ctx)
+    cadence = pretrain_cadence(p, train_data.n_tokens)
+    if ddp.main:
+        report_pretrain(cadence, p, train_data.n_tokens)
+    p = with_interval(p, cadence)  # a null eval_interval becomes the derived one (and the run id names it)
 
     rid = run_id("pretrain", p, model=config.to_dict(), seed=seed, data=shards_fingerprint(shards_dir, meta))
     tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
@@ -144,6 +149,7 @@ def pretrain(
         sample=sample if prompt_ids and p.sample_tokens else None,
         flops_per_token=flops_per_token(config, model.num_parameters() - pad_parameters(config)),
         final_evaluate=evaluate_full,
+        summary={"train_passes": round(cadence.passes, 3), "eval_interval": cadence.eval_interval},
     )
     return train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
 
