@@ -281,7 +281,7 @@ def main() -> int:
         model, tok = load_any(folder)
     model = model.float().eval()
     prompt, text = tok.encode(PROMPT), tok.encode(TEXT)
-    n_ctx = len(prompt) + args.new_tokens + 8
+    n_ctx = max(len(prompt) + args.new_tokens, len(text)) + 8
     res: dict = {
         "model": str(folder),
         "parameters": model.num_parameters(),
@@ -289,6 +289,8 @@ def main() -> int:
         "new_tokens": args.new_tokens,
         "prompt_tokens": len(prompt),
         "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": round(os.getloadavg()[0], 2),  # > cpus: a shared machine, figures noisy
         "gptlab_variants": "fp32/bf16/int8 x eager/compiled" if prepare else "fp32 eager only (gptlab.inference.prepare not in this checkout)",
     }
 
