@@ -13,7 +13,8 @@
 - on a GPU (``torch.cuda.is_available()``): batch 1 and 64 in bf16, gptlab against transformers.
 
 Per engine: time to first token (prefill + first token, ms) and decode tokens/s (the tokens after
-the first, over the time after the first), medians over ``--rounds`` rounds after one warm-up;
+the first, over the time after the first), medians over ``--rounds`` rounds after one warm-up,
+the engines taking turns within each round (a shared machine's load falls on all alike);
 ``vs_llamacpp_*``: decode tokens/s over llama.cpp's f32 and q8_0 (> 1: gptlab is faster). Every
 figure is measured in this run: the machine may be shared, so compare ratios, not absolutes
 across runs. Figures go to ``metrics/bench_inference.json``::
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("GPTLAB_QUIET", "1")
@@ -71,6 +73,11 @@ SMOKE = GPTConfig(
 )  # fmt: skip
 
 
+Run = Callable[[], tuple[float, float, list[int]]]
+"""One greedy generation by one engine: (seconds to the first new token, decode tokens/s after
+it, the first row's new tokens)."""
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -94,17 +101,14 @@ def gptlab_decode(model: GPT, prompts: list[list[int]], new_tokens: int) -> tupl
     return first - start, decode, rows
 
 
-def measure_gptlab(model: GPT, prompts: list[list[int]], new_tokens: int, rounds: int) -> dict:
-    """Warm-up (compilation included, reported) then ``rounds`` timed runs: medians."""
-    start = time.perf_counter()
-    gptlab_decode(model, prompts, new_tokens)
-    warmup = time.perf_counter() - start
-    ttft, rates, tokens = [], [], None
-    for _ in range(rounds):
-        t, r, tokens = gptlab_decode(model, prompts, new_tokens)
-        ttft.append(t)
-        rates.append(r)
-    return {"ttft_ms": 1e3 * median(ttft), "decode_tokens_per_s": median(rates), "warmup_s": warmup, "tokens": tokens}
+def gptlab_runner(model: GPT, prompts: list[list[int]], new_tokens: int) -> Run:
+    """A :data:`Run` of gptlab's one sampler on ``model``."""
+
+    def run() -> tuple[float, float, list[int]]:
+        ttft, rate, rows = gptlab_decode(model, prompts, new_tokens)
+        return ttft, rate, rows[0]
+
+    return run
 
 
 def gptlab_variants() -> list[tuple[str, str, bool]]:
@@ -126,21 +130,15 @@ def prepared(model: GPT, weights: str, compiled: bool, device: str) -> GPT:
 # ---------------------------------------------------------------- llama.cpp
 
 
-def measure_llamacpp(path: Path, prompt: list[int], text: list[int], new_tokens: int, rounds: int, threads: int, n_ctx: int) -> dict:
-    """llama.cpp's greedy decode of ``prompt`` (timings llama.cpp measured itself; the prompt
-    prefilled anew each round) and the perplexity of ``text``."""
-    from gptlab.convert.llamacpp import LlamaCpp
+def llamacpp_runner(llama, prompt: list[int], new_tokens: int) -> Run:
+    """A :data:`Run` of llama.cpp (a :class:`gptlab.convert.llamacpp.LlamaCpp`): the prompt
+    prefilled anew each time, timings as llama.cpp measured them."""
 
-    with LlamaCpp(path, n_ctx=n_ctx, threads=threads) as llama:
-        llama.greedy(prompt, new_tokens)  # warm-up
-        runs = [llama.greedy(prompt, new_tokens) for _ in range(rounds)]
-        ppl = llama.perplexity(text)
-    return {
-        "ttft_ms": median([r.prompt_ms for r in runs]),
-        "decode_tokens_per_s": median([r.decode_tokens_per_s for r in runs]),
-        "perplexity": ppl,
-        "tokens": runs[-1].tokens,
-    }
+    def run() -> tuple[float, float, list[int]]:
+        c = llama.greedy(prompt, new_tokens)
+        return c.prompt_ms / 1e3, c.decode_tokens_per_s, c.tokens
+
+    return run
 
 
 # ---------------------------------------------------------------- transformers
@@ -159,9 +157,9 @@ class _Clock:
         pass
 
 
-def measure_transformers(folder: Path, prompts: list[list[int]], new_tokens: int, rounds: int, device: str, dtype: torch.dtype) -> dict:
-    """transformers' ``generate`` (greedy, its own cache, exactly ``new_tokens``) on the HF export:
-    time to first token and decode tokens/s (batch rows x tokens after the first)."""
+def transformers_runner(folder: Path, prompts: list[list[int]], new_tokens: int, device: str, dtype: torch.dtype) -> Run:
+    """A :data:`Run` of transformers' ``generate`` (greedy, its own cache, exactly ``new_tokens``)
+    on the HF export in ``folder``."""
     import transformers
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
@@ -170,18 +168,43 @@ def measure_transformers(folder: Path, prompts: list[list[int]], new_tokens: int
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
 
-    def once() -> tuple[float, float]:
+    def run() -> tuple[float, float, list[int]]:
         clock = _Clock()
         start = time.perf_counter()
         with torch.no_grad():
-            hf.generate(ids, attention_mask=mask, streamer=clock, **kwargs)
+            out = hf.generate(ids, attention_mask=mask, streamer=clock, **kwargs)
         end = time.perf_counter()
         first = clock.times[1]
-        return first - start, len(prompts) * (new_tokens - 1) / (end - first)
+        return first - start, len(prompts) * (new_tokens - 1) / (end - first), out[0, width:].tolist()
 
-    once()
-    runs = [once() for _ in range(rounds)]
-    return {"ttft_ms": 1e3 * median([r[0] for r in runs]), "decode_tokens_per_s": median([r[1] for r in runs])}
+    return run
+
+
+# ---------------------------------------------------------------- one run, engines taking turns
+
+
+def interleaved(runners: dict[str, Run], rounds: int) -> dict[str, dict]:
+    """Run each engine once to warm it (``warmup_s``: that run's wall time, compilation included),
+    then ``rounds`` rounds in which every engine runs once in turn, so a shared machine's changing
+    load falls on all engines alike; per engine the medians ``ttft_ms`` and
+    ``decode_tokens_per_s``, and the last run's ``tokens``."""
+    out: dict[str, dict] = {}
+    for name, run in runners.items():
+        start = time.perf_counter()
+        run()
+        out[name] = {"warmup_s": time.perf_counter() - start}
+    samples: dict[str, list] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            samples[name].append(run())
+    for name, runs in samples.items():
+        out[name].update(ttft_ms=1e3 * median([r[0] for r in runs]), decode_tokens_per_s=median([r[1] for r in runs]), tokens=runs[-1][2])
+    return out
+
+
+def leading_agreement(tokens: list[int], reference: list[int]) -> float:
+    """How many of ``tokens`` equal ``reference``'s before the first difference."""
+    return float(next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference))))
 
 
 # ---------------------------------------------------------------- gptlab serve
@@ -300,33 +323,34 @@ def main() -> int:
                 print(f"{name}_{k}: {v:.4g}", flush=True)
                 res[f"{name}_{k}"] = round(v, 4)
 
-    ref_tokens = None
-    for name, weights, compiled in gptlab_variants():
-        r = measure_gptlab(prepared(model, weights, compiled, "cpu"), [prompt], args.new_tokens, args.rounds)
-        if name == "fp32_eager":
-            ref_tokens = r["tokens"][0]
-        else:
-            r["same_tokens_as_fp32"] = float(sum(a == b for a, b in zip(r["tokens"][0], ref_tokens)))
-        show(f"gptlab_{name}", r)
-    show("gptlab", {"perplexity": perplexity(model, text)})
-
+    runners: dict[str, Run] = {f"gptlab_{name}": gptlab_runner(prepared(model, w, c, "cpu"), [prompt], args.new_tokens) for name, w, c in gptlab_variants()}
+    llamas = {}
     if "llamacpp" not in skip:
-        for dtype in ("f32", "q8_0"):
-            path = export_gguf(model, tok, tmp / f"model-{dtype}.gguf", dtype)
-            r = measure_llamacpp(path, prompt, text, args.new_tokens, args.rounds, args.threads, n_ctx)
-            r["same_tokens_as_gptlab_fp32"] = float(next((i for i, (a, b) in enumerate(zip(r["tokens"], ref_tokens)) if a != b), len(ref_tokens)))
-            r["perplexity_vs_gptlab"] = r["perplexity"] / res["gptlab_perplexity"]
-            show(f"llamacpp_{dtype}", r)
-        for key in [k for k in res if k.startswith("gptlab_") and k.endswith("_decode_tokens_per_s")]:
-            for dtype in ("f32", "q8_0"):
-                res[key.replace("_decode_tokens_per_s", f"_vs_llamacpp_{dtype}")] = round(res[key] / res[f"llamacpp_{dtype}_decode_tokens_per_s"], 4)
-                print(f"{key.replace('_decode_tokens_per_s', f'_vs_llamacpp_{dtype}')}: {res[key] / res[f'llamacpp_{dtype}_decode_tokens_per_s']:.3f}x")
+        from gptlab.convert.llamacpp import LlamaCpp
 
+        for dtype in ("f32", "q8_0"):
+            llamas[dtype] = LlamaCpp(export_gguf(model, tok, tmp / f"model-{dtype}.gguf", dtype), n_ctx=n_ctx, threads=args.threads)
+            runners[f"llamacpp_{dtype}"] = llamacpp_runner(llamas[dtype], prompt, args.new_tokens)
     if "transformers" not in skip:
-        hf_dir = export_hf(model, tmp / "hf", tok)
-        show("transformers_fp32", measure_transformers(hf_dir, [prompt], args.new_tokens, args.rounds, "cpu", torch.float32))
-        res["gptlab_fp32_eager_vs_transformers"] = round(res["gptlab_fp32_eager_decode_tokens_per_s"] / res["transformers_fp32_decode_tokens_per_s"], 4)
-        print(f"gptlab_fp32_eager_vs_transformers: {res['gptlab_fp32_eager_vs_transformers']:.3f}x")
+        runners["transformers_fp32"] = transformers_runner(export_hf(model, tmp / "hf", tok), [prompt], args.new_tokens, "cpu", torch.float32)
+    results = interleaved(runners, args.rounds)
+    reference = results["gptlab_fp32_eager"]["tokens"]
+    for name, r in results.items():
+        if name != "gptlab_fp32_eager":
+            r["same_tokens_as_gptlab_fp32"] = leading_agreement(r["tokens"], reference)
+        show(name, r)
+    show("gptlab", {"perplexity": perplexity(model, text)})
+    for dtype, llama in llamas.items():
+        ppl = llama.perplexity(text)
+        show(f"llamacpp_{dtype}", {"perplexity": ppl, "perplexity_vs_gptlab": ppl / res["gptlab_perplexity"]})
+        llama.close()
+    ratios = {}
+    for name in (n for n in results if n.startswith("gptlab_")):
+        for other in [f"llamacpp_{d}" for d in llamas] + (["transformers_fp32"] if "transformers_fp32" in results else []):
+            ratios[f"{name}_vs_{other.removesuffix('_fp32')}"] = results[name]["decode_tokens_per_s"] / results[other]["decode_tokens_per_s"]
+    for key, ratio in ratios.items():
+        print(f"{key}: {ratio:.3f}x")
+        res[key] = round(ratio, 4)
 
     if "serve" not in skip:
         show("serve", measure_serve(folder, PROMPT, args.new_tokens, args.threads, CONCURRENCY, 300))
@@ -337,10 +361,12 @@ def main() -> int:
         gpu_model = prepared(model, "bf16", "auto", "cuda") if prepare else load_any(folder, "cuda")[0].to(torch.bfloat16)
         for batch in (1, 64):
             prompts = [prompt] * batch
-            r = measure_gptlab(gpu_model, prompts, args.new_tokens, args.rounds)
-            show(f"gpu_gptlab_bf16_batch{batch}", r)
-            show(f"gpu_transformers_bf16_batch{batch}", measure_transformers(hf_dir, prompts, args.new_tokens, args.rounds, "cuda", torch.bfloat16))
-            ratio = res[f"gpu_gptlab_bf16_batch{batch}_decode_tokens_per_s"] / res[f"gpu_transformers_bf16_batch{batch}_decode_tokens_per_s"]
+            gpu = {"gptlab": gptlab_runner(gpu_model, prompts, args.new_tokens)}
+            gpu["transformers"] = transformers_runner(hf_dir, prompts, args.new_tokens, "cuda", torch.bfloat16)
+            r = interleaved(gpu, args.rounds)
+            for engine in gpu:
+                show(f"gpu_{engine}_bf16_batch{batch}", r[engine])
+            ratio = r["gptlab"]["decode_tokens_per_s"] / r["transformers"]["decode_tokens_per_s"]
             res[f"gpu_batch{batch}_vs_transformers"] = round(ratio, 4)
             print(f"gpu_batch{batch}_vs_transformers: {ratio:.3f}x")
 
