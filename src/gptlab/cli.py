@@ -16,10 +16,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gptlab.chat import Conversation, chat_loop, prompt_style_of, single_turn_ids, stream_answer
 from gptlab.checkpoint import save_model
 from gptlab.convert.export import export_model
+from gptlab.convert.model_card import CARD_KEY, export_card, finetuned_card, read_card
 from gptlab.convert.openai_tf import export_openai_tf
 from gptlab.errors import GptlabError
 from gptlab.litgpt.checkpoint import export_litgpt
@@ -87,10 +89,15 @@ def _sampling_options(p: argparse.ArgumentParser, max_new_tokens: int, temperatu
 
 def _convert_model(args: argparse.Namespace) -> None:
     model, tok = load_merged(args.model, args.adapter)
+    n = model.num_parameters()
+    card = read_card(args.model, n)
+    if args.adapter:  # the merged model is a LoRA fine-tune of --model
+        card = finetuned_card(card, "lora")
+    card = export_card(card, n, Path(str(args.model).removeprefix("hf:")).resolve().name, args.name, args.license)
     if args.to == "openai-tf":
         out = export_openai_tf(model, args.out)
     elif args.to == "gptlab":
-        out = save_model(args.out, model, tok)
+        out = save_model(args.out, model, tok, {CARD_KEY: card})
     elif args.to == "litgpt":
         try:
             out = export_litgpt(model, tok, args.out)
@@ -99,7 +106,7 @@ def _convert_model(args: argparse.Namespace) -> None:
                 raise
             raise GptlabError(f"--to litgpt needs litgpt ({e.name} is missing); pip install 'gptlab[litgpt]'") from None
     else:
-        out = export_model(model, tok, args.out, args.to, args.dtype)
+        out = export_model(model, tok, args.out, args.to, args.dtype, card)
     print(f"convert: {args.model} -> {args.to} {out or args.out} ({model.num_parameters():,} parameters)")
 
 
@@ -143,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["gptlab", "hf", "gguf", "litgpt", "openai-tf"], default="gptlab", help="the format to write")
     p.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f32", help="tensor type of a GGUF file (--to gguf)")
     p.add_argument("--out", default=None, help="the folder to write (required with --model)")
+    p.add_argument(
+        "--name", default=None, help="the model's name in the export (GGUF general.name; default: the name recorded from its source, else the folder's)"
+    )
+    p.add_argument("--license", default=None, help="the model's license in the export (GGUF general.license; default: the one recorded from its source)")
     p.set_defaults(fn=_convert_model)
 
     p = sub.add_parser("sample", help="continue a prompt with a model, streaming tokens as they come", formatter_class=HelpFormatter)

@@ -42,12 +42,12 @@ def small_bpe() -> HFTokenizer:
     return HFTokenizer(tok, CHATML, eot_token=tok.token_to_id("<|im_end|>"), stop_tokens=[tok.token_to_id("<|endoftext|>")])
 
 
-def random_model(config: GPTConfig, seed: int = 0) -> GPT:
+def random_model(config: GPTConfig, seed: int = 0, scale: float = 0.2) -> GPT:
     torch.manual_seed(seed)
     model = GPT(config).eval()
     with torch.no_grad():  # larger weights than the init, so greedy decoding wanders
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
+            p.add_(torch.randn_like(p) * scale)
     return model
 
 

@@ -20,6 +20,7 @@ from gptlab.checkpoint import load_model, save_model
 from gptlab.convert.download_checkpoint import GGUF_FILE
 from gptlab.convert.gguf import gguf_to_gptlab
 from gptlab.convert.load_any import load_any
+from gptlab.convert.model_card import CARD_KEY, card_from_hf, card_from_openai
 from gptlab.convert.openai_tf import load_openai_tf
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_dir, read_json, sha256_file, write_json
@@ -93,11 +94,11 @@ def build_base(
             model, _ = load_model(out_dir)
         elif p.source.startswith("hf:"):
             hf_model, tokenizer = load_any(checkpoint_dir)  # GPT-2, Llama or Qwen2, with the folder's tokenizer
-            save_model(out_dir, hf_model, tokenizer, {"source": p.source})
+            save_model(out_dir, hf_model, tokenizer, {"source": p.source, CARD_KEY: card_from_hf(checkpoint_dir, hf_model.num_parameters())})
             model, _ = load_model(out_dir)
         else:
             model = load_openai_tf(checkpoint_dir)
-            save_model(out_dir, model, "gpt2", {"source": p.source})
+            save_model(out_dir, model, "gpt2", {"source": p.source, CARD_KEY: card_from_openai(model.num_parameters())})
         source_bytes = sum(f.stat().st_size for f in checkpoint_dir.iterdir() if f.is_file())
     summary = {
         "source": p.source,

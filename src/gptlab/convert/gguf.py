@@ -24,6 +24,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from gptlab.checkpoint import check_shapes, load_state, save_model
 from gptlab.config import GPTConfig
 from gptlab.convert.hf_llama import from_hf_state_dict
+from gptlab.convert.model_card import CARD_KEY, card_from_gguf
 from gptlab.errors import GptlabError
 from gptlab.io import read_json
 from gptlab.model import GPT
@@ -339,7 +340,9 @@ def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtyp
     checkpoint folder; return ``out_dir``.
 
     Writes (via ``checkpoint.save_model``) ``model.safetensors`` (dequantised, ``dtype``),
-    ``config.json`` (the GPTConfig read from the metadata, plus a ``source`` entry) and
+    ``config.json`` (the GPTConfig read from the metadata, plus a ``source`` entry and the file's
+    ``general.*`` name, basename, size label and license as ``model_card``,
+    :func:`gptlab.convert.model_card.card_from_gguf`) and
     ``tokenizer.json`` (gptlab's :class:`~gptlab.tokenizer.HFTokenizer` wrapper: the rebuilt
     byte-level BPE, the chat template, ``eot_token`` = the GGUF eos and ``stop_tokens`` =
     eos + ``<|im_end|>``/``<|endoftext|>`` where present). The folder appears complete or not at all.
@@ -356,12 +359,13 @@ def gguf_to_gptlab(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtyp
     load_state(model, {k: v.to(dtype) for k, v in state.items()}, str(gguf_path))
     model = model.to(dtype)
     source = {"gguf": gguf_path.name, "dtype": str(dtype).removeprefix("torch."), "bos_token": vocab.bos_id, "add_bos": vocab.add_bos}
+    extra = {"source": source, CARD_KEY: card_from_gguf(reader)}
     if _is_gpt2_vocab(vocab):
-        return save_model(out_dir, model, tokenizer="gpt2", extra={"source": source})
+        return save_model(out_dir, model, tokenizer="gpt2", extra=extra)
     stops = [vocab.special[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab.special]
     tokenizer = HFTokenizer(build_tokenizer(vocab), vocab.chat_template, vocab.eos_id, stops)
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = Path(tmp) / "tokenizer.json"
         tokenizer.save(tok_path)
-        save_model(out_dir, model, tokenizer=tok_path, extra={"source": source})
+        save_model(out_dir, model, tokenizer=tok_path, extra=extra)
     return Path(out_dir)

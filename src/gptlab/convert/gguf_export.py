@@ -17,7 +17,12 @@ or ``smollm`` when digits are split one by one) plus the chat template. Token li
 the model's vocabulary are padded with ``[PAD<i>]`` (type UNUSED), as llama.cpp does.
 
 ``dtype``: ``f32`` (exact), ``f16`` or ``q8_0`` for the 2-D weights (rows whose length is not a
-multiple of 32 fall back to f16 under q8_0); norms and biases stay f32.
+multiple of 32 fall back to f16 under q8_0); norms, biases and GPT-2's position embeddings stay
+f32 (llama.cpp's converter forces ``position_embd`` to F32 too).
+
+``general.*``: the model card (:mod:`gptlab.convert.model_card`: name, basename, finetune,
+organization, size label, license, base models) and ``general.quantization_version``, written on
+every file as llama.cpp's converter does.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 
 from gptlab.config import GPTConfig
 from gptlab.convert.gguf import llama_permute, tensor_name
+from gptlab.convert.model_card import export_card, write_card
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_path, read_json
 from gptlab.model import GPT, unpadded
@@ -45,6 +51,7 @@ _LLAMA_BLOCK = {
     "norm2.weight": T.FFN_NORM,
     "mlp.proj.weight": T.FFN_DOWN,
 }
+_KEEP_F32 = {tensor_name(T.POS_EMBD)}  # llama.cpp's converter never quantises these
 _GPT2_BLOCK = {"norm1": T.ATTN_NORM, "attn.qkv": T.ATTN_QKV, "attn.proj": T.ATTN_OUT, "norm2": T.FFN_NORM, "mlp.fc": T.FFN_UP, "mlp.proj": T.FFN_DOWN}
 
 
@@ -172,19 +179,21 @@ def _tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _encode(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
-    """Return the array to write and its raw GGML type (None: the array's own float type)."""
+def _encode(name: str, t: torch.Tensor, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+    """Return the array to write for tensor ``name`` and its raw GGML type (None: the array's own float type)."""
     arr = np.ascontiguousarray(t.numpy(), dtype=np.float32)
-    if arr.ndim < 2 or dtype == "f32":
+    if arr.ndim < 2 or dtype == "f32" or name in _KEEP_F32:
         return arr, None
     if dtype == "q8_0" and arr.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
         return gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
     return arr.astype(np.float16), None
 
 
-def export_gguf(model: GPT, tokenizer: Tokenizer, path: str | Path, dtype: str = "f32", name: str = "gptlab") -> Path:
+def export_gguf(model: GPT, tokenizer: Tokenizer, path: str | Path, dtype: str = "f32", card: dict | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` as one GGUF file at ``path`` (written to a temporary
     name, renamed into place); return the path. ``dtype``: ``f32`` | ``f16`` | ``q8_0``.
+    ``card``: the model card for ``general.*`` (:func:`gptlab.convert.model_card.export_card`:
+    the name falls back to the file's stem, the size label to the parameter count's).
 
     GptlabError for an architecture or tokenizer GGUF cannot hold (see :func:`architecture`,
     :func:`gguf_vocab`)."""
@@ -195,16 +204,18 @@ def export_gguf(model: GPT, tokenizer: Tokenizer, path: str | Path, dtype: str =
     arch = architecture(c)
     vocab = gguf_vocab(tokenizer, c.vocab_size)
     path = Path(path)
+    card = export_card(card or {}, model.num_parameters(), path.stem)
     with atomic_path(path) as tmp:
-        _write(model, arch, vocab, dtype, name, str(tmp))
+        _write(model, arch, vocab, dtype, card, str(tmp))
     return path
 
 
-def _write(model: GPT, arch: str, vocab: VocabOut, dtype: str, name: str, tmp: str) -> None:
+def _write(model: GPT, arch: str, vocab: VocabOut, dtype: str, card: dict, tmp: str) -> None:
     c = model.config
     w = gguf.GGUFWriter(tmp, arch)
-    w.add_name(name)
+    write_card(w, card)
     w.add_file_type(int(DTYPES[dtype]))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_context_length(c.context_length)
     w.add_embedding_length(c.emb_dim)
     w.add_block_count(c.n_layers)
@@ -230,7 +241,7 @@ def _write(model: GPT, arch: str, vocab: VocabOut, dtype: str, name: str, tmp: s
     if vocab.chat_template:
         w.add_chat_template(vocab.chat_template)
     for tname, t in _tensors(model, arch).items():
-        arr, raw = _encode(t, dtype)
+        arr, raw = _encode(tname, t, dtype)
         w.add_tensor(tname, arr, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -20,6 +20,7 @@ import torch
 
 from gptlab.checkpoint import load_weights, read_config, save_model
 from gptlab.convert.load_any import load_any
+from gptlab.convert.model_card import CARD_KEY, finetuned_card
 from gptlab.convert.peft import peft_files
 from gptlab.data.instructions import InstructionBatches, encode_records, eval_batches, load_records
 from gptlab.data.prompts import PROMPT_STYLE_KEY, encode_prompt, format_prompt
@@ -48,6 +49,7 @@ class FinetuneResult:
     lora: object | None
     base_sha256: str
     prompt_style: str = "alpaca"
+    card: dict = dataclasses.field(default_factory=dict)  # the base's model card (name, license), carried to the published model
 
 
 class InstructionSource:
@@ -172,7 +174,8 @@ def finetune(
         model = _trained_model(base_dir, lora_cfg, result.latest, device)
     if result.summary.get("val_loss") is not None:
         result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
-    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha, p.prompt_style)
+    card = read_config(base_dir).get(CARD_KEY) or {}
+    return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha, p.prompt_style, card)
 
 
 def _sampler(tokenizer, record: dict, prompt_style: str, ctx: int) -> Callable[[GPT], str]:
@@ -198,7 +201,8 @@ def _trained_model(base_dir: Path, lora_cfg, latest: Path, device: torch.device)
 
 def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
     """Write ``out/``: the merged model (``model.safetensors`` + ``config.json``, a plain gptlab
-    checkpoint any stage can load, recording the prompt style under ``prompt_style``) and, for
+    checkpoint any stage can load, recording the prompt style under ``prompt_style`` and the base's
+    model card, name and license, as a fine-tune's, :func:`gptlab.convert.model_card.finetuned_card`) and, for
     LoRA, ``out/adapter/`` (adapter weights + JSON).
     Replaces ``out`` once complete; returns it."""
     out = Path(out)
@@ -208,7 +212,8 @@ def publish_finetuned(result: FinetuneResult, out: str | Path) -> Path:
             save_adapter_and_peft(model, result.lora, tmp / "adapter", result.base_sha256)
             model = merge_lora(model)
         summary = {k: result.train.summary.get(k) for k in ("method", "steps", "val_loss")}
-        staged = save_model(tmp / "merged", model, result.tokenizer_spec, {"finetune": summary, PROMPT_STYLE_KEY: result.prompt_style})
+        extra = {"finetune": summary, PROMPT_STYLE_KEY: result.prompt_style, CARD_KEY: finetuned_card(result.card, "full" if result.lora is None else "lora")}
+        staged = save_model(tmp / "merged", model, result.tokenizer_spec, extra)
         for f in staged.iterdir():
             shutil.move(str(f), tmp / f.name)
         staged.rmdir()
