@@ -48,13 +48,16 @@ def test_run_ids_are_the_hashes_existing_checkpoint_folders_are_named_by():
     keep = {
         k: v
         for k, v in dataclasses.asdict(p).items()
-        if k not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing")
+        if k
+        not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing", "log_interval")
     }
     model = GPTConfig(vocab_size=16, context_length=8, emb_dim=8, n_heads=2, n_layers=1).to_dict()
     assert run_id("pretrain", p, model=model, seed=1, data={"shards": {}}) == legacy({"model": model, "pretrain": keep, "seed": 1, "data": {"shards": {}}})
     f = FinetuneParams(checkpoint_dir="elsewhere", device="cpu")
     keep = {
-        k: v for k, v in dataclasses.asdict(f).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")
+        k: v
+        for k, v in dataclasses.asdict(f).items()
+        if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing", "log_interval")
     }
     assert run_id("finetune", f, base="b", seed=0, data="d", val="v") == legacy({"base": "b", "finetune": keep, "seed": 0, "data": "d", "val": "v"})
     assert run_id("finetune", f, base="b", seed=0, data="d") == run_id("finetune", FinetuneParams(), base="b", seed=0, data="d")  # where, not what
