@@ -38,10 +38,7 @@ PLOTS = (
         "loss (nats/token)",
     ),
     Plot(
-        "Pretraining val bits/byte on the fixed windows (the metric full_val_bits_per_byte is the whole split)",
-        "metrics/pretrain",
-        ("val_bits_per_byte",),
-        "bits/byte",
+        "Pretraining bits/byte on the fixed val windows", "metrics/pretrain", ("val_bits_per_byte",), "bits/byte (metric full_val_bits_per_byte: whole split)"
     ),
     Plot("Pretraining learning rate", "metrics/pretrain", ("lr",), "learning rate"),
     Plot("Pretraining gradient norm (before clipping)", "metrics/pretrain", ("grad_norm",), "gradient norm"),
