@@ -193,9 +193,10 @@ class Trainer:
         self.checkpointer.save(s, pending=self.evaluator.due(s.step) and not s.evaluated(s.step))
 
     def log_point(self) -> None:
-        """Log the running means since the last log point with the last step's learning rate (one host read)."""
+        """Log the running means since the last log point with the last step's learning rate (one host
+        read; with several processes every rank joins the loss's all-reduce)."""
         s = self.state
-        row = {"step": s.step, **self.running.take(), "lr": lr_at(s.step - 1, self.p)}
+        row = {"step": s.step, **self.running.take(self.ddp.world), "lr": lr_at(s.step - 1, self.p)}
         s.train_log.append(row)
         if self.logger:
             self.logger.log_train(row)

@@ -27,14 +27,23 @@ class RunningMeans:
         self.loss += loss.detach().float()
         self.steps += 1
         if grad_norm is not None:
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: clipping returns the norm as a DTensor; every rank takes the whole value
+                grad_norm = grad_norm.full_tensor()
             self.grad_norm += grad_norm.detach().float()
             self.norms += 1
 
-    def take(self) -> dict:
+    def take(self, world: int = 1) -> dict:
         """Return the interval's means and start a new one (one host sync): ``running_loss``
-        (nats/token) and ``grad_norm`` (absent when no step measured one); {} when no step was counted."""
+        (nats/token; with ``world`` > 1 processes, every rank calling, averaged over the ranks:
+        the global batch's) and ``grad_norm`` (absent when no step measured one); {} when no
+        step was counted."""
         if not self.steps:
             return {}
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(self.loss)
+            self.loss /= world
         values = torch.stack([self.loss, self.grad_norm]).tolist()
         row = {"running_loss": round(values[0] / self.steps, 5)}
         if self.norms:
