@@ -196,7 +196,7 @@ class Trainer:
         """Log the running means since the last log point with the last step's learning rate (one host
         read; with several processes every rank joins the loss's all-reduce)."""
         s = self.state
-        row = {"step": s.step, **self.running.take(self.ddp.world), "lr": lr_at(s.step - 1, self.p)}
+        row = {"step": s.step, **self.running.take(self.ddp.world), "lr": float(f"{lr_at(s.step - 1, self.p):.6g}")}
         s.train_log.append(row)
         if self.logger:
             self.logger.log_train(row)
