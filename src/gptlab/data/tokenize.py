@@ -127,8 +127,9 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     """Encode the corpus into ``out_dir/{train,val}-NNNNN.bin`` plus ``meta.json``; return the summary.
 
     The corpus streams through (see :mod:`gptlab.data.stream`): memory stays flat whatever
-    its size. The summary holds, per split, ``tokens`` (count) and ``tokens_per_s``: exactly what
-    goes to ``metrics_path`` (comparable figures only); it adds, per split, ``documents`` and
+    its size. The summary holds, per split, ``tokens`` (count): exactly what goes to
+    ``metrics_path`` (comparable figures only); it adds ``tokens_per_s`` (the machine's, not the
+    params': printed, never compared), per split ``documents`` and
     ``bytes`` (UTF-8 bytes of the text) and, for the caller's messages, ``tokenizer``,
     ``vocab_size``, ``shards`` (files per split), ``workers``, ``split_rule`` and ``seconds``.
     ``meta.json`` holds the provenance: tokenizer, vocab size, end-of-text id, per split the
@@ -184,14 +185,12 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     seconds = time.perf_counter() - start
     splits = meta["splits"]
     total = sum(s["tokens"] for s in splits.values())
-    metrics = {  # the figures worth comparing across experiments (documents are the data's, in meta.json)
-        "tokens": {k: v["tokens"] for k, v in splits.items()},
-        "tokens_per_s": round(total / seconds, 1),
-    }
+    metrics = {"tokens": {k: v["tokens"] for k, v in splits.items()}}  # the figures worth comparing (documents are the data's, in meta.json)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return {
         **metrics,
+        "tokens_per_s": round(total / seconds, 1),
         "documents": dict(zip(SPLITS, docs)),
         "bytes": {k: v["bytes"] for k, v in splits.items()},
         "tokenizer": params.tokenizer,
