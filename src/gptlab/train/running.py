@@ -53,7 +53,9 @@ class RunningMeans:
 
     def state(self) -> dict:
         """The sums and counts so far, as JSON (one host read): saved with a checkpoint, so a
-        resumed run's next log point covers the same steps as an uninterrupted run's."""
+        resumed run's next log point covers the same steps as an uninterrupted run's. Under
+        several processes the checkpoint holds rank 0's sums, which every rank restores: the
+        first log point after such a resume counts rank 0's share of the steps before it for all."""
         loss, grad_norm = torch.stack([self.loss, self.grad_norm]).tolist()
         return {"loss": loss, "grad_norm": grad_norm, "steps": self.steps, "norms": self.norms}
 
