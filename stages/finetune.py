@@ -24,7 +24,7 @@ def run(params: Params) -> None:
     if result.train.ddp.main:
         publish_finetuned(result, FINETUNED)
         s = result.train.summary
-        print(f"finetune: {s['method']}, {s['steps']} steps, val loss {s['base_val_loss']} -> {s['val_loss']} -> {FINETUNED}")
+        print(f"finetune: {s['method']}, {s['steps']} steps, val loss {s.get('base_val_loss')} -> {s['val_loss']} -> {FINETUNED}")
 
 
 if __name__ == "__main__":

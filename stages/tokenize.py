@@ -2,7 +2,7 @@
 
 reads   data/raw/corpus/ ; params seed, tokenize
 writes  data/shards/ ({train,val}-NNNNN.bin, meta.json, tokenizer.json when trained)
-metrics metrics/tokenize.json (documents and tokens per split, tokens/s)
+metrics metrics/tokenize.json (tokens per split; tokens/s is printed, not compared)
 """
 
 import sys

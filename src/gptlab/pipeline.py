@@ -335,5 +335,8 @@ def sync_code_deps(dvc_yaml: str | Path = "dvc.yaml", src: str | Path = "src") -
     return changed
 
 
-if __name__ == "__main__":  # python -m gptlab.pipeline: bring dvc.yaml's code deps in step with the imports
+if __name__ == "__main__":  # python -m gptlab.pipeline: bring dvc.yaml's code deps in step with the imports, and its plots with gptlab.dvc_plots
     print("dvc.yaml: code deps updated for", ", ".join(sync_code_deps()) or "no stage")
+    import runpy  # by name, not an import: no stage runs the plots' generator, so it is no stage's dep
+
+    runpy.run_module("gptlab.dvc_plots", run_name="__main__")

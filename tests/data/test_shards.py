@@ -105,6 +105,23 @@ def test_sequential_windows_cover_in_order(tmp_path):
     assert shards.n_tokens == 152
 
 
+def test_spread_windows_sample_the_whole_split_evenly_and_the_same_each_time(tmp_path):
+    shards = make_shards(tmp_path, [1000, 20, 3000])  # window starts: 1000 - 32 in shard 0, none in shard 1, 3000 - 32 in shard 2
+    batches = list(shards.spread_windows(batch=3, context=32, n=8))
+    assert [len(b[0]) for b in batches] == [3, 3, 2]
+    x = np.concatenate([b[0].numpy() for b in batches])
+    y = np.concatenate([b[1].numpy() for b in batches])
+    assert ((y - x) == 1).all()  # next-token pairs inside one shard each
+    starts = x[:, 0]
+    assert sum(1000 <= s < 2000 for s in starts) == 0  # the 20-token shard holds no window
+    assert sum(s < 1000 for s in starts) == 2 and sum(s >= 2000 for s in starts) == 6  # about a quarter / three quarters, as the starts are
+    offsets = np.where(starts >= 2000, starts - 2000 + 968, starts)  # position among all 3,936 window starts
+    assert offsets[0] < 3936 / 8 and offsets[-1] > 3936 * 7 / 8 and (np.diff(offsets) > 0).all()  # first and last eighths, in order
+    again = np.concatenate([b[0].numpy() for b in shards.spread_windows(batch=5, context=32, n=8)])
+    assert (again == x).all()  # fixed: the same windows whatever the batch size
+    assert sum(len(b[0]) for b in shards.spread_windows(batch=4, context=2995, n=100)) == 5  # never more windows than starts (5, all in shard 2)
+
+
 def test_a_flipped_byte_is_refused_when_the_shards_are_opened(corpus_dir, tmp_path):
     from gptlab.data.tokenize import tokenize_corpus
     from gptlab.params import TokenizeParams

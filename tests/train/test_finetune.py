@@ -1,6 +1,7 @@
 """Instruction fine-tuning through the shared training loop, and the generate stage's responses."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from safetensors.torch import load_file
 
 from gptlab.checkpoint import load_model, save_model
 from gptlab.config import GPTConfig
-from gptlab.data.instructions import write_splits
+from gptlab.convert.load_any import load_any
+from gptlab.data.instructions import encode_records, load_records, write_splits
 from gptlab.errors import GptlabError
 from gptlab.generate import respond
 from gptlab.lora import base_state, load_adapter, merge_lora, model_hash
@@ -16,7 +18,8 @@ from gptlab.model import GPT
 from gptlab.params import FinetuneParams, LoraParams
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import gpt2
-from gptlab.train.finetune import finetune, publish_finetuned
+from gptlab.train.evaluate import split_loss
+from gptlab.train.finetune import finetune, publish_finetuned, scored_batches
 from tests.helpers.records import INSTRUCTIONS
 
 RECORDS = INSTRUCTIONS
@@ -48,6 +51,20 @@ def test_lora_finetune_lowers_loss_and_leaves_base_weights_untouched(base_and_sp
     assert history_losses[-1] < history_losses[0]
     assert s["val_loss"] < s["base_val_loss"]
     assert s["val_loss_gain"] == pytest.approx(s["base_val_loss"] - s["val_loss"], abs=1e-4)
+    # the curves start at step 0 with the base's val loss, measured here on the base model itself (no LoRA layers)
+    history = load_history(result)
+    assert [r["step"] for r in history] == [0, 6, 12] and history[0]["val_loss"] == s["base_val_loss"]
+    base, tok = load_any(base_dir, torch.device("cpu"))
+    val = encode_records(load_records(splits / "val.json"), tok, "alpaca")
+    assert s["base_val_loss"] == pytest.approx(
+        split_loss(base, scored_batches(val, 3, pad_id=tok.eot_token, allowed_max_length=96, mask_prompt=False), torch.device("cpu")), abs=1e-5
+    )
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert metrics["base_val_loss"] == s["base_val_loss"] and metrics["val_loss_gain"] == s["val_loss_gain"] and "tokens_per_s" not in metrics
+    val_tsv = (tmp_path / "live" / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
+    assert val_tsv[1].split("\t") == ["0", str(s["base_val_loss"])]
+    running = (tmp_path / "live" / "plots" / "metrics" / "running_loss.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in running[1:]] == ["10", "12"]  # every log_interval (10) steps and the last
     # 2 blocks x (qkv 4x(32+96) + proj 4x(32+32) + fc 4x(32+128) + mlp_proj 4x(128+32))
     assert s["trainable_parameters"] == 2 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
     after = base_state(result.model)

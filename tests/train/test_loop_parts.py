@@ -21,9 +21,21 @@ from gptlab.train.state import LoopState
 
 
 def test_loop_state_round_trips_through_state_json_with_the_keys_checkpoints_hold():
-    s = LoopState(step=7, tokens_seen=896, best_val_loss=1.5, history=[{"step": 4, "val_loss": 1.5}], train_seconds=2.5, pending_tokens_per_s=10.0)
+    s = LoopState(step=7, tokens_seen=896, best_val_loss=1.5, history=[{"step": 4, "val_loss": 1.5}], train_seconds=2.5, pending_tokens_per_s=10.0,
+                  train_log=[{"step": 5, "running_loss": 1.7, "lr": 0.1, "grad_norm": 0.5}], running={"loss": 3.5, "grad_norm": 1.0, "steps": 2, "norms": 2})  # fmt: skip
     saved = s.to_json("abc", {"pos": 3}, pending=True)
-    assert list(saved) == ["step", "tokens_seen", "best_val_loss", "history", "data_rng", "run_id", "train_seconds", "pending_tokens_per_s"]
+    assert list(saved) == [
+        "step",
+        "tokens_seen",
+        "best_val_loss",
+        "history",
+        "data_rng",
+        "run_id",
+        "train_seconds",
+        "train_log",
+        "running",
+        "pending_tokens_per_s",
+    ]
     assert LoopState.from_json(json.loads(json.dumps(saved))) == s
     assert "pending_tokens_per_s" not in s.to_json("abc", None, pending=False)
     old = {"step": 3, "tokens_seen": 1, "best_val_loss": float("inf"), "history": []}  # written before train_seconds existed
@@ -48,13 +60,16 @@ def test_run_ids_are_the_hashes_existing_checkpoint_folders_are_named_by():
     keep = {
         k: v
         for k, v in dataclasses.asdict(p).items()
-        if k not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing")
+        if k
+        not in ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing", "log_interval")
     }
     model = GPTConfig(vocab_size=16, context_length=8, emb_dim=8, n_heads=2, n_layers=1).to_dict()
     assert run_id("pretrain", p, model=model, seed=1, data={"shards": {}}) == legacy({"model": model, "pretrain": keep, "seed": 1, "data": {"shards": {}}})
     f = FinetuneParams(checkpoint_dir="elsewhere", device="cpu")
     keep = {
-        k: v for k, v in dataclasses.asdict(f).items() if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing")
+        k: v
+        for k, v in dataclasses.asdict(f).items()
+        if k not in ("checkpoint_dir", "resume", "device", "keep_runs", "parallel", "activation_checkpointing", "log_interval")
     }
     assert run_id("finetune", f, base="b", seed=0, data="d", val="v") == legacy({"base": "b", "finetune": keep, "seed": 0, "data": "d", "val": "v"})
     assert run_id("finetune", f, base="b", seed=0, data="d") == run_id("finetune", FinetuneParams(), base="b", seed=0, data="d")  # where, not what

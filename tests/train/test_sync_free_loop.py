@@ -56,8 +56,8 @@ def test_compile_warmup_is_timed_apart(shards, tmp_path, monkeypatch):
     original, calls = GPT.forward, {"n": 0}
 
     def slow_first(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 1:
+        calls["n"] += self.training  # the first training forward (step 0's evaluation runs before it, in eval mode)
+        if calls["n"] == 1 and self.training:
             skew["seconds"] += 1000.0
         return original(self, *a, **kw)
 
@@ -73,3 +73,49 @@ def test_device_batches_on_the_cpu_are_the_batches():
     batches = [(torch.arange(6).view(2, 3), torch.arange(6).view(2, 3) + 1) for _ in range(3)]
     moved = list(loop.device_batches(iter(batches), torch.device("cpu")))
     assert len(moved) == 3 and all(torch.equal(x, bx) and torch.equal(y, by) for (x, y), (bx, by) in zip(moved, batches))
+
+
+def test_the_running_curves_read_the_device_only_at_log_points(shards, tmp_path, monkeypatch):
+    # as on an accelerator: the loss is left on the device (sync_interval 100); host reads (.item, .tolist) are counted per step
+    monkeypatch.setattr(loop, "sync_interval", lambda device: 100)
+    reads = {"n": 0}
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **kw):
+            reads["n"] += 1
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    per_step, per_log = {}, {}
+    step, log_point = loop.Trainer.train_step, loop.Trainer.log_point
+
+    def counted_step(self):
+        before = reads["n"]
+        out = step(self)
+        per_step[self.state.step + 1] = reads["n"] - before
+        return out
+
+    def counted_log(self):
+        before = reads["n"]
+        log_point(self)
+        per_log[self.state.step] = reads["n"] - before
+
+    adamw_step, in_optimizer = torch.optim.AdamW.step, {"n": 0}
+
+    def uncounted_adamw(self, *a, **kw):  # AdamW reads its per-parameter step counters: host tensors, even on an accelerator
+        before = reads["n"]
+        out = adamw_step(self, *a, **kw)
+        in_optimizer["n"] += reads["n"] - before
+        reads["n"] = before
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", uncounted_adamw)
+    monkeypatch.setattr(loop.Trainer, "train_step", counted_step)
+    monkeypatch.setattr(loop.Trainer, "log_point", counted_log)
+    pretrain(tiny_config(shards), params(tmp_path, max_steps=12, eval_interval=12, log_interval=4), shards, seed=0, live_dir=tmp_path / "live")
+    assert in_optimizer["n"] > 0  # the optimizer's own reads were set apart
+    assert per_step == {**{s: 0 for s in range(1, 12)}, 12: 1}  # no read in a step, but the last (the pending losses, before its evaluation)
+    assert per_log == {4: 1, 8: 1, 12: 1}  # one read per log point
+    lines = (tmp_path / "live" / "plots" / "metrics" / "running_loss.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines[1:]] == ["4", "8", "12"]

@@ -56,9 +56,10 @@ def test_weight_decay_only_on_matrices():
 
 def test_training_lowers_the_loss_and_writes_everything(shards, tmp_path):
     rows = []
-    p = params(tmp_path, max_steps=40, eval_interval=10)
+    p = params(tmp_path, max_steps=40, eval_interval=10, log_interval=5)
     result = pretrain(tiny_config(shards), p, shards, seed=0, live_dir=tmp_path / "live", on_eval=rows.append)
-    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40]  # step 0: the untrained model, about uniform over the vocabulary
+    assert abs(rows[0]["val_loss"] - math.log(tiny_config(shards).vocab_size)) < 0.3 and "tokens_per_s" not in rows[0]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
     assert rows[-1]["train_loss"] < math.log(tiny_config(shards).vocab_size) - 1.5
     assert rows[-1]["val_perplexity"] == pytest.approx(math.exp(rows[-1]["val_loss"]), rel=1e-3)
@@ -68,12 +69,23 @@ def test_training_lowers_the_loss_and_writes_everything(shards, tmp_path):
     s = result.summary
     assert s["steps"] == 40 and s["tokens_seen"] == 40 * 128 and s["parameters"] > 0 and s["tokens_per_s"] > 0
     live = tmp_path / "live"
-    assert json.loads((live / "metrics.json").read_text())["val_loss"] == rows[-1]["val_loss"]
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["val_loss"] == rows[-1]["val_loss"] and "tokens_per_s" not in metrics  # throughput: summary.json, not compared
+    assert json.loads((live / "summary.json").read_text())["tokens_per_s"] == s["tokens_per_s"]
     val_tsv = (live / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
-    assert val_tsv[0].split("\t") == ["step", "val_loss"] and len(val_tsv) == 5
+    assert val_tsv[0].split("\t") == ["step", "val_loss"] and [line.split("\t")[0] for line in val_tsv[1:]] == ["0", "10", "20", "30", "40"]
+    curves = {
+        name: [line.split("\t") for line in (live / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()]
+        for name in ("running_loss", "lr", "grad_norm")
+    }
+    for name, table in curves.items():  # every log_interval steps
+        assert table[0] == ["step", name] and [int(r[0]) for r in table[1:]] == list(range(5, 41, 5)), name
+    assert [float(r[1]) for r in curves["lr"][1:]] == pytest.approx([lr_at(step - 1, p) for step in range(5, 41, 5)], rel=1e-5)
+    running = [float(r[1]) for r in curves["running_loss"][1:]]
+    assert running[-1] < running[0] - 1 and all(float(r[1]) > 0 for r in curves["grad_norm"][1:])
     assert (live / "plots" / "images" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     samples = (live / "samples.txt").read_text()
-    assert samples.count("--- step") == 4 and rows[-1]["sample"] in samples
+    assert samples.count("--- step") == 5 and rows[-1]["sample"] in samples
     assert "sample" not in json.loads((live / "metrics.json").read_text())
     publish(result, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best", "config.json", "model.safetensors", "tokenizer.json"]
@@ -82,22 +94,27 @@ def test_training_lowers_the_loss_and_writes_everything(shards, tmp_path):
 
 def test_resumed_run_is_bit_identical(shards, tmp_path):
     cfg = tiny_config(shards)
-    whole = pretrain(cfg, params(tmp_path / "a", eval_interval=3), shards, seed=5)
-    half = pretrain(cfg, params(tmp_path / "b", eval_interval=3), shards, seed=5, stop_after_steps=4)
+    whole = pretrain(cfg, params(tmp_path / "a", eval_interval=3, log_interval=5), shards, seed=5)
+    half = pretrain(cfg, params(tmp_path / "b", eval_interval=3, log_interval=5), shards, seed=5, stop_after_steps=4)
     assert json.loads((half.latest / "state.json").read_text())["step"] == 4
-    rest = pretrain(cfg, params(tmp_path / "b", eval_interval=3), shards, seed=5)
+    rest = pretrain(cfg, params(tmp_path / "b", eval_interval=3, log_interval=5), shards, seed=5)
     assert rest.summary["steps"] == 8
     a, b = weights(whole.latest), weights(rest.latest)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = load_file(whole.latest / "state.safetensors"), load_file(rest.latest / "state.safetensors")
     assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("optimizer."))
     # the resumed run's history holds the evaluations of both halves
-    assert [r["step"] for r in json.loads((rest.latest / "state.json").read_text())["history"]] == [3, 6, 8]
+    state = json.loads((rest.latest / "state.json").read_text())
+    assert [r["step"] for r in state["history"]] == [0, 3, 6, 8]  # step 0 logged once, not again on resume
+    # the running loss, lr and gradient norm of the resumed run are the uninterrupted run's (the running sums cross the checkpoint)
+    assert [r["step"] for r in state["train_log"]] == [5, 8]
+    assert state["train_log"] == json.loads((whole.latest / "state.json").read_text())["train_log"]
 
 
 def test_interrupt_saves_a_checkpoint_and_the_next_run_resumes(shards, tmp_path, capsys):
     def interrupt(row):
-        raise KeyboardInterrupt
+        if row["step"] > 0:
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_config(shards), params(tmp_path), shards, seed=1, on_eval=interrupt)
@@ -231,7 +248,7 @@ def test_rising_val_loss_warns_and_is_counted(tmp_path, capsys):
         def restore(self, state):
             pass
 
-    losses = iter([3.0, 2.0, 2.1, 2.2, 2.3, 2.4])
+    losses = iter([4.0, 3.0, 2.0, 2.1, 2.2, 2.3, 2.4])  # step 0 (before any update), then steps 1 to 6
     run = LoopRun("pretrain", "x", tmp_path / "run", "gpt2", Batches(), lambda m, a: {"train_loss": 1.0, "val_loss": next(losses)})
     model = GPT(GPTConfig(vocab_size=16, context_length=8, emb_dim=8, n_heads=2, n_layers=1))
     p = params(tmp_path, max_steps=6, eval_interval=1)

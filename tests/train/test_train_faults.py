@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import gptlab.io
 import gptlab.train.pretrain as pretrain_module
 from gptlab.data.shards import data_checksum, read_shard, write_shard
 from gptlab.io import atomic_dir, recover_dir
@@ -57,7 +58,7 @@ def test_sigint_mid_step_finishes_the_step_saves_it_and_resumes_bit_exact(shards
     monkeypatch.setattr(GPT, "forward", original)
     resumed = pretrain(cfg, params(tmp_path / "b", eval_interval=3), shards, seed=4)
     assert same_weights(straight.latest, resumed.latest)
-    assert [r["step"] for r in state(resumed.latest)["history"]] == [3, 6, 8]
+    assert [r["step"] for r in state(resumed.latest)["history"]] == [0, 3, 6, 8]
 
 
 def test_hard_interrupt_during_the_last_evaluation_is_redone_on_resume(shards, tmp_path, monkeypatch):
@@ -67,7 +68,7 @@ def test_hard_interrupt_during_the_last_evaluation_is_redone_on_resume(shards, t
 
     def split_loss(*args, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:  # evaluations call it twice (val, train): the one of step 8
+        if calls["n"] == 5:  # evaluations call it twice (val, train): steps 0, 4, then the one of step 8
             raise KeyboardInterrupt  # a second Ctrl-C in the middle of the evaluation
         return original(*args, **kw)
 
@@ -77,7 +78,7 @@ def test_hard_interrupt_during_the_last_evaluation_is_redone_on_resume(shards, t
     monkeypatch.setattr(pretrain_module, "split_loss", original)
     resumed = pretrain(cfg, params(tmp_path / "b"), shards, seed=2, live_dir=tmp_path / "b" / "live")
     s = state(resumed.latest)
-    assert [r["step"] for r in s["history"]] == [4, 8]
+    assert [r["step"] for r in s["history"]] == [0, 4, 8]
     assert resumed.summary["val_loss"] == straight.summary["val_loss"] and resumed.summary["best_val_loss"] == straight.summary["best_val_loss"]
     best = json.loads((resumed.best / "config.json").read_text())["pretrain"]
     assert best["val_loss"] == s["best_val_loss"] == straight.summary["best_val_loss"]
@@ -87,12 +88,13 @@ def test_hard_interrupt_during_the_last_evaluation_is_redone_on_resume(shards, t
 
 
 def test_a_signal_during_an_evaluation_lets_it_finish(shards, tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTLAB_FAULT", "eval#1=TERM")
+    monkeypatch.setattr(gptlab.io, "_FAULT_COUNTS", {})  # counted from this run on
+    monkeypatch.setenv("GPTLAB_FAULT", "eval#2=TERM")  # the evaluation of step 4 (the first is step 0's)
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_config(shards), params(tmp_path), shards, seed=1)
     latest = next((tmp_path / "ckpt").iterdir()) / "latest"
     s = state(latest)
-    assert s["step"] == 4 and [r["step"] for r in s["history"]] == [4] and "pending_tokens_per_s" not in s
+    assert s["step"] == 4 and [r["step"] for r in s["history"]] == [0, 4] and "pending_tokens_per_s" not in s
     best = json.loads((latest.parent / "best" / "config.json").read_text())["pretrain"]
     assert best == {"step": 4, "val_loss": s["best_val_loss"]}
 
@@ -197,3 +199,17 @@ def test_an_ignored_sigint_stays_ignored(shards, tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_during_the_step_0_evaluation_saves_it_and_the_resumed_run_logs_it_once(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(gptlab.io, "_FAULT_COUNTS", {})  # counted from this run on
+    monkeypatch.setenv("GPTLAB_FAULT", "eval#1=TERM")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(shards), params(tmp_path), shards, seed=1, live_dir=tmp_path / "live")
+    latest = next((tmp_path / "ckpt").iterdir()) / "latest"
+    assert state(latest)["step"] == 0 and [r["step"] for r in state(latest)["history"]] == [0]
+    monkeypatch.delenv("GPTLAB_FAULT")
+    resumed = pretrain(tiny_config(shards), params(tmp_path), shards, seed=1, live_dir=tmp_path / "live")
+    assert [r["step"] for r in state(resumed.latest)["history"]] == [0, 4, 8]
+    val_tsv = (tmp_path / "live" / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in val_tsv[1:]] == ["0", "4", "8"]

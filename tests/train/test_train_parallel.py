@@ -106,7 +106,12 @@ def test_fsdp_on_two_processes_matches_one_process(shards, tmp_path):
     for name in ("best",):  # best/ is a plain, full checkpoint too
         assert_close(weights(one.latest.parent / name), weights(latest.parent / name))
     state = json.loads((latest / "state.json").read_text())
-    assert state["step"] == 4 and [r["step"] for r in state["history"]] == [2, 4]
+    assert state["step"] == 4 and [r["step"] for r in state["history"]] == [0, 2, 4]
+    # the running loss (averaged over the ranks: the global batch's) and the gradient norm are one process's
+    (logged,) = state["train_log"]
+    (alone,) = json.loads((one.latest / "state.json").read_text())["train_log"]
+    assert logged["step"] == alone["step"] == 4 and logged["lr"] == alone["lr"]
+    assert logged["running_loss"] == pytest.approx(alone["running_loss"], abs=1e-4) and logged["grad_norm"] == pytest.approx(alone["grad_norm"], rel=1e-3)
 
 
 @pytest.mark.slow

@@ -317,6 +317,26 @@ class TokenShards:
         """
         return self.gather(*self.draw(batch, context, rng), context)
 
+    def spread_positions(self, n: int, context: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``n`` window positions evenly spread over the whole split (every shard, start to
+        end; the same for the same shards): the middles of ``n`` equal parts of all window starts,
+        shard after shard. (shard index, offset), each (min(n, starts),) int64."""
+        starts = self.check_context(context)
+        total = int(starts.sum())
+        n = min(n, total)
+        flat = (2 * np.arange(n, dtype=np.int64) + 1) * total // (2 * n)
+        ends = np.cumsum(starts)
+        shard_idx = np.searchsorted(ends, flat, side="right")
+        return shard_idx, flat - (ends[shard_idx] - starts[shard_idx])
+
+    def spread_windows(self, batch: int, context: int, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the ``n`` windows of :meth:`spread_positions`, ``batch`` at a time (the last may
+        be smaller): fixed evaluation windows that sample the whole split, not its first
+        ``n x context`` tokens. Shapes as in :meth:`random_windows`."""
+        shard_idx, offsets = self.spread_positions(n, context)
+        for first in range(0, len(offsets), batch):
+            yield self.gather(shard_idx[first : first + batch], offsets[first : first + batch], context)
+
     def sequential_windows(self, batch: int, context: int, max_windows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield non-overlapping windows in file order, ``batch`` at a time (the last may be
         smaller), at most ``max_windows`` in all. Shapes as in :meth:`random_windows`."""

@@ -135,12 +135,12 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     """Encode the corpus into ``out_dir/{train,val}-NNNNN.bin`` plus ``meta.json``; return the summary.
 
     The corpus streams through (see :mod:`gptlab.data.stream`): memory stays flat whatever
-    its size. The summary holds, per split, ``tokens`` (count), ``vocab_size`` (the ids the
-    tokenizer really has: a BPE that runs out of merges stops short of ``params.vocab_size``,
-    which one stderr line says) and ``tokens_per_s``: exactly what goes to ``metrics_path``
-    (comparable figures only); it adds, per split, ``documents`` and ``bytes`` (UTF-8 bytes of
-    the text) and, for the caller's messages, ``tokenizer``, ``shards`` (files per split),
-    ``workers``, ``split_rule`` and ``seconds``.
+    its size. The summary holds, per split, ``tokens`` (count) and ``vocab_size`` (the ids the tokenizer
+    really has: a BPE that runs out of merges stops short of ``params.vocab_size``, which one
+    stderr line says): exactly what goes to
+    ``metrics_path`` (comparable figures only); it adds ``tokens_per_s`` (the machine's, not the
+    params': printed, never compared), per split ``documents`` and
+    ``bytes`` (UTF-8 bytes of the text) and, for the caller's messages, ``tokenizer``, ``shards`` (files per split), ``workers``, ``split_rule`` and ``seconds``.
     ``meta.json`` holds the provenance: tokenizer, vocab size, end-of-text id, per split the
     document names (a count under the ``hash`` split rule of record streams), tokens, bytes
     and shard names, and ``files``: per shard file its split, tokens and ``crc32`` (verified
@@ -196,15 +196,15 @@ def tokenize_corpus(params: TokenizeParams, corpus_dir: str | Path, out_dir: str
     seconds = time.perf_counter() - start
     splits = meta["splits"]
     total = sum(s["tokens"] for s in splits.values())
-    metrics = {  # the figures worth comparing across experiments (documents are the data's, in meta.json)
+    metrics = {  # the figures worth comparing (documents are the data's, in meta.json)
         "tokens": {k: v["tokens"] for k, v in splits.items()},
         "vocab_size": tokenizer.n_vocab,
-        "tokens_per_s": round(total / seconds, 1),
     }
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return {
         **metrics,
+        "tokens_per_s": round(total / seconds, 1),
         "documents": dict(zip(SPLITS, docs)),
         "bytes": {k: v["bytes"] for k, v in splits.items()},
         "tokenizer": params.tokenizer,

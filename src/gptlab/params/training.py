@@ -98,6 +98,9 @@ class LoopParams:
     """auto (bf16 on a GPU, fp32 on the CPU: the same numbers on every CPU), fp32, bf16, or fp16 (CUDA only)"""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the training model: true, false, or auto (on for CUDA, off elsewhere); the compile warm-up is timed apart (summary's compile_seconds)"""
+    log_interval: int = 10
+    """log the running train loss (mean over the steps since the last log), the learning rate and the gradient norm (mean, before clipping) every this many
+    steps (and at the last step) to the DVCLive curves; on a GPU the only host syncs between evaluations are these reads"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
     checkpoint_dir: str = "checkpoints/pretrain"
@@ -116,6 +119,8 @@ class LoopParams:
     def __post_init__(self) -> None:
         if self.parallel not in ("ddp", "fsdp"):
             raise ParamsError(f"parallel={self.parallel!r} is unknown; choose ddp (a full copy per process) or fsdp (sharded weights, gradients and optimizer)")
+        if self.log_interval < 1:
+            raise ParamsError(f"log_interval={self.log_interval} is impossible: must be >= 1 (1: every step)")
         if self.keep_runs < 0:
             raise ParamsError(f"keep_runs={self.keep_runs} is impossible: must be >= 0 (0 keeps every run folder)")
         if self.max_steps < 1:

@@ -1,5 +1,6 @@
 """Evaluation during training: the one loss over a split, when to evaluate, the evaluation row
-(losses, lr, tokens/s, MFU, sample), ``best/`` on a new lowest val loss, and the rising-val warning."""
+(losses, lr, tokens/s, MFU, sample; step 0's without throughput), ``best/`` on a new lowest val
+loss, and the rising-val warning."""
 
 from __future__ import annotations
 
@@ -62,22 +63,26 @@ class Evaluator:
         """True when step ``step`` (steps done) ends with an evaluation."""
         return step > 0 and (step % self.p.eval_interval == 0 or step == self.p.max_steps)
 
-    def evaluate(self, model: GPT, state: LoopState, tokens_per_s: float) -> dict:
+    def evaluate(self, model: GPT, state: LoopState, tokens_per_s: float | None) -> dict:
         """Evaluate the full ``model`` at ``state.step``; return the history row (metrics, lr,
-        tokens/s, MFU on a known GPU, sample). Lowers ``state.best_val_loss`` (and saves ``best/``) on a new best."""
+        tokens/s and MFU on a known GPU unless ``tokens_per_s`` is None, sample). After step 0
+        lowers ``state.best_val_loss`` (and saves ``best/``) on a new best; step 0's row (the
+        model before any update) is the curves' starting point, never ``best/``."""
         run, step = self.run, state.step
         model.eval()
         with torch.no_grad():
             metrics = run.evaluate(model, self.autocast)
-        row = {"step": step, "tokens": state.tokens_seen, **metrics, "lr": lr_at(max(step - 1, 0), self.p), "tokens_per_s": round(tokens_per_s, 1)}
-        if self.peak and run.flops_per_token:
-            row["mfu"] = round(run.flops_per_token * tokens_per_s * self.world / self.peak, 4)
+        row = {"step": step, "tokens": state.tokens_seen, **metrics, "lr": lr_at(max(step - 1, 0), self.p)}
+        if tokens_per_s is not None:
+            row["tokens_per_s"] = round(tokens_per_s, 1)
+            if self.peak and run.flops_per_token:
+                row["mfu"] = round(run.flops_per_token * tokens_per_s * self.world / self.peak, 4)
         if run.sample:
             row["sample"] = run.sample(model)
         model.train()
         fault_point("eval")
         val = metrics["val_loss"]
-        if val < state.best_val_loss:
+        if step > 0 and val < state.best_val_loss:
             state.best_val_loss = val
             self.save_best(model, step, val)
         return row
@@ -96,7 +101,8 @@ class Evaluator:
         has risen :data:`RISING_EVALS_WARNING` evaluations in a row."""
         row = state.history[-1]
         extra = f" bpb {row['val_bits_per_byte']:.4f}" if "val_bits_per_byte" in row else ""
-        lines = [f"step {row['step']}: train {row['train_loss']:.4f} val {row['val_loss']:.4f}{extra} {row['tokens_per_s']:,.0f} tok/s"]
+        speed = f" {row['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in row else " (before the first step)"
+        lines = [f"step {row['step']}: train {row['train_loss']:.4f} val {row['val_loss']:.4f}{extra}{speed}"]
         rising = rising_evals(state.history)
         if rising == RISING_EVALS_WARNING:
             first = state.history[-1 - rising]

@@ -3,7 +3,8 @@
 It is the pretraining loop (:func:`gptlab.train.loop.train_loop`) with another batch source:
 shuffled, padded instruction batches (:class:`gptlab.data.instructions.InstructionBatches`),
 so optimizer, schedule, clipping, AMP, checkpoints, exact resume and DVCLive logs are shared.
-The base model's val loss on the same split is measured first, so the gain is a number.
+The loop's evaluation of step 0 is the base model's val loss on the same split (LoRA's zero
+``B`` leaves the base's outputs unchanged), so the curves start there and the gain is a number.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def finetune(
     """Fine-tune the gptlab model in ``base_dir`` on the records of ``train_path`` (JSON), measuring on ``val_path``.
 
     Returns the result with the summary (train/val loss, the base model's val loss on the same
-    split, trainable and total parameters) and the tuned model in memory.
+    split (step 0's) and the gain, trainable and total parameters) and the tuned model in memory.
     """
     base_dir = Path(base_dir)
     ddp = setup_distributed(p.device)
@@ -128,7 +129,6 @@ def finetune(
     base_sha = model_hash(base_dir)
     torch.manual_seed(seed)
     random.seed(seed)
-    base_val = split_loss(model, scored_batches(val_examples, p.batch_size, p.eval_batches, **collate_kwargs), device, empty=NO_TARGETS)
     lora_cfg = None
     if p.method == "lora":
         lora_cfg = p.lora
@@ -137,7 +137,7 @@ def finetune(
         model.to(device)
     trainable, total = lora_parameter_counts(model)
     if ddp.main:
-        print(f"finetune: {p.method}, {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); base val loss {base_val:.4f}")
+        print(f"finetune: {p.method}, {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
     batches = InstructionBatches(train_examples, p.batch_size, seed=seed, **collate_kwargs)
 
@@ -162,18 +162,16 @@ def finetune(
         extra={"method": p.method, "base_sha256": base_sha},
         summary={
             "method": p.method,
-            "base_val_loss": round(base_val, 5),
             "train_examples": len(train_examples),
             "val_examples": len(val_examples),
             "train_epochs": round(cadence.passes, 3),
             "eval_interval": cadence.eval_interval,
         },
+        initial_val_name="base_val_loss",
     )
     result = train_loop(model, p, run, ddp, device, live_dir, stop_after_steps, on_eval)
     if p.parallel == "fsdp" and ddp.world > 1:  # the trained model is sharded: take the full one from latest/
         model = _trained_model(base_dir, lora_cfg, result.latest, device)
-    if result.summary.get("val_loss") is not None:
-        result.summary["val_loss_gain"] = round(base_val - result.summary["val_loss"], 5)
     card = read_config(base_dir).get(CARD_KEY) or {}
     return FinetuneResult(result, model, tokenizer_spec, lora_cfg, base_sha, p.prompt_style, card)
 

@@ -7,11 +7,14 @@ averaged the same way), and every rank reads different windows. AdamW (weight de
 matrices only), linear warmup then cosine decay to ``min_lr``, gradient clipping, gradient
 accumulation, mixed precision and optional ``torch.compile``.
 
-Every ``eval_interval`` steps (and at the end) rank 0 measures the mean loss over fixed val
-and train windows, perplexity and bits per byte, samples a continuation, logs through DVCLive
-and writes a training checkpoint (``latest/``; ``best/`` when val loss improved). A resumed
-run restores weights, optimizer moments, step, data generator and RNG states and continues
-bit for bit.
+Before the first step (step 0: the untrained or base model), then every ``eval_interval``
+steps and at the end, rank 0 measures the mean loss over fixed val and train windows,
+perplexity and bits per byte, samples a continuation and logs through DVCLive; after each
+evaluation but step 0's it writes a training checkpoint (``latest/``; ``best/`` when val loss
+improved). Every ``log_interval`` steps it logs the running train loss, the learning rate and
+the gradient norm (:class:`~gptlab.train.running.RunningMeans`, summed on the device and read
+only then). A resumed run restores weights, optimizer moments, step, data generator, RNG states,
+the curves so far and the running sums, and continues bit for bit without re-logging step 0.
 
 The parts: :class:`~gptlab.train.state.LoopState` (what a step carries to the next, saved in
 ``state.json``), :meth:`Trainer.train_step`, the :class:`~gptlab.train.evaluate.Evaluator`, the
@@ -45,6 +48,7 @@ from gptlab.train.logger import LiveLogger
 from gptlab.train.optim import lr_at, make_optimizer
 from gptlab.train.parallel import Parallel
 from gptlab.train.run import LoopRun, TrainResult
+from gptlab.train.running import RunningMeans
 from gptlab.train.runtime import StopRequest, peak_flops
 from gptlab.train.state import LoopState
 
@@ -115,9 +119,11 @@ class Trainer:
         self.train_model = self.par.wrap(torch.compile(model) if self.compiled else model)
         self.sync_every = sync_interval(device)
         self.pending_losses: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not read yet
+        self.running = RunningMeans(device)
+        self.running.restore(self.state.running)
         self.compile_seconds, self.warmup_tokens = None, 0
         self.evaluator = Evaluator(run, p, ddp.world, self.autocast, peak_flops(device), self.checkpointer.save_best)
-        self.logger = LiveLogger(live_dir, self.state.history) if ddp.main and live_dir else None
+        self.logger = LiveLogger(live_dir, self.state.history, self.state.train_log) if ddp.main and live_dir else None
         self.bar = None
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
@@ -146,7 +152,9 @@ class Trainer:
         grad_norm = None
         if p.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_([q for q in self.model.parameters() if q.requires_grad], p.grad_clip)
-        self.pending_losses.append((self.state.step, loss_sum / accum))
+        step_loss_t = loss_sum / accum
+        self.pending_losses.append((self.state.step, step_loss_t))
+        self.running.add(step_loss_t, grad_norm)
         step_loss = None
         next_step = self.state.step + 1
         if len(self.pending_losses) >= self.sync_every or self.evaluator.due(next_step) or next_step >= p.max_steps:
@@ -178,19 +186,33 @@ class Trainer:
         return values[-1]
 
     def save(self) -> None:
-        """Write ``latest/`` at the current step (its evaluation marked pending if not done yet)."""
+        """Write ``latest/`` at the current step (its evaluation marked pending if not done yet,
+        the running sums since the last log point with it)."""
         s = self.state
+        s.running = self.running.state()
         self.checkpointer.save(s, pending=self.evaluator.due(s.step) and not s.evaluated(s.step))
+
+    def log_point(self) -> None:
+        """Log the running means since the last log point with the last step's learning rate (one host
+        read; with several processes every rank joins the loss's all-reduce)."""
+        s = self.state
+        row = {"step": s.step, **self.running.take(self.ddp.world), "lr": float(f"{lr_at(s.step - 1, self.p):.6g}")}
+        s.train_log.append(row)
+        if self.logger:
+            self.logger.log_train(row)
 
     def full_model(self) -> GPT:
         """The full model rank 0 evaluates and saves (FSDP: the replica, gathered just before)."""
         return self.par.replica if self.par.sharded else self.model
 
-    def eval_and_checkpoint(self, tokens_per_s: float) -> None:
+    def eval_and_checkpoint(self, tokens_per_s: float | None) -> None:
         """Evaluate, log and save the current step; ``latest/`` written last is the commit point.
+        ``tokens_per_s`` None: the evaluation of step 0, before any update (no throughput, no
+        ``best/``, no checkpoint: a run cut short before its first save starts again from step 0).
         An evaluation cut short (KeyboardInterrupt) leaves no trace: history, best and RNG are rolled back."""
         s = self.state
-        s.pending_tokens_per_s = tokens_per_s
+        initial = tokens_per_s is None
+        s.pending_tokens_per_s = tokens_per_s or 0.0
         if self.par.sharded:
             self.par.view(self.model)  # every rank joins the gather; rank 0 evaluates the full replica
         if self.ddp.main:
@@ -204,14 +226,14 @@ class Trainer:
                     self.on_eval(row)
                 for line in self.evaluator.report(s):
                     self.bar.write(line)
-                if not self.par.sharded:
+                if not self.par.sharded and not initial:
                     self.save()
             except KeyboardInterrupt:  # forget the unfinished evaluation: it is redone on resume
                 del s.history[before[0] :]
                 s.best_val_loss = before[1]
                 restore_rng(*before[2])
                 raise
-        if self.par.sharded:
+        if self.par.sharded and not initial:
             self.save()  # a collective: every rank writes its shards
         if self.ddp.world > 1:
             dist.barrier()
@@ -271,6 +293,9 @@ class Trainer:
         in_step = False
         with StopRequest() as stop:
             try:
+                if s.step == 0 and not s.history:  # the curves start at the untrained (or base) model
+                    self.eval_and_checkpoint(None)
+                    self.window_start = time.perf_counter()
                 if self.evaluator.due(s.step) and not s.evaluated(s.step):  # interrupted during this step's evaluation
                     self.eval_and_checkpoint(s.pending_tokens_per_s)
                 while s.step < p.max_steps:
@@ -289,6 +314,8 @@ class Trainer:
                     if out.loss is not None:  # read at a sync point: every step on the CPU
                         now = time.perf_counter()
                         self.bar.set_postfix(loss=f"{out.loss:.3f}", tok_s=f"{self.window_tokens / max(now - self.window_start, 1e-9):,.0f}")
+                    if s.step % p.log_interval == 0 or s.step == p.max_steps:
+                        self.log_point()
                     if self.evaluator.due(s.step):
                         self.eval_and_checkpoint(self.end_window())
                         self.window_start = time.perf_counter()
@@ -304,7 +331,7 @@ class Trainer:
         final = self.final_evaluate()
         summary = self.summary(final)
         if self.logger:
-            self.logger.finish(summary, s.history, self.run.name)
+            self.logger.finish(summary, s.history, self.run.name, s.train_log)
         best = self.checkpointer.best
         return TrainResult(summary, self.checkpointer.latest, best if best.exists() else None, ddp)
 
@@ -328,6 +355,9 @@ class Trainer:
         if self.n_trainable != self.n_params:
             summary["trainable_parameters"] = self.n_trainable
         summary.update({k: v for k, v in last.items() if k not in ("step", "tokens", "lr", "tokens_per_s", "mfu", "sample")})
+        if self.run.initial_val_name and s.history and s.history[0]["step"] == 0:
+            summary[self.run.initial_val_name] = s.history[0]["val_loss"]
+            summary["val_loss_gain"] = round(s.history[0]["val_loss"] - last["val_loss"], 5)
         summary.update(
             {
                 "best_val_loss": None if s.best_val_loss == float("inf") else round(s.best_val_loss, 5),

@@ -40,9 +40,10 @@ def shards_fingerprint(shards_dir: Path, meta: dict) -> dict:
 
 
 def window_batches(shards: TokenShards, context: int, batch: int, windows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """The first ``windows`` sequential windows of ``shards`` for :func:`split_loss`: ``(inputs,
-    targets, rows)``, (batch, context) int64 each, each batch weighted by its rows."""
-    for x, y in shards.sequential_windows(batch, context, max_windows=windows):
+    """``windows`` fixed windows spread evenly over the whole of ``shards``
+    (:meth:`TokenShards.spread_windows`) for :func:`split_loss`: ``(inputs, targets, rows)``,
+    (batch, context) int64 each, each batch weighted by its rows."""
+    for x, y in shards.spread_windows(batch, context, windows):
         yield x, y, x.size(0)
 
 

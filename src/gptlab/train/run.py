@@ -43,6 +43,8 @@ class LoopRun:
     nats/token); ``sample(model)`` an optional text sample. ``extra`` is merged into the saved
     ``config.json`` (under ``name``); ``summary`` is merged into the run summary (and DVCLive metrics);
     ``final_evaluate(model, autocast)``, run once on the final weights, adds its figures to it.
+    ``initial_val_name``: the summary key that holds the val loss of step 0 (the model before any
+    update; fine-tuning: ``base_val_loss``), with ``val_loss_gain`` (that minus the last val loss) beside it.
     """
 
     name: str
@@ -57,6 +59,7 @@ class LoopRun:
     flops_per_token: float | None = None
     summary: dict = dataclasses.field(default_factory=dict)
     final_evaluate: Callable[[GPT, Any], dict] | None = None
+    initial_val_name: str | None = None
 
 
 @dataclass
@@ -71,7 +74,7 @@ class TrainResult:
 
 
 # Params that change where or how a run is carried out, not the numbers it produces.
-NOT_TRAJECTORY = ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing")
+NOT_TRAJECTORY = ("checkpoint_dir", "resume", "device", "sample_prompt", "sample_tokens", "keep_runs", "parallel", "activation_checkpointing", "log_interval")
 
 
 def json_sha256(value: Any) -> str:
