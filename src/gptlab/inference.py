@@ -1,0 +1,121 @@
+"""Inference preparation: weights in fp32, bf16 or int8, and a compiled decode step.
+
+Every inference path (the generate stage, ``gptlab sample``/``chat``/``serve``, the inference
+bench) calls :func:`prepare` on a loaded model; the one sampler (:mod:`gptlab.sampling`) then
+runs as usual: a prefill pass, then one token per step through ``model.decode``, the static-shape
+step over a preallocated KV cache (:class:`gptlab.model.KVCache`).
+
+- ``weights="bf16"`` casts every weight to bfloat16 (activations follow; RoPE tables are
+  computed in fp32 and cast, as on a GPU).
+- ``weights="int8"`` replaces every ``nn.Linear`` (attention, MLP and the head; the embedding
+  stays as loaded) by :class:`Int8Linear`: weight-only, symmetric, one fp scale per output
+  channel, made from the loaded weights at load time (nothing new is written to disk).
+  Activations stay in the model's float dtype. On the CPU the matmul is
+  ``torch.ops.aten._weight_int8pack_mm``; elsewhere a dequantising matmul.
+- ``compile`` swaps ``model.decode`` for ``torch.compile(model.decode)`` (CUDA: mode
+  ``reduce-overhead``, CUDA graphs); the first steps of each new shape pay the compilation
+  (see :data:`COMPILE_AUTO_DEVICES` for where ``auto`` turns it on).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptlab.errors import GptlabError
+from gptlab.model import GPT
+
+WEIGHTS = ("fp32", "bf16", "int8")
+"""The weight formats :func:`prepare` makes."""
+
+COMPILE_AUTO_DEVICES = ("cuda",)
+"""Device types where ``compile="auto"`` compiles the decode step: where it was measured to pay.
+On this project's 2-core CPU inductor's compiled step was not faster than eager enough to pay its
+warm-up for a few hundred tokens (bench/decode.py prints both), so the CPU is left out."""
+
+Weights = Literal["fp32", "bf16", "int8"]
+Compile = Literal["auto", True, False] | bool | str
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer whose weight is int8 with one scale per output channel (weight-only).
+
+    ``weight``: (out, in) int8; ``scales``: (out,) float (the activations' dtype);
+    ``bias``: (out,) or None. ``forward``: (..., in) -> (..., out) in the input's dtype, equal
+    to ``F.linear(x, weight * scales[:, None], bias)`` up to rounding.
+    """
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        """Quantize ``linear``'s weight per output channel: ``scale = max|row| / 127``,
+        ``q = round(w / scale)`` in [-127, 127]; scales and bias keep the weight's dtype."""
+        w = linear.weight.detach()
+        scales = (w.abs().amax(dim=1).float() / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        q = torch.round(w.float() / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(q.contiguous(), scales.to(w.dtype), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out), in ``x``'s dtype."""
+        if x.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.weight, self.scales.to(x.dtype))
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        else:  # dequantising matmul: x @ (q * s).T == (x @ q.T) * s
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+def quantize_int8(model: GPT) -> GPT:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by an :class:`Int8Linear` of its
+    weights and return the model. A tied head gets its own int8 copy; the embedding keeps its
+    float rows."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, Int8Linear.from_linear(child))
+    return model
+
+
+def wants_compile(compile: Compile, device: torch.device) -> bool:
+    """Whether ``compile`` (True, False, or "auto": on for :data:`COMPILE_AUTO_DEVICES`) compiles the decode step on ``device``."""
+    if isinstance(compile, str):
+        if compile.lower() in ("true", "on", "yes"):
+            return True
+        if compile.lower() in ("false", "off", "no"):
+            return False
+        if compile != "auto":
+            raise GptlabError(f"compile={compile!r} is unknown; choose auto, true or false")
+        return device.type in COMPILE_AUTO_DEVICES
+    return bool(compile)
+
+
+def prepare(model: GPT, weights: Weights = "fp32", compile: Compile = "auto") -> GPT:
+    """Return ``model`` ready for inference: eval mode, no gradients, weights in ``weights``
+    (fp32: as loaded, cast to fp32 if stored otherwise; bf16; int8: weight-only, per output
+    channel), and ``model.decode`` compiled where ``compile`` says so (see
+    :func:`wants_compile`). The model is changed in place; call it once, after loading (and
+    after merging a LoRA adapter)."""
+    if weights not in WEIGHTS:
+        raise GptlabError(f"weights={weights!r} is unknown; choose one of {', '.join(WEIGHTS)}")
+    device = next(model.parameters()).device
+    model.eval().requires_grad_(False)
+    if weights == "bf16":
+        model.to(torch.bfloat16)
+    elif not any(isinstance(m, Int8Linear) for m in model.modules()):
+        model.to(torch.float32)
+        if weights == "int8":
+            quantize_int8(model)
+    if wants_compile(compile, device):
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        model.decode = torch.compile(model.decode, mode=mode, dynamic=False)
+    return model
