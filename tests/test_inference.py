@@ -51,6 +51,10 @@ def test_int8_linear_is_the_per_channel_dequantized_matmul():
     torch.testing.assert_close(q(x), F.linear(x, dequant, linear.bias), atol=1e-4, rtol=1e-4)
     # per-channel rounding error at most half a step of that channel
     assert bool(((dequant - linear.weight).abs() <= q.scales[:, None] / 2 + 1e-7).all())
+    bf16_act = Int8Linear.from_linear(linear, torch.bfloat16)  # the CPU's fast int8 kernel takes bf16 inputs
+    y = bf16_act(x)
+    assert y.dtype == torch.float32 and bf16_act.scales.dtype == torch.bfloat16
+    torch.testing.assert_close(y, F.linear(x, dequant, linear.bias), atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("config", [GPT2, LLAMA], ids=["gpt2", "llama"])
