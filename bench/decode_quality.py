@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--style", default=None, help="prompt style (default: the one the model folder records, else alpaca)")
+    ap.add_argument("--weights", default="fp32,bf16,int8", help="formats to compare, fp32 first (the baseline)")
     ap.add_argument("--json", default="metrics/bench_decode_quality.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.0)
     out: dict = {"model": args.model, "records": len(records), "style": style, "weights": {}}
     answers: dict[str, list[str]] = {}
-    for weights in ("fp32", "bf16", "int8"):
+    formats = args.weights.split(",")
+    if formats[0] != "fp32":
+        formats.insert(0, "fp32")
+    for weights in formats:
         model, tok = load_model(args.model)
         model = prepare(model, weights=weights, compile=False)
         t = time.perf_counter()
