@@ -19,7 +19,18 @@ GRAPH = module_imports(ROOT / "src")
 
 # The layers, bottom up (design.md): a module may import only modules of its own layer or below.
 LOW = ("gptlab.data", "gptlab.params", "gptlab.tokenizer", "gptlab.config", "gptlab.model", "gptlab.fused_loss", "gptlab.checkpoint", "gptlab.sampling")
-HIGH = ("gptlab.convert", "gptlab.train", "gptlab.score", "gptlab.serve", "gptlab.litgpt", "gptlab.cli", "gptlab.lora", "gptlab.generate", "gptlab.chat")
+HIGH = (
+    "gptlab.convert",
+    "gptlab.train",
+    "gptlab.score",
+    "gptlab.serve",
+    "gptlab.litgpt",
+    "gptlab.cli",
+    "gptlab.lora",
+    "gptlab.generate",
+    "gptlab.inference",
+    "gptlab.chat",
+)
 
 
 def _under(module: str, prefixes) -> bool:
@@ -82,6 +93,10 @@ def test_gptlab_init_is_trivial():
         (LOW, HIGH),
         (("gptlab.io", "gptlab.errors", "gptlab.device"), ("gptlab.data",) + LOW[1:] + HIGH),
         (("gptlab.params",), ("gptlab.model", "gptlab.fused_loss", "gptlab.checkpoint", "gptlab.data") + HIGH),
+        (
+            ("gptlab.inference",),
+            ("gptlab.convert", "gptlab.lora", "gptlab.generate", "gptlab.train", "gptlab.score", "gptlab.serve", "gptlab.litgpt", "gptlab.cli"),
+        ),
         (("gptlab.generate",), ("gptlab.train", "gptlab.score", "gptlab.serve", "gptlab.litgpt", "gptlab.cli")),
         (("gptlab.convert",), ("gptlab.litgpt", "gptlab.lora", "gptlab.train", "gptlab.score", "gptlab.serve", "gptlab.generate", "gptlab.cli")),
         (("gptlab.lora",), ("gptlab.convert.peft", "gptlab.train", "gptlab.generate", "gptlab.score", "gptlab.serve", "gptlab.litgpt", "gptlab.cli")),

@@ -24,6 +24,7 @@ from gptlab.convert.export import export_model
 from gptlab.convert.model_card import CARD_KEY, export_card, finetuned_card, read_card
 from gptlab.convert.openai_tf import export_openai_tf
 from gptlab.errors import GptlabError
+from gptlab.inference import WEIGHTS, prepare
 from gptlab.litgpt.checkpoint import export_litgpt
 from gptlab.lora import load_merged
 from gptlab.params import load_params
@@ -53,6 +54,7 @@ def _encode(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     model, tok = load_merged(args.model, args.adapter, args.device)
+    model = prepare(model, args.weights, args.compile)
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     style = None if args.raw else prompt_style_of(args.model, tok)
     try:
@@ -70,6 +72,7 @@ def _chat(args: argparse.Namespace) -> None:
     except ImportError:
         pass
     model, tok = load_merged(args.model, args.adapter, args.device)
+    model = prepare(model, args.weights, args.compile)
     style = prompt_style_of(args.model, tok) or "alpaca"
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     print(f"chat: {args.model} ({style} prompts); /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer", flush=True)
@@ -85,6 +88,18 @@ def _sampling_options(p: argparse.ArgumentParser, max_new_tokens: int, temperatu
     p.add_argument("--seed", type=int, default=None, help="sampling seed (none: random)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--adapter", default=None, help="a LoRA adapter folder (finetune's models/finetuned/adapter) merged into --model")
+    _inference_options(p)
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    """Add the options of :func:`gptlab.inference.prepare` that ``sample``, ``chat`` and ``serve`` share."""
+    p.add_argument("--weights", choices=WEIGHTS, default="fp32", help="weights to answer with, made at load time: fp32 (as stored), bf16, int8 (weight-only)")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="torch.compile the one-token decode step (auto: on CUDA only; the first tokens pay the compilation)",
+    )
 
 
 def _convert_model(args: argparse.Namespace) -> None:
@@ -124,6 +139,8 @@ def _serve(args: argparse.Namespace) -> None:
         allowed_origins=args.allow_origin,
         grace_s=args.grace,
         max_batch=args.max_batch,
+        weights=args.weights,
+        compile=args.compile,
     )
 
 
@@ -197,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-batch", type=int, default=8, metavar="N", help="requests generated together at most; newcomers join at the next token, more wait in order"
     )
+    _inference_options(p)
     p.set_defaults(fn=_serve)
 
     p = sub.add_parser("encode", help="print the token ids of a text", formatter_class=HelpFormatter)

@@ -15,6 +15,7 @@ from gptlab.data.instructions import load_records
 from gptlab.data.prompts import encode_prompt, format_prompt, model_prompt_style, response_text
 from gptlab.device import Distributed, pick_device
 from gptlab.errors import GptlabError
+from gptlab.inference import prepare
 from gptlab.io import write_json
 from gptlab.lora import load_merged
 from gptlab.model import GPT
@@ -38,13 +39,15 @@ def answer_file(
     style: str | None = None,
     adapter_dir: str | Path | None = None,
 ) -> list[dict]:
-    """Answer every record of ``test_path`` with the model in ``model_dir`` (plus a LoRA adapter);
+    """Answer every record of ``test_path`` with the model in ``model_dir`` (plus a LoRA adapter),
+    its weights and decode step as ``p.weights``/``p.compile`` say (:func:`gptlab.inference.prepare`);
     write the records with their ``response`` to ``out_path`` (JSON) and return them.
 
     ``style``: the prompt style; None: the one recorded in ``model_dir`` when it was
     fine-tuned, else alpaca."""
     device = pick_device(p.device, Distributed())
     model, tok = load_merged(model_dir, adapter_dir, str(device))
+    model = prepare(model, p.weights, p.compile)
     style = style or model_prompt_style(model_dir, "alpaca")
     try:
         out = respond(model, tok, load_records(test_path), sampling_config(p, seed), p.batch_size, style)

@@ -32,10 +32,14 @@ HEAD_CHUNK_ACCELERATOR = 2048  # rows per chunk of the fused head + loss off the
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, per key/value head.
+    """Keys and values of every layer, preallocated for ``max_len`` positions, per key/value head.
 
-    ``k``/``v``: (n_layers, batch, kv_heads, max_len, head_dim); ``length`` positions are filled.
-    With RoPE the stored keys are already rotated.
+    ``k``/``v``: (n_layers, batch, kv_heads, max_len, head_dim), written in place at the
+    positions a forward pass names (``index_copy_``), so a one-token decode step has static
+    shapes and ``torch.compile`` captures it once. ``length`` positions are filled by prefill
+    passes (a static step, :meth:`GPT.decode`, leaves the count to its caller). With RoPE the stored
+    keys are already rotated and ``rope`` holds the (cos, sin) tables of positions 0 .. max_len-1,
+    each (max_len, head_dim) in ``dtype``, computed once.
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
@@ -44,6 +48,22 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.positions == "rope":
+            cos, sin = rope_cos_sin(config, torch.arange(max_len, device=device)[None], dtype)
+            self.rope = cos[0, 0], sin[0, 0]
+
+    def rope_at(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The precomputed tables at ``position_ids``: (batch or 1, seq) int64 -> cos, sin:
+        (batch or 1, 1, seq, head_dim), as :func:`rope_cos_sin` computes them."""
+        cos, sin = self.rope
+        return cos[position_ids][:, None], sin[position_ids][:, None]
+
+    def write(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``k``/``v``: (batch, kv_heads, seq, head_dim) of ``layer`` at the cache columns
+        ``input_pos``: (seq,) int64, in place."""
+        self.k[layer].index_copy_(2, input_pos, k)
+        self.v[layer].index_copy_(2, input_pos, v)
 
 
 def rope_cos_sin(config: GPTConfig, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +103,12 @@ class CausalSelfAttention(nn.Module):
         layer: int = 0,
         mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x``: (batch, seq, emb) -> (batch, seq, emb). With ``cache``, keys/values of the new
-        positions are stored at ``cache.length`` onwards and attention covers all stored positions.
+        positions are stored at the cache columns ``input_pos``: (seq,) int64 and attention covers
+        all ``cache.max_len`` columns under ``mask`` (a static decode step); without ``input_pos``
+        they are stored at ``cache.length`` onwards and attention covers the filled columns.
         ``mask``: (batch, 1, seq, keys) bool, True where attention is allowed (None: causal).
         ``rope``: (cos, sin) of :func:`rope_cos_sin` for these positions (None: no rotation)."""
         B, T, C = x.shape
@@ -99,10 +122,11 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
+            end = cache.max_len if input_pos is not None else cache.length + T
+            if input_pos is None:
+                input_pos = torch.arange(cache.length, end, device=x.device)
+            cache.write(layer, input_pos, k, v)
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
         dropout = self.drop_rate if self.training else 0.0
         gqa = {"enable_gqa": True} if self.n_kv != self.n_heads else {}
         if mask is None:
@@ -149,9 +173,11 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None, rope=None) -> torch.Tensor:
-        """(batch, seq, emb) -> (batch, seq, emb)."""
-        x = x + self.attn(self.norm1(x), cache, layer, mask, rope)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None, rope=None, input_pos=None
+    ) -> torch.Tensor:
+        """(batch, seq, emb) -> (batch, seq, emb); the arguments are :class:`CausalSelfAttention`'s."""
+        x = x + self.attn(self.norm1(x), cache, layer, mask, rope, input_pos)
         return x + self.mlp(self.norm2(x))
 
 
@@ -203,6 +229,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the head's input: the final-normed hidden states, (batch, seq, emb_dim)
         ((batch, 1, emb_dim) with ``last_only``); the arguments are :meth:`forward`'s.
@@ -211,26 +238,44 @@ class GPT(nn.Module):
         a few positions pays the vocabulary-sized matmul for those only.
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        limit = cache.max_len if cache is not None else self.config.context_length
-        if start + T > min(limit, self.config.context_length):
-            raise GptlabError(
-                f"sequence of {start + T} tokens exceeds the context length {min(limit, self.config.context_length)}; "
-                "crop the input (generation does this itself)"
-            )
-        if position_ids is None:
-            position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
+        if input_pos is None:
+            start = cache.length if cache is not None else 0
+            limit = cache.max_len if cache is not None else self.config.context_length
+            if start + T > min(limit, self.config.context_length):
+                raise GptlabError(
+                    f"sequence of {start + T} tokens exceeds the context length {min(limit, self.config.context_length)}; "
+                    "crop the input (generation does this itself)"
+                )
+            if position_ids is None:
+                position_ids = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
+        elif cache is None or mask is None:
+            raise GptlabError("a forward pass at input_pos needs the cache and the attention mask over its columns (see GPT.decode)")
+        elif position_ids is None:
+            position_ids = input_pos[None]
         rope = None
         if self.config.positions == "rope":
             x = self.drop(self.tok_emb(idx))
-            rope = rope_cos_sin(self.config, position_ids, x.dtype)
+            if cache is not None and cache.rope is not None:
+                rope = tuple(t.to(x.dtype) for t in cache.rope_at(position_ids))
+            else:
+                rope = rope_cos_sin(self.config, position_ids, x.dtype)
         else:
             x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, mask, rope)
-        if cache is not None:
+            x = block(x, cache, i, mask, rope, input_pos)
+        if cache is not None and input_pos is None:
             cache.length += T
         return self.final_norm(x[:, -1:] if last_only else x)
+
+    def decode(self, idx: torch.Tensor, cache: KVCache, input_pos: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One decode step with static shapes, what ``torch.compile`` captures
+        (:func:`gptlab.inference.prepare` swaps in the compiled one): ``idx``: (batch, 1) int64
+        written to the cache column ``input_pos``: (1,) int64, at RoPE/learned ``position_ids``:
+        (batch, 1) int64, attending to the cache columns ``mask``: (batch, 1, 1, cache.max_len)
+        bool allows -> logits of the next token, (batch, vocab) in the model's dtype.
+        ``cache.length`` is the caller's to keep."""
+        logits, _ = self(idx, cache=cache, input_pos=input_pos, position_ids=position_ids, mask=mask)
+        return logits[:, -1]
 
     def forward(
         self,
@@ -242,6 +287,7 @@ class GPT(nn.Module):
         mask: torch.Tensor | None = None,
         last_only: bool = False,
         return_logits: bool = False,
+        input_pos: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return ``(logits, loss)``.
 
@@ -251,6 +297,8 @@ class GPT(nn.Module):
         ``position_ids``: (batch, seq), default ``cache.length + arange(seq)``.
         ``mask``: (batch, 1, seq, keys) bool attention mask, default causal.
         ``last_only``: logits of the last position only, (batch, 1, vocab) (for generation).
+        ``input_pos``: (seq,) int64, the cache columns to write (a static step, see :meth:`decode`);
+        then ``position_ids`` defaults to ``input_pos`` and the cache's length is left as it is.
 
         With ``targets`` the loss comes from a chunked fused head + cross-entropy (under autocast
         too: its matmuls in autocast's dtype, the log-sum-exp in fp32) that never materialises the
@@ -258,7 +306,7 @@ class GPT(nn.Module):
         vocabulary (``config.vocab_pad``) is invisible here: ``logits`` has the true ``vocab_size``
         columns and the pad rows never enter the loss.
         """
-        x = self.hidden_states(idx, cache=cache, position_ids=position_ids, mask=mask, last_only=last_only)
+        x = self.hidden_states(idx, cache=cache, position_ids=position_ids, mask=mask, last_only=last_only, input_pos=input_pos)
         vocab = self.config.vocab_size
         if targets is not None and not return_logits and type(self.head) is nn.Linear:
             # fused head + loss; a wrapped head (e.g. LoRA) takes the plain path

@@ -5,7 +5,11 @@ The one sampling function of gptlab: the CLI, the generate stage and the server 
 
 Prompts of different lengths are left-padded; each row's positions start at 0 at its first
 real token and padded keys are masked, so a prompt gives the same tokens alone or in a batch.
-With the cache each step feeds one position; once a sequence outgrows ``context_length`` the
+With the cache, a prefill pass fills a preallocated :class:`~gptlab.model.KVCache` (its length
+bucketed by :func:`cache_length`) and each later step feeds one position through
+``model.decode``, a step of static shapes (the token is written at its cache column, attention
+runs over every column under a mask), which :func:`gptlab.inference.prepare` may replace with a
+compiled one. Once a sequence outgrows ``context_length`` the
 window slides and is recomputed in full, exactly as uncached generation crops it (learned
 absolute positions cannot be shifted; RoPE models get the same per-row positions through
 ``position_ids`` and the same recompute, which keeps cached == uncached exact; a rolling RoPE
@@ -121,6 +125,17 @@ def _sample_rows(logits: torch.Tensor, rows: Sequence[Row], history: History) ->
     return out
 
 
+CACHE_BUCKET = 256
+"""The KV cache's length is rounded up to a multiple of this (at most the context length), so a
+compiled decode step sees few distinct shapes across prompts and is not recompiled for each."""
+
+
+def cache_length(needed: int, context_length: int) -> int:
+    """The columns of a KV cache for ``needed`` positions: ``needed`` rounded up to a multiple
+    of :data:`CACHE_BUCKET`, at most ``context_length``."""
+    return min(context_length, -(-needed // CACHE_BUCKET) * CACHE_BUCKET)
+
+
 def _positions(valid: torch.Tensor) -> torch.Tensor:
     """Per-row position ids of a window: (batch, width) bool -> (batch, width) int64."""
     return (valid.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -186,31 +201,40 @@ def stream(
     ends = torch.as_tensor(budgets, device=device)  # a row stops after this many tokens
     active = torch.ones(B, dtype=torch.bool, device=device)
     cache: KVCache | None = None
-    dtype = next(model.parameters()).dtype
+    kv_valid: torch.Tensor | None = None  # (batch, cache.max_len) bool: the cache columns a query may see
+    dtype = model.tok_emb.weight.dtype
     count = torch.zeros(B, dtype=torch.long, device=device)  # valid tokens in the current window
 
     n = width
     for step in range(budget):
-        if use_cache and cache is not None and n <= ctx:
-            lo = n - cache.length - 1
+        if cache is not None and n <= ctx:
+            # one token through the static-shape step; a cache starts at column 0 (made before the
+            # window slides), so the token's cache column is its buffer column n-1
+            col = n - 1
+            kv_valid[:, col] = valid[:, col]
             position = (count - 1).clamp(min=0)[:, None]
-            logits, _ = model(buf[:, n - 1 : n], cache=cache, position_ids=position, mask=_mask(valid[:, lo:n], 1))
+            input_pos = torch.tensor([col], dtype=torch.long, device=device)
+            logits = model.decode(buf[:, n - 1 : n], cache, input_pos, position, kv_valid[:, None, None, :])
         else:
             lo = max(0, n - ctx)
             window, win_valid = buf[:, lo:n], valid[:, lo:n]
-            if use_cache:
-                cache = KVCache(model.config, B, min(ctx, window.size(1) + budget - step), device, dtype)
+            cache = None
+            if use_cache and n < ctx:  # past the context every step recomputes its window: no cache
+                cache = KVCache(model.config, B, cache_length(window.size(1) + budget - step, ctx), device, dtype)
+                kv_valid = torch.zeros(B, cache.max_len, dtype=torch.bool, device=device)
+                kv_valid[:, : window.size(1)] = win_valid
             mask = _mask(win_valid, window.size(1))
             logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
+            logits = logits[:, -1]
             count = win_valid.sum(dim=1)
-        if step == 0 and not bool(torch.isfinite(logits[:, -1]).all()):
+        if step == 0 and not bool(torch.isfinite(logits).all()):
             raise NonFiniteLogits("the model gives NaN or infinite logits: its weights are broken; convert, download or train it again")
         if rows is not None:
-            nxt = _sample_rows(logits[:, -1], rows, history)
+            nxt = _sample_rows(logits, rows, history)
         elif penalized:
-            nxt = sample_next(logits[:, -1], cfg, generator, history)
+            nxt = sample_next(logits, cfg, generator, history)
         else:
-            nxt = sample_next(logits[:, -1], cfg, generator)
+            nxt = sample_next(logits, cfg, generator)
         nxt = torch.where(active, nxt, torch.full_like(nxt, pad_token))
         yield nxt, active.clone()
         for (tokens, _), t, a in zip(history, nxt.tolist(), active.tolist()):

@@ -80,17 +80,24 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class GenerateParams(SamplingConfig):
     """The ``generate`` section: the sampling of the test responses (a :class:`SamplingConfig`),
-    plus batching and the device."""
+    plus batching, the device, and the inference weights and compiled decode
+    (:func:`gptlab.inference.prepare`)."""
 
     batch_size: int = 16
     """test prompts answered together (>= 1)"""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps"""
+    weights: Literal["fp32", "bf16", "int8"] = "fp32"
+    """the weights the model answers with, made at load time from its fp32 safetensors: fp32 (as stored), bf16 (cast) or int8 (weight-only, one scale per output channel)"""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the one-token decode step (static KV cache; CUDA graphs on a GPU): auto (on CUDA only, where it pays), true or false"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.batch_size < 1:
             raise ParamsError(f"batch_size={self.batch_size} is impossible: must be >= 1")
+        if self.weights not in ("fp32", "bf16", "int8"):
+            raise ParamsError(f"weights={self.weights!r} is unknown; choose fp32, bf16 or int8")
 
 
 JUDGE_PLACEHOLDERS = ("prompt", "instruction", "input", "output", "response")

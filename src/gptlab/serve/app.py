@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gptlab import __version__
 from gptlab.data.prompts import model_prompt_style
 from gptlab.errors import GptlabError
+from gptlab.inference import prepare
 from gptlab.lora import load_merged
 from gptlab.model import GPT
 from gptlab.serve import ollama, openai
@@ -143,17 +144,19 @@ def build_app(
     allowed_hosts: Iterable[str] = (),
     allowed_origins: Iterable[str] = (),
     max_batch: int = DEFAULT_MAX_BATCH,
+    weights: str = "fp32",
+    compile: bool | str = "auto",
 ) -> FastAPI:
     """Return the app serving the checkpoint in ``model_dir`` (CPU); ``max_batch``: requests generated together at most.
 
     With ``adapter_dir`` the LoRA adapters there are loaded and merged into the weights
-    first. ``model_name`` defaults to the folder's name (``models/finetuned`` -> ``finetuned``).
+    first; ``weights`` and ``compile`` are those of :func:`gptlab.inference.prepare`. ``model_name`` defaults to the folder's name (``models/finetuned`` -> ``finetuned``).
     Chat prompts take the prompt style recorded in ``model_dir`` (as fine-tuned), if any.
     """
     model, tokenizer = load_merged(model_dir, adapter_dir)
     name = model_name or Path(model_dir).resolve().name
     return create_app(
-        model.eval(),
+        prepare(model, weights, compile),
         tokenizer,
         name,
         max_body_bytes=max_body_bytes,
@@ -225,8 +228,12 @@ def serve(
     allowed_origins: Iterable[str] | None = None,
     grace_s: float = DEFAULT_GRACE_S,
     max_batch: int = DEFAULT_MAX_BATCH,
+    weights: str = "fp32",
+    compile: bool | str = "auto",
 ) -> None:
     """Serve the model in ``model_dir`` on ``host:port`` until interrupted (Ctrl-C, SIGTERM); returns None.
+
+    ``weights`` (fp32, bf16, int8) and ``compile`` (auto, True, False) are those of :func:`gptlab.inference.prepare`.
 
     On shutdown, requests in flight get ``grace_s`` seconds to finish; then they end with their final chunks.
     Up to ``max_batch`` requests are generated together (newcomers join at the next token); more wait in order.
@@ -242,7 +249,16 @@ def serve(
         torch.set_num_threads(threads)
     hosts = default_allowed_hosts(host, allowed_hosts)
     app = build_app(
-        model_dir, adapter_dir, model_name, max_body_bytes, max_tokens_limit, allowed_hosts=hosts, allowed_origins=allowed_origins or (), max_batch=max_batch
+        model_dir,
+        adapter_dir,
+        model_name,
+        max_body_bytes,
+        max_tokens_limit,
+        allowed_hosts=hosts,
+        allowed_origins=allowed_origins or (),
+        max_batch=max_batch,
+        weights=weights,
+        compile=compile,
     )
     sock = _bind(host, port)
     try:
