@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gptlab.pipeline import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
@@ -86,7 +88,7 @@ def scratch(tmp_path_factory):
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_the_outputs(scratch):
     project, _, out = scratch
-    for stage in ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "tokenizer.json", "train-00000.bin", "val-00000.bin"]
     assert (project / "models" / "pretrained" / "tokenizer.json").read_bytes() == (project / "data" / "shards" / "tokenizer.json").read_bytes()

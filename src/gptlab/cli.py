@@ -1,7 +1,7 @@
 """The ``gptlab`` command: the pipeline's stages by name, plus a few tools.
 
 ``gptlab <stage>`` (download, tokenize, pretrain, instructions, download_checkpoint, convert,
-finetune, generate, litgpt, score) runs ``stages/<stage>.py`` of the project in the current
+finetune, generate, generate_base, reference_loss, reference_loss_base, litgpt, score) runs ``stages/<stage>.py`` of the project in the current
 folder, exactly as ``dvc repro`` does (``--params FILE``, ``-S key=value`` overrides). The
 tools: ``sample`` (continue a prompt, streaming), ``chat`` (talk to a model), ``convert --model`` (one model into another
 format), ``serve``, ``encode``, ``clean``.
@@ -39,8 +39,11 @@ STAGE_HELP = {
     "convert": "build models/base from convert.source; or, with --model, convert one model to another format",
     "finetune": "instruction fine-tuning (LoRA or full) of models/base",
     "generate": "answer every test instruction with the fine-tuned model (data/responses.json)",
+    "generate_base": "answer every test instruction with the base model, in the fine-tuning prompt style (data/responses_base.json)",
+    "reference_loss": "the fine-tuned model's loss on each test reference output (data/reference_loss.json)",
+    "reference_loss_base": "the base model's loss on each test reference output (data/reference_loss_base.json)",
     "litgpt": "the litgpt track: the same split fine-tuned and answered by litgpt (params litgpt)",
-    "score": "score the responses: offline metrics and an optional LLM judge (params score)",
+    "score": "score the responses: offline metrics with bootstrap intervals, fine-tuned minus base, an optional LLM judge (params score)",
 }
 
 
