@@ -4,7 +4,7 @@
 finetune, generate, generate_base, reference_loss, reference_loss_base, litgpt, score) runs ``stages/<stage>.py`` of the project in the current
 folder, exactly as ``dvc repro`` does (``--params FILE``, ``-S key=value`` overrides). The
 tools: ``sample`` (continue a prompt, streaming), ``chat`` (talk to a model), ``convert --model`` (one model into another
-format), ``serve``, ``encode``, ``clean``.
+format), ``serve``, ``compare`` (experiments with their score intervals), ``encode``, ``clean``.
 
 Bad input ends the command with one line ``gptlab: error: ...`` on stderr and exit code 2;
 anything else is a bug and keeps its traceback.
@@ -27,6 +27,7 @@ from gptlab.lora import load_merged
 from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
 from gptlab.sampling import NonFiniteLogits, SamplingConfig
+from gptlab.score.compare import compare
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.retention import clean_checkpoints
 
@@ -75,6 +76,10 @@ def _chat(args: argparse.Namespace) -> None:
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     print(f"chat: {args.model} ({style} prompts); /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer", flush=True)
     chat_loop(model, tok, Conversation(tok, style, model.config.context_length, args.max_new_tokens, args.system), cfg)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    sys.stdout.write(compare(args.experiments))
 
 
 def _sampling_options(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
@@ -186,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace", type=float, default=10.0, metavar="S", help="on SIGTERM/Ctrl-C, seconds requests in flight may run on before they are ended")
     p.set_defaults(fn=_serve)
+
+    p = sub.add_parser(
+        "compare",
+        help="experiments side by side (dvc exp show): changed params, F1/ROUGE-L/loss with intervals, * where fine-tuned - base excludes 0",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("experiments", nargs="*", metavar="EXP", help="experiment names or baseline branches (none: the workspace and its baseline)")
+    p.set_defaults(fn=_compare)
 
     p = sub.add_parser("encode", help="print the token ids of a text", formatter_class=HelpFormatter)
     p.add_argument("text", help="the text to encode")
