@@ -193,3 +193,47 @@ def test_gptlab_serve_command(model_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_pair_gets_a_paired_difference_and_a_table_that_says_which_is_better(tmp_path):
+    """Fine-tuned answers with the reference's first words, base with the whole reference and
+    more: fine-tuned wins F1 and ROUGE-L by being shorter alone; at matched length they tie."""
+    refs = [f"the answer to question {i} is {i} and nothing more than {i}" for i in range(30)]
+    base_ = [
+        dict(
+            instruction=f"Q{i}",
+            input="",
+            output=r,
+            response=f"{r} and then some words that are not in it, said at length to fill the answer with more than was asked for {i}",
+        )
+        for i, r in enumerate(refs)
+    ]
+    tuned = [dict(r, response=" ".join(r["output"].split()[: 6 + i % 3])) for i, r in enumerate(base_)]
+    write(tmp_path, "loss.json", {"loss": [1.0 + i / 100 for i in range(30)]})
+    write(tmp_path, "loss_base.json", {"loss": [1.2 + i / 100 for i in range(30)]})
+    engines = {
+        "finetuned": (write(tmp_path, "ft.json", tuned), tmp_path / "loss.json"),
+        "base": (write(tmp_path, "base.json", base_), tmp_path / "loss_base.json"),
+    }
+    m = score_responses(engines, ScoreParams(), tmp_path / "s.csv", tmp_path / "s.json", pair=("finetuned", "base"), table_path=tmp_path / "score.md")
+    d = m["diff"]
+    assert d["squad_token_f1"] > 0 and d["squad_token_f1_significant"] is True
+    assert d["squad_token_f1_matched"] == 0.0 and d["squad_token_f1_matched_significant"] is False
+    assert d["loss"] == pytest.approx(-0.2) and d["loss_high"] < 0 and d["loss_significant"] is True
+    assert m["finetuned"]["squad_token_precision"] == 1.0 and m["base"]["squad_token_recall"] == 1.0
+    assert m["finetuned"]["length_ratio"] < 1 < m["base"]["length_ratio"]
+    assert json.loads((tmp_path / "s.json").read_text())["diff"] == d
+    table = (tmp_path / "score.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert rows["token F1 (higher is better)"][1] == "**fine-tuned**" and rows["token F1 (higher is better)"][5] == "yes |"
+    assert rows["token F1 at matched length (higher is better)"][1] == "neither" and rows["token F1 at matched length (higher is better)"][5] == "no |"
+    assert rows["reference loss, nats/token (lower is better)"][1] == "**fine-tuned**"
+    assert "30 test records" in table and "2,000 resamples, seed 1337" in table
+    assert list(pd.read_csv(tmp_path / "s.csv")["squad_token_f1_matched"][:30]) == list(pd.read_csv(tmp_path / "s.csv")["squad_token_f1_matched"][30:])
+
+
+def test_a_pair_of_different_splits_is_refused(tmp_path):
+    other = [dict(r, instruction=r["instruction"] + "?") for r in RESPONSES]
+    engines = {"finetuned": (write(tmp_path, "a.json", RESPONSES), None), "base": (write(tmp_path, "b.json", other), None)}
+    with pytest.raises(GptlabError, match="record 0 differs between finetuned and base responses"):
+        score_responses(engines, ScoreParams(), tmp_path / "s.csv", tmp_path / "s.json", pair=("finetuned", "base"))

@@ -14,7 +14,7 @@ LABELS = {
     "squad_token_f1": "token F1",
     "squad_token_f1_matched": "token F1 at matched length",
     "rougeL_f1": "ROUGE-L F1",
-    "loss": "reference loss (nats/token)",
+    "loss": "reference loss, nats/token",
 }
 DISPLAY = {"finetuned": "fine-tuned", "base": "base", "litgpt": "litgpt"}
 
