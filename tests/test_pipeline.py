@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gptlab.pipeline import STAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
@@ -86,7 +88,7 @@ def scratch(tmp_path_factory):
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_the_outputs(scratch):
     project, _, out = scratch
-    for stage in ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert sorted(p.name for p in (project / "data" / "shards").iterdir()) == ["meta.json", "tokenizer.json", "train-00000.bin", "val-00000.bin"]
     assert (project / "models" / "pretrained" / "tokenizer.json").read_bytes() == (project / "data" / "shards" / "tokenizer.json").read_bytes()
@@ -114,8 +116,14 @@ def test_metrics_show_only_comparable_figures(scratch):
 
     for path, data in shown[""]["data"].items():
         walk(path, data["data"])
-    assert len(flat) <= 30, sorted(flat)
+    score = [k for k in flat if k.startswith("metrics/score.json.")]
+    assert len(flat) - len(score) <= 20, sorted(flat)
+    # per engine 15 (means, precision/recall, lengths, F1 at matched length, 95% bounds); diff 16
+    assert len(score) <= 46, sorted(score)
     for key, value in flat.items():
+        if key.endswith("_significant"):  # the fine-tuned minus base interval excludes 0
+            assert isinstance(value, bool), key
+            continue
         assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}={value!r} is not a figure to compare"
     assert any(k.endswith("val_loss") for k in flat) and any(k.endswith("base_val_loss") for k in flat)
 
@@ -129,11 +137,21 @@ def test_noop_then_partial_reruns(scratch):
     write_params(project, params)
     before = {name: sha256(project / "data" / name) for name in ("responses.json", "responses_base.json")}
     out = dvc(project, "repro")
-    assert "Running stage 'generate'" in out
+    assert "Running stage 'generate'" in out and "Running stage 'generate_base'" in out
     assert "Running stage 'finetune'" not in out and "Running stage 'pretrain'" not in out
+    assert "Running stage 'reference_loss'" not in out and "Running stage 'reference_loss_base'" not in out  # no generation param
     # score reruns exactly when the responses it reads changed (a tiny model may answer the same)
     changed = any(sha256(project / "data" / name) != digest for name, digest in before.items())
     assert ("Running stage 'score'" in out) == changed
+    assert "Data and pipelines are up to date" in dvc(project, "repro")
+    # a fine-tune experiment: the base neither answers again nor has its loss recomputed
+    base_files = {name: sha256(project / "data" / name) for name in ("responses_base.json", "reference_loss_base.json")}
+    params["finetune"].update(max_steps=3)
+    write_params(project, params)
+    out = dvc(project, "repro")
+    assert "Running stage 'finetune'" in out and "Running stage 'reference_loss'" in out
+    assert "Running stage 'generate_base'" not in out and "Running stage 'reference_loss_base'" not in out
+    assert {name: sha256(project / "data" / name) for name in base_files} == base_files
     assert "Data and pipelines are up to date" in dvc(project, "repro")
     # one line of a module only pretrain imports reruns pretrain and what follows, not tokenize
     plots = project / "src" / "gptlab" / "plots.py"

@@ -1,10 +1,10 @@
 """The ``gptlab`` command: the pipeline's stages by name, plus a few tools.
 
 ``gptlab <stage>`` (download, tokenize, pretrain, instructions, download_checkpoint, convert,
-finetune, generate, litgpt, score) runs ``stages/<stage>.py`` of the project in the current
+finetune, generate, generate_base, reference_loss, reference_loss_base, litgpt, score) runs ``stages/<stage>.py`` of the project in the current
 folder, exactly as ``dvc repro`` does (``--params FILE``, ``-S key=value`` overrides). The
 tools: ``sample`` (continue a prompt, streaming), ``chat`` (talk to a model), ``convert --model`` (one model into another
-format), ``serve``, ``encode``, ``clean``.
+format), ``serve``, ``compare`` (experiments with their score intervals), ``encode``, ``clean``.
 
 Bad input ends the command with one line ``gptlab: error: ...`` on stderr and exit code 2;
 anything else is a bug and keeps its traceback.
@@ -30,6 +30,7 @@ from gptlab.lora import load_merged
 from gptlab.params import load_params
 from gptlab.pipeline import STAGES, HelpFormatter, load_stage, run_cli, stage_main
 from gptlab.sampling import NonFiniteLogits, SamplingConfig
+from gptlab.score.compare import compare
 from gptlab.tokenizer import load_tokenizer
 from gptlab.train.retention import clean_checkpoints
 
@@ -42,8 +43,11 @@ STAGE_HELP = {
     "convert": "build models/base from convert.source; or, with --model, convert one model to another format",
     "finetune": "instruction fine-tuning (LoRA or full) of models/base",
     "generate": "answer every test instruction with the fine-tuned model (data/responses.json)",
+    "generate_base": "answer every test instruction with the base model, in the fine-tuning prompt style (data/responses_base.json)",
+    "reference_loss": "the fine-tuned model's loss on each test reference output (data/reference_loss.json)",
+    "reference_loss_base": "the base model's loss on each test reference output (data/reference_loss_base.json)",
     "litgpt": "the litgpt track: the same split fine-tuned and answered by litgpt (params litgpt)",
-    "score": "score the responses: offline metrics and an optional LLM judge (params score)",
+    "score": "score the responses: offline metrics with bootstrap intervals, fine-tuned minus base, an optional LLM judge (params score)",
 }
 
 
@@ -77,6 +81,10 @@ def _chat(args: argparse.Namespace) -> None:
     cfg = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     print(f"chat: {args.model} ({style} prompts); /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops an answer", flush=True)
     chat_loop(model, tok, Conversation(tok, style, model.config.context_length, args.max_new_tokens, args.system), cfg)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    sys.stdout.write(compare(args.experiments))
 
 
 def _sampling_options(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
@@ -216,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _inference_options(p)
     p.set_defaults(fn=_serve)
+
+    p = sub.add_parser(
+        "compare",
+        help="experiments side by side (dvc exp show): changed params, F1/ROUGE-L/loss with intervals, * where fine-tuned - base excludes 0",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("experiments", nargs="*", metavar="EXP", help="experiment names or baseline branches (none: the workspace and its baseline)")
+    p.set_defaults(fn=_compare)
 
     p = sub.add_parser("encode", help="print the token ids of a text", formatter_class=HelpFormatter)
     p.add_argument("text", help="the text to encode")

@@ -36,7 +36,21 @@ from gptlab.params import Params, load_params
 from gptlab.params.docs import params_help
 
 # The stages of dvc.yaml, in pipeline order (each is stages/<name>.py and `gptlab <name>`).
-STAGES = ("download", "tokenize", "pretrain", "instructions", "download_checkpoint", "convert", "finetune", "generate", "litgpt", "score")
+STAGES = (
+    "download",
+    "tokenize",
+    "pretrain",
+    "instructions",
+    "download_checkpoint",
+    "convert",
+    "finetune",
+    "generate",
+    "generate_base",
+    "reference_loss",
+    "reference_loss_base",
+    "litgpt",
+    "score",
+)
 LOCK_WAIT_S = 10.0  # a second run of a stage waits this long for the first (e.g. one saving after SIGTERM) to end
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 

@@ -119,13 +119,14 @@ def test_a_chat_style_without_a_template_or_an_unknown_style_is_a_one_line_error
         model_prompt_style(odd)
 
 
-def test_score_takes_the_reference_loss_in_the_recorded_style(book_model, monkeypatch):
-    import gptlab.score.report
-    from gptlab.params import ScoreParams
-    from gptlab.score.report import score_engine
+def test_the_reference_loss_is_taken_in_the_style_given(book_model, tmp_path, monkeypatch):
+    import gptlab.score.reference_loss
+    from gptlab.score.reference_loss import reference_loss_file
 
+    (tmp_path / "test.json").write_text(json.dumps([RECORDS[0]]))
     seen = []
-    monkeypatch.setattr(gptlab.score.report, "reference_loss", lambda model, tok, records, style, batch: seen.append(style) or [0.0] * len(records))
-    score_engine([{**RECORDS[0], "response": "Red."}], ScoreParams(), book_model)
-    score_engine([{**RECORDS[0], "response": "Red."}], ScoreParams(), book_model, style="alpaca")
+    monkeypatch.setattr(gptlab.score.reference_loss, "reference_loss", lambda model, tok, records, style, batch: seen.append(style) or [0.0] * len(records))
+    reference_loss_file(book_model, tmp_path / "test.json", tmp_path / "loss.json", model_prompt_style(book_model, "alpaca"))
+    reference_loss_file(book_model, tmp_path / "test.json", tmp_path / "loss.json", "alpaca")
     assert seen == ["book", "alpaca"]
+    assert json.loads((tmp_path / "loss.json").read_text())["prompt_style"] == "alpaca"

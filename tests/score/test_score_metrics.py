@@ -10,16 +10,19 @@ from gptlab.data.prompts import format_prompt
 from gptlab.errors import GptlabError
 from gptlab.score import metrics
 from gptlab.score.metrics import (
+    length_ratio,
+    matched_length_f1,
     normalise,
     record_metrics,
-    reference_loss,
     response_of,
     rouge_f1,
     spearman,
     squad_exact_match,
     squad_token_f1,
+    squad_token_prf,
     summarise,
 )
+from gptlab.score.reference_loss import reference_loss
 from gptlab.tokenizer import gpt2
 from tests.helpers.models import tiny_gpt2
 from tests.helpers.records import INSTRUCTIONS
@@ -96,11 +99,14 @@ def test_record_metrics_and_response_keys():
     assert m == {
         "squad_exact_match": 1.0,
         "squad_token_f1": 1.0,
+        "squad_token_precision": 1.0,
+        "squad_token_recall": 1.0,
         "rougeL_f1": pytest.approx(6 / 7),  # [sum is 5] vs [the sum is 5]: P 1, R 3/4
         "rouge1_f1": pytest.approx(6 / 7),
         "rouge2_f1": pytest.approx(0.8),  # 2 of 2 and 2 of 3 bigrams
         "response_words": 3,
         "response_chars": 8,
+        "length_ratio": 1.0,  # SQuAD-normalised: "the" is dropped from the reference
         "empty": False,
     }
     blank = record_metrics({"output": "Paris", "model_response": "  \n"})
@@ -108,6 +114,32 @@ def test_record_metrics_and_response_keys():
     assert response_of({"response": None}) == ""
     with pytest.raises(GptlabError, match="record 4 has no model response.*generate stage"):
         response_of({"output": "x"}, 4)
+
+
+def test_precision_recall_and_length_ratio_by_hand():
+    # reference [paris is capital of france] (5 words); response [capital is paris city of lights] (6 words)
+    # overlap {capital, is, paris, of} = 4: P 4/6, R 4/5, F1 2PR/(P+R) = 8/11
+    p, r, f1 = squad_token_prf("The capital is Paris, city of lights.", "Paris is the capital of France.")
+    assert (p, r, f1) == (pytest.approx(4 / 6), pytest.approx(4 / 5), pytest.approx(8 / 11))
+    assert squad_token_f1("The capital is Paris, city of lights.", "Paris is the capital of France.") == pytest.approx(8 / 11)
+    assert squad_token_prf("", "") == (1.0, 1.0, 1.0) and squad_token_prf("", "Paris") == (0.0, 0.0, 0.0)
+    assert length_ratio("one two three four", "one two") == 2.0 and math.isnan(length_ratio("x", "the"))
+
+
+def test_a_model_that_wins_f1_only_by_being_shorter_does_not_win_at_matched_length():
+    """Engine S answers with the reference's first words; engine L says the whole reference, then
+    goes on. S wins token F1 (precision), but cut to the same length the answers are the same."""
+    reference = "the capital of france is paris and it lies on the seine"
+    short, long = (
+        "capital of france is paris",
+        reference + " which flows through the city into the english channel at le havre and then out to the open sea for many miles",
+    )
+    assert squad_token_f1(short, reference) > squad_token_f1(long, reference)
+    f_short, f_long = matched_length_f1(short, long, reference)
+    assert f_short == f_long == squad_token_f1(short, reference)
+    # a shorter answer that is also *better* content keeps its lead at matched length
+    wrong_long = "berlin is the capital of germany on the spree " * 3
+    assert matched_length_f1(short, wrong_long, reference)[0] > matched_length_f1(short, wrong_long, reference)[1]
 
 
 def _manual_loss(model, tok, record):

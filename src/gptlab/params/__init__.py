@@ -34,12 +34,13 @@ def _yaml(text: str):
 
 
 from gptlab.params.data import DownloadParams, InstructionsParams, SourceFile, SourceParams, TokenizeParams
-from gptlab.params.evaluation import GenerateParams, JudgeParams, ScoreParams
+from gptlab.params.evaluation import BootstrapParams, GenerateParams, JudgeParams, ScoreParams
 from gptlab.params.litgpt import LitgptParams
 from gptlab.params.loader import from_dict
 from gptlab.params.training import ConvertParams, FinetuneParams, LoopParams, LoraParams, ModelParams, PretrainParams
 
 __all__ = [
+    "BootstrapParams",
     "ConvertParams",
     "DownloadParams",
     "FinetuneParams",
@@ -78,11 +79,11 @@ class Params:
     instructions: InstructionsParams = field(default_factory=InstructionsParams)
     """the instructions stage"""
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
-    """the finetune stage (generate and score read its prompt_style)"""
+    """the finetune stage (generate_base and reference_loss_base read its prompt_style)"""
     generate: GenerateParams = field(default_factory=GenerateParams)
     """the generate stage"""
     score: ScoreParams = field(default_factory=ScoreParams)
-    """the score stage"""
+    """the score stage (the reference_loss stages read its loss_batch_size)"""
     litgpt: LitgptParams = field(default_factory=LitgptParams)
     """the litgpt track (score reads its enabled)"""
     seed: int = 1337

@@ -160,13 +160,36 @@ def _check_template(template: str) -> None:
 
 
 @dataclass(frozen=True)
+class BootstrapParams:
+    """The ``score.bootstrap`` section: the percentile bootstrap of per-record scores (each
+    engine's mean and the paired fine-tuned minus base difference; gptlab.score.bootstrap)."""
+
+    samples: int = 2000
+    """resamples of the test records (>= 100; 2,000 puts the 95% bounds within ~0.002 of their limit on 99 records)"""
+    seed: int = 1337
+    """seed of the resampling (numpy PCG64): the same seed and scores give the same intervals"""
+    confidence: float = 0.95
+    """the interval's coverage, strictly between 0 and 1 (0.95: the 2.5th to 97.5th percentile)"""
+
+    def __post_init__(self) -> None:
+        if self.samples < 100:
+            raise ParamsError(f"samples={self.samples} is too few for percentile bounds: use >= 100 (e.g. 2000)")
+        if not 0 < self.confidence < 1:
+            raise ParamsError(f"confidence={self.confidence} is impossible: must be strictly between 0 and 1, e.g. 0.95")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise ParamsError(f"seed={self.seed} is impossible: must be an integer from 0 to {2**32 - 1}")
+
+
+@dataclass(frozen=True)
 class ScoreParams:
     """The ``score`` section: offline metrics always, plus an optional LLM judge."""
 
     judge: JudgeParams = field(default_factory=JudgeParams)
     """the optional LLM judge"""
+    bootstrap: BootstrapParams = field(default_factory=BootstrapParams)
+    """the bootstrap intervals of the means and of the fine-tuned minus base difference"""
     loss_batch_size: int = 8
-    """batch size of the model's loss on the reference outputs (>= 1)"""
+    """batch size of the model's loss on the reference outputs (>= 1; the reference_loss stages read it)"""
 
     def __post_init__(self) -> None:
         if self.loss_batch_size < 1:

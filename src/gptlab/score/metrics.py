@@ -4,9 +4,11 @@ Text metrics under the names the literature uses: SQuAD's exact match and token 
 (``squad_exact_match``, ``squad_token_f1``: SQuAD-normalised word tokens, as the official
 SQuAD v1.1 script) and ROUGE-1/2/L F1 (``rouge1_f1``, ``rouge2_f1``, ``rougeL_f1``) from
 Google's maintained ``rouge-score`` package (its own tokenizer, no stemming: the default of
-``rouge-score`` and of Hugging Face ``evaluate``'s ``rouge``). :func:`reference_loss` measures
-how likely the model finds the reference output (nats/token); :func:`summarise` turns a
-per-record table into the figures of ``metrics/score.json``.
+``rouge-score`` and of Hugging Face ``evaluate``'s ``rouge``); beside F1 its precision and
+recall, the response/reference length ratio, and :func:`matched_length_f1`, which compares two
+engines' answers cut to the same length so that being shorter cannot win alone.
+:func:`summarise` turns a per-record table into the figures of ``metrics/score.json`` (the
+reference loss, a forward pass, is :mod:`gptlab.score.reference_loss`).
 
 A record is an Alpaca dict (``instruction``, ``input``, ``output``) plus the model's
 ``response`` (the LLMs-from-scratch key ``model_response`` is accepted too).
@@ -17,20 +19,12 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
 from functools import cache
 
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
-from gptlab.data.instructions import collate
-from gptlab.data.prompts import encode_prompt, format_example
 from gptlab.errors import GptlabError
-from gptlab.model import GPT
-from gptlab.progress import progress
-from gptlab.tokenizer import Tokenizer
 
 RESPONSE_KEYS = ("response", "model_response")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -60,16 +54,52 @@ def squad_exact_match(prediction: str, reference: str) -> float:
     return float(normalise(prediction) == normalise(reference))
 
 
+def squad_token_counts(prediction: str, reference: str) -> tuple[int, int, int]:
+    """Return ``(overlap, prediction words, reference words)`` of the SQuAD-normalised word bags
+    (overlap: words in common, counted with multiplicity)."""
+    pred, ref = normalise(prediction).split(), normalise(reference).split()
+    return sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref)
+
+
+def squad_token_prf(prediction: str, reference: str) -> tuple[float, float, float]:
+    """Return SQuAD token ``(precision, recall, f1)`` (each 0..1): precision = overlap / response
+    words, recall = overlap / reference words. When either text is empty all three are 1.0 if
+    both are, else 0.0 (the official script's rule for F1)."""
+    overlap, n_pred, n_ref = squad_token_counts(prediction, reference)
+    if not n_pred or not n_ref:
+        same = float(n_pred == n_ref)
+        return same, same, same
+    if overlap == 0:
+        return 0.0, 0.0, 0.0
+    precision, recall = overlap / n_pred, overlap / n_ref
+    return precision, recall, 2 * precision * recall / (precision + recall)
+
+
 def squad_token_f1(prediction: str, reference: str) -> float:
     """Return the SQuAD token-level F1 (0..1) of the normalised word bags; 1.0 if both are empty."""
-    pred, ref = normalise(prediction).split(), normalise(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    overlap = sum((Counter(pred) & Counter(ref)).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return squad_token_prf(prediction, reference)[2]
+
+
+def length_ratio(prediction: str, reference: str) -> float:
+    """Return response words / reference words (SQuAD-normalised; NaN for an empty reference):
+    1.0 is an answer as long as the reference, 2.0 twice as long."""
+    n_pred, n_ref = len(normalise(prediction).split()), len(normalise(reference).split())
+    return n_pred / n_ref if n_ref else float("nan")
+
+
+def matched_length_f1(a: str, b: str, reference: str) -> tuple[float, float]:
+    """Return the SQuAD token F1 of responses ``a`` and ``b`` against ``reference`` after cutting
+    both to the first k normalised words, k the shorter answer's length.
+
+    A length control for a paired comparison: token F1 rewards an answer for stopping early
+    (precision) as much as for covering the reference (recall), so an engine can win F1 by
+    answering shorter alone. At matched length neither answer is shorter, so the comparison
+    is of what each says in its first k words: an answer that is the other's prefix scores the
+    same, one that says something else in as many words scores differently.
+    """
+    words_a, words_b = normalise(a).split(), normalise(b).split()
+    k = min(len(words_a), len(words_b))
+    return squad_token_f1(" ".join(words_a[:k]), reference), squad_token_f1(" ".join(words_b[:k]), reference)
 
 
 @cache
@@ -89,78 +119,32 @@ def rouge_f1(prediction: str, reference: str) -> dict[str, float]:
 def record_metrics(record: dict) -> dict:
     """Return the text metrics of one record.
 
-    Keys: ``squad_exact_match`` (0/1), ``squad_token_f1``, ``rougeL_f1``, ``rouge1_f1``,
-    ``rouge2_f1`` (0..1), ``response_words`` (whitespace-separated words), ``response_chars``
-    (characters) and ``empty`` (bool: the response is blank).
+    Keys: ``squad_exact_match`` (0/1), ``squad_token_f1``, ``squad_token_precision``,
+    ``squad_token_recall``, ``rougeL_f1``, ``rouge1_f1``, ``rouge2_f1`` (0..1),
+    ``response_words`` (whitespace-separated words), ``response_chars`` (characters),
+    ``length_ratio`` (:func:`length_ratio`) and ``empty`` (bool: the response is blank).
     """
     response, reference = response_of(record), str(record.get("output", ""))
     rouge = rouge_f1(response, reference)
+    precision, recall, f1 = squad_token_prf(response, reference)
     return {
         "squad_exact_match": squad_exact_match(response, reference),
-        "squad_token_f1": squad_token_f1(response, reference),
+        "squad_token_f1": f1,
+        "squad_token_precision": precision,
+        "squad_token_recall": recall,
         "rougeL_f1": rouge["rougeL_f1"],
         "rouge1_f1": rouge["rouge1_f1"],
         "rouge2_f1": rouge["rouge2_f1"],
         "response_words": len(response.split()),
         "response_chars": len(response),
+        "length_ratio": length_ratio(response, reference),
         "empty": not response.strip(),
     }
 
 
-def _reference_ids(record: dict, tokenizer: Tokenizer, style: str, context: int, index: int) -> tuple[list[int], int]:
-    """Return ``(tokens, n_prompt)``: prompt + reference + end-of-text, cropped to ``context + 1``.
-
-    Too long a sequence loses prompt tokens from the left first (one is always kept); a reference
-    longer than the context itself is scored on its first ``context`` tokens.
-    """
-    if "instruction" not in record or "output" not in record:
-        raise GptlabError(f"record {index} lacks 'instruction' or 'output' (keys {list(record)[:6]}); reference_loss needs Alpaca records")
-    prompt_text, response = format_example({**record, "output": str(record["output"])}, style, tokenizer.chat_template)
-    prompt = encode_prompt(tokenizer, prompt_text, style)
-    target = tokenizer.encode_ordinary(response) + [tokenizer.eot_token]
-    excess = len(prompt) + len(target) - (context + 1)
-    if excess > 0:
-        prompt = prompt[min(excess, len(prompt) - 1) :]
-        target = target[: context + 1 - len(prompt)]
-    return prompt + target, len(prompt)
-
-
-@torch.inference_mode()
-def reference_loss(model: GPT, tokenizer: Tokenizer, records: Sequence[dict], style: str = "alpaca", batch_size: int = 8) -> list[float]:
-    """Return, per record, the mean cross-entropy (nats/token) of its reference output.
-
-    Teacher forcing on the training text of ``style`` (prompt + response + <|endoftext|>): the
-    prompt tokens are masked out, the reference tokens and the end-of-text token are scored.
-    ``exp`` of a value is that record's perplexity. Records are batched ``batch_size`` at a
-    time, in order of length, through :func:`gptlab.data.instructions.collate` (right-padded:
-    padding only follows the scored tokens, so causal attention ignores it); the head runs on the
-    scored positions only (its log-softmax over contiguous rows, which on the CPU is also closer
-    to a float64 reference than that of strided (batch, vocab, seq) logits: ~1e-5 against ~1e-4).
-    """
-    if batch_size < 1:
-        raise GptlabError(f"batch_size={batch_size} is impossible: must be >= 1")
-    model.eval()
-    device = next(model.parameters()).device
-    context = model.config.context_length
-    seqs = [_reference_ids(r, tokenizer, style, context, i) for i, r in enumerate(records)]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # batches of similar lengths: little padding
-    losses = [0.0] * len(seqs)
-    for start in progress(range(0, len(seqs), batch_size), desc="reference loss", unit="batch"):
-        batch = order[start : start + batch_size]
-        inputs, targets = collate([seqs[i] for i in batch], pad_id=tokenizer.eot_token, mask_prompt=True)
-        targets = targets.to(device)
-        scored = targets != -100
-        hidden = model.hidden_states(inputs.to(device))[scored]  # (scored tokens, emb_dim): no logits for prompts or padding
-        nll = F.cross_entropy(model.head(hidden)[:, : model.config.vocab_size].float(), targets[scored], reduction="none")
-        per_record = torch.zeros(len(batch), dtype=nll.dtype, device=device).index_add_(0, scored.nonzero()[:, 0], nll)
-        for i, loss in zip(batch, (per_record / scored.sum(dim=1)).tolist()):
-            losses[i] = loss
-    return losses
-
-
 # The per-engine means in metrics/score.json (the CSV has every column, also SQuAD exact match
 # and ROUGE-1/2): few enough that `dvc exp show` of several engines stays readable.
-MEAN_COLUMNS = ("squad_token_f1", "rougeL_f1", "response_words")
+MEAN_COLUMNS = ("squad_token_f1", "squad_token_precision", "squad_token_recall", "rougeL_f1", "response_words", "length_ratio")
 
 
 def summarise(df: pd.DataFrame) -> dict:
