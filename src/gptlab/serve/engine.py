@@ -27,6 +27,7 @@ from gptlab.tokenizer import Tokenizer
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DISCONNECT_POLL_S = 0.05  # how often a non-streaming request checks that its client is still there
 DEFAULT_MAX_BATCH = 8  # rows generated together (gptlab serve --max-batch)
+BATCH_LOG = 1024  # batch sizes remembered (Engine.batch_sizes)
 RESTART_TOKENS = 256  # a new batch may recompute this many tokens of the rows going on to let waiting requests in
 _SPARE_WAITERS = 64  # threads for requests waiting in the queue beyond one batch (more wait for a thread, in order)
 
@@ -250,7 +251,8 @@ class Engine:
         self.queue: deque[_Request] = deque()
         self.wakeup = threading.Condition()
         self.scheduler: threading.Thread | None = None
-        self.batch_sizes: list[int] = []  # rows of each batch the scheduler started (for tests and benchmarks)
+        # rows of each recent batch the scheduler started (for tests and benchmarks; bounded: a long-running server keeps the last BATCH_LOG)
+        self.batch_sizes: deque[int] = deque(maxlen=BATCH_LOG)
 
     @property
     def context_length(self) -> int:
