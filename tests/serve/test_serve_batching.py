@@ -185,4 +185,4 @@ def test_a_request_that_would_make_the_batch_outgrow_the_context_waits_its_turn(
     finally:
         engine.close()
     assert together == alone
-    assert engine.batch_sizes == [1, 2]  # the second waited for the first to finish; the third, which would fit, did not overtake it
+    assert list(engine.batch_sizes) == [1, 2]  # the second waited for the first to finish; the third, which would fit, did not overtake it
