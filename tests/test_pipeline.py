@@ -117,7 +117,8 @@ def test_metrics_show_only_comparable_figures(scratch):
     for path, data in shown[""]["data"].items():
         walk(path, data["data"])
     score = [k for k in flat if k.startswith("metrics/score.json.")]
-    assert len(flat) - len(score) <= 20, sorted(flat)
+    # training 13 (incl. base_val_loss, val_loss_gain), instructions 6, tokenize 3, convert 1
+    assert len(flat) - len(score) <= 23, sorted(flat)
     # per engine 15 (means, precision/recall, lengths, F1 at matched length, 95% bounds); diff 16
     assert len(score) <= 46, sorted(score)
     for key, value in flat.items():

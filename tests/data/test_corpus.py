@@ -95,7 +95,7 @@ def test_tokenize_corpus_end_to_end(corpus_dir, tmp_path):
     assert summary["documents"] == {"train": 4, "val": 1}
     saved = json.loads(metrics.read_text())
     # metrics hold comparable figures only (tokens/s is the machine's: in the summary); file names, checksums and the tokenizer are in meta.json
-    assert set(saved) == {"tokens"} and summary["tokens_per_s"] > 0
+    assert set(saved) == {"tokens", "vocab_size"} and saved["vocab_size"] == 50257 and summary["tokens_per_s"] > 0
     assert all(saved[k] == summary[k] for k in saved)
     assert set(meta["files"]) == {n for s in meta["splits"].values() for n in s["shards"]}
     assert all(len(f["crc32"]) == 8 for f in meta["files"].values())

@@ -81,12 +81,12 @@ def test_a_small_corpus_is_warned_about_and_its_val_minimum_is_seen(tmp_path, ca
     assert metrics["train_passes"] == pytest.approx(passes, abs=1e-3)
     # the curve shows the minimum early, and the rising-loss warning fires soon after it
     best = min(rows, key=lambda r: r["val_loss"])
-    assert len(rows) == 75 and best["step"] < 50 and rows[-1]["val_loss"] > best["val_loss"] + 0.3
+    assert len(rows) == 76 and rows[0]["step"] == 0 and best["step"] < 50  # step 0, then every 2 steps and rows[-1]["val_loss"] > best["val_loss"] + 0.3
     warned = first_rising_warning(out.out)
     assert warned is not None and best["step"] < warned <= best["step"] + 40, (best["step"], warned)
 
     _, old_rows, old = run(30, "every-30")  # the old default's ratio (850 / 170): five evaluations
-    assert [r["step"] for r in old_rows] == [30, 60, 90, 120, 150]
+    assert [r["step"] for r in old_rows] == [0, 30, 60, 90, 120, 150]
     old_warned = first_rising_warning(old.out)
     assert old_warned is None or old_warned >= warned + 40, (warned, old_warned)
 
@@ -110,6 +110,6 @@ def test_finetune_says_its_epochs_and_warns_past_five(tmp_path, capsys):
     assert "finetune: 12 steps = 6.00 epochs over the 6 train records; evaluating every 2 steps (eval_interval null" in out.out
     assert "finetune: warning: finetune.max_steps=12 makes 6.0 epochs over the 6 train records (more than 5)" in out.err
     assert "lower finetune.max_steps (e.g. to 10)" in out.err
-    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in rows] == [0, 2, 4, 6, 8, 10, 12]  # step 0: the base before any update
     assert json.loads((tmp_path / "live" / "metrics.json").read_text())["train_epochs"] == 6.0
     assert result.train.summary["eval_interval"] == 2

@@ -4,6 +4,10 @@ import dataclasses
 import hashlib
 import json
 import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +19,7 @@ from gptlab.params import FinetuneParams, PretrainParams
 from gptlab.rng import capture_rng, restore_rng, rng_from_json, rng_to_json
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import publish
-from gptlab.train.run import TrainResult, run_id
+from gptlab.train.run import TrainResult, code_sha256, run_id
 from gptlab.train.runtime import Distributed
 from gptlab.train.state import LoopState
 
@@ -73,6 +77,29 @@ def test_run_ids_are_the_hashes_existing_checkpoint_folders_are_named_by():
     }
     assert run_id("finetune", f, base="b", seed=0, data="d", val="v") == legacy({"base": "b", "finetune": keep, "seed": 0, "data": "d", "val": "v"})
     assert run_id("finetune", f, base="b", seed=0, data="d") == run_id("finetune", FinetuneParams(), base="b", seed=0, data="d")  # where, not what
+
+
+def test_a_run_id_changes_with_the_training_code_so_an_older_loops_checkpoint_is_not_resumed(tmp_path):
+    import gptlab
+
+    src = tmp_path / "src"
+    shutil.copytree(Path(gptlab.__file__).parent, src / "gptlab", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def shas() -> list[str]:
+        code = "from gptlab.train.run import code_sha256; print(code_sha256('gptlab.train.pretrain'), code_sha256('gptlab.train.finetune'))"
+        out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    before = shas()
+    assert before == [code_sha256("gptlab.train.pretrain"), code_sha256("gptlab.train.finetune")]  # a copy hashes as the package does
+    assert before[0] != before[1]
+    (src / "gptlab/serve/__init__.py").write_text((src / "gptlab/serve/__init__.py").read_text() + "\n# not imported by training\n")
+    assert shas() == before
+    loop = src / "gptlab/train/loop.py"
+    loop.write_text(loop.read_text() + "\n# an edit to the loop\n")
+    assert shas()[0] != before[0] and shas()[1] != before[1]
+    with pytest.raises(GptlabError, match="no module 'gptlab.train.nothing'"):
+        code_sha256("gptlab.train.nothing")
 
 
 def test_split_loss_weights_each_batch_and_skips_empty_ones():

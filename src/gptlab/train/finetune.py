@@ -34,7 +34,7 @@ from gptlab.sampling import SamplingConfig, generate
 from gptlab.train.cadence import finetune_cadence, report_finetune, with_interval
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
-from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, json_sha256, run_id
+from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, code_sha256, json_sha256, run_id
 from gptlab.train.runtime import setup_distributed
 
 
@@ -149,7 +149,7 @@ def finetune(
 
     sample = _sampler(tokenizer, val_records[0] if val_records else train_records[0], p.prompt_style, ctx)
     data = {"base": base_sha, "seed": seed, "data": json_sha256(train_records), **({"val": json_sha256(val_records)} if val_records else {})}
-    rid = run_id("finetune", p, **data)
+    rid = run_id("finetune", p, code=code_sha256("gptlab.train.finetune"), **data)
     run = LoopRun(
         name="finetune",
         run_id=rid,

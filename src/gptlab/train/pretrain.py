@@ -23,7 +23,7 @@ from gptlab.tokenizer import load_tokenizer
 from gptlab.train.cadence import pretrain_cadence, report_pretrain, with_interval
 from gptlab.train.evaluate import split_loss
 from gptlab.train.loop import train_loop
-from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, run_id
+from gptlab.train.run import LoopRun, TrainResult, checkpoint_root, code_sha256, run_id
 from gptlab.train.runtime import flops_per_token, pad_parameters, setup_distributed
 
 
@@ -109,7 +109,7 @@ def pretrain(
         report_pretrain(cadence, p, train_data.n_tokens)
     p = with_interval(p, cadence)  # a null eval_interval becomes the derived one (and the run id names it)
 
-    rid = run_id("pretrain", p, model=config.to_dict(), seed=seed, data=shards_fingerprint(shards_dir, meta))
+    rid = run_id("pretrain", p, code=code_sha256("gptlab.train.pretrain"), model=config.to_dict(), seed=seed, data=shards_fingerprint(shards_dir, meta))
     tokenizer_spec = meta["tokenizer"] if meta["tokenizer"] == "gpt2" else str(shards_dir / meta["tokenizer"])
     tokenizer = load_tokenizer(tokenizer_spec)
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.params import LoopParams
 from gptlab.train.runtime import Distributed
@@ -88,6 +89,26 @@ def run_id(kind: str, p: LoopParams, **parts: Any) -> str:
     The same inputs give the same id, so a run with an id already in the checkpoint folder resumes it."""
     keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in NOT_TRAJECTORY}
     return json_sha256({kind: keep, **parts})[:12]
+
+
+def code_sha256(module: str) -> str:
+    """Return the sha256 (64 hex digits) of the source of gptlab ``module`` (dotted name) and of
+    every gptlab file it may import (:func:`gptlab.pipeline.imported_files`: the same files DVC
+    lists as the stage's code deps), each file's path relative to the package root hashed with it.
+
+    Part of a run id, so a checkpoint written by other code is not resumed: a completed run of an
+    older loop (say one that logged no step-0 evaluation) would otherwise be taken as current."""
+    import gptlab
+    from gptlab.pipeline import imported_files
+
+    src = Path(gptlab.__file__).resolve().parent.parent
+    entry = src.joinpath(*module.split(".")).with_suffix(".py")
+    if not entry.is_file():
+        raise GptlabError(f"code_sha256: no module {module!r} under {src}")
+    digest = hashlib.sha256()
+    for path in sorted(imported_files(entry, src) | {entry}):
+        digest.update(path.relative_to(src).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def checkpoint_root(checkpoint_dir: str | Path) -> Path:
