@@ -286,7 +286,11 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per engine (after one warm-up); medians reported")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of every engine")
-    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: llamacpp, transformers, serve, gpu")
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to leave out: llamacpp, transformers, serve, gpu, compiled (gptlab's compiled variants: minutes of warm-up on a CPU)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a tiny random Llama model, 1 round, 8 tokens, 1 thread: correctness only")
     ap.add_argument("--json", default=str(ROOT / "metrics/bench_inference.json"))
     args = ap.parse_args()
@@ -314,7 +318,9 @@ def main() -> int:
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "load_average_at_start": round(os.getloadavg()[0], 2),  # > cpus: a shared machine, figures noisy
-        "gptlab_variants": "fp32/bf16/int8 x eager/compiled" if prepare else "fp32 eager only (gptlab.inference.prepare not in this checkout)",
+        "gptlab_variants": ("fp32/bf16/int8 x eager" + ("" if "compiled" in skip else "/compiled"))
+        if prepare
+        else "fp32 eager only (gptlab.inference.prepare not in this checkout)",
     }
 
     def show(name: str, figures: dict) -> None:
@@ -323,7 +329,11 @@ def main() -> int:
                 print(f"{name}_{k}: {v:.4g}", flush=True)
                 res[f"{name}_{k}"] = round(v, 4)
 
-    runners: dict[str, Run] = {f"gptlab_{name}": gptlab_runner(prepared(model, w, c, "cpu"), [prompt], args.new_tokens) for name, w, c in gptlab_variants()}
+    runners: dict[str, Run] = {
+        f"gptlab_{name}": gptlab_runner(prepared(model, w, c, "cpu"), [prompt], args.new_tokens)
+        for name, w, c in gptlab_variants()
+        if not (c and "compiled" in skip)
+    }
     llamas = {}
     if "llamacpp" not in skip:
         from gptlab.convert.llamacpp import LlamaCpp
