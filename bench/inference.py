@@ -309,6 +309,10 @@ def main() -> int:
     model = model.float().eval()
     prompt, text = tok.encode(PROMPT), tok.encode(TEXT)
     n_ctx = max(len(prompt) + args.new_tokens, len(text)) + 8
+    if len(prompt) + args.new_tokens > model.config.context_length or len(text) > model.config.context_length:
+        most = model.config.context_length - len(prompt)
+        sys.exit(f"bench/inference.py: {folder} has a context of {model.config.context_length} tokens; the prompt ({len(prompt)}) plus "
+                 f"--new-tokens {args.new_tokens} does not fit: use --new-tokens {most} or fewer")  # fmt: skip
     res: dict = {
         "model": str(folder),
         "parameters": model.num_parameters(),
