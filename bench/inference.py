@@ -1,8 +1,8 @@
 """The inference bench (issue 26.4): in one run, on the same weights, threads and prompt,
 
 - gptlab's one-prompt greedy decode: fp32, bf16 and int8 weights, eager and compiled
-  (``gptlab.inference.prepare`` where the checkout has it; otherwise fp32 eager only, and the
-  JSON says so under ``gptlab_variants``);
+  (``gptlab.inference.prepare``; ``--skip compiled`` leaves the compiled ones out, and the JSON
+  lists the variants measured under ``gptlab_variants``);
 - llama.cpp through its prebuilt wheel ``xllamacpp``, on gptlab's own GGUF export of the same
   model at f32 and q8_0 (:mod:`gptlab.convert.llamacpp`), which also checks interop: llama.cpp's
   greedy tokens against gptlab's fp32 ones, and the perplexity of a text under each file
@@ -50,15 +50,11 @@ from gptlab.config import GPTConfig  # noqa: E402
 from gptlab.convert.gguf_export import export_gguf  # noqa: E402
 from gptlab.convert.hf import export_hf  # noqa: E402
 from gptlab.convert.load_any import load_any  # noqa: E402
+from gptlab.inference import prepare  # noqa: E402
 from gptlab.io import write_json  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
 from gptlab.sampling import SamplingConfig, stream  # noqa: E402
 from gptlab.tokenizer import gpt2  # noqa: E402
-
-try:  # the static-cache / int8 / compile work of issue 26.1-2
-    from gptlab.inference import prepare
-except ImportError:
-    prepare = None
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The history of the city of Paris begins around 250 BC, when a tribe of the Senones settled on an island in the river, and"
@@ -111,12 +107,10 @@ def gptlab_runner(model: GPT, prompts: list[list[int]], new_tokens: int) -> Run:
     return run
 
 
-def gptlab_variants() -> list[tuple[str, str, bool]]:
-    """``(name, weights, compiled)`` of each variant this checkout can make: fp32/bf16/int8 x
-    eager/compiled through ``gptlab.inference.prepare``, or fp32 eager alone without it."""
-    if prepare is None:
-        return [("fp32_eager", "fp32", False)]
-    return [(f"{w}_{'compiled' if c else 'eager'}", w, c) for w in ("fp32", "bf16", "int8") for c in (False, True)]
+def gptlab_variants(compiled: bool = True) -> list[tuple[str, str, bool]]:
+    """``(name, weights, compiled)`` of each variant to measure: fp32/bf16/int8 x eager and, when
+    ``compiled``, compiled (``gptlab.inference.prepare``)."""
+    return [(f"{w}_{'compiled' if c else 'eager'}", w, c) for w in ("fp32", "bf16", "int8") for c in (False, True) if compiled or not c]
 
 
 def prepared(model: GPT, weights: str, compiled: bool, device: str) -> GPT:
@@ -124,7 +118,7 @@ def prepared(model: GPT, weights: str, compiled: bool, device: str) -> GPT:
     copy = GPT(model.config)
     copy.load_state_dict(model.state_dict())
     copy = copy.to(device).eval()
-    return prepare(copy, weights=weights, compile=compiled) if prepare is not None else copy
+    return prepare(copy, weights=weights, compile=compiled)
 
 
 # ---------------------------------------------------------------- llama.cpp
@@ -308,11 +302,11 @@ def main() -> int:
         model, tok = load_any(folder)
     model = model.float().eval()
     prompt, text = tok.encode(PROMPT), tok.encode(TEXT)
-    n_ctx = max(len(prompt) + args.new_tokens, len(text)) + 8
-    if len(prompt) + args.new_tokens > model.config.context_length or len(text) > model.config.context_length:
-        most = model.config.context_length - len(prompt)
+    if len(prompt) + args.new_tokens > model.config.context_length:  # transformers would fail on a position index
         sys.exit(f"bench/inference.py: {folder} has a context of {model.config.context_length} tokens; the prompt ({len(prompt)}) plus "
-                 f"--new-tokens {args.new_tokens} does not fit: use --new-tokens {most} or fewer")  # fmt: skip
+                 f"--new-tokens {args.new_tokens} does not fit: use --new-tokens {model.config.context_length - len(prompt)} or fewer")  # fmt: skip
+    n_ctx = max(len(prompt) + args.new_tokens, len(text)) + 8
+    variants = gptlab_variants(compiled="compiled" not in skip)
     res: dict = {
         "model": str(folder),
         "parameters": model.num_parameters(),
@@ -322,9 +316,7 @@ def main() -> int:
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "load_average_at_start": round(os.getloadavg()[0], 2),  # > cpus: a shared machine, figures noisy
-        "gptlab_variants": ("fp32/bf16/int8 x eager" + ("" if "compiled" in skip else "/compiled"))
-        if prepare
-        else "fp32 eager only (gptlab.inference.prepare not in this checkout)",
+        "gptlab_variants": [name for name, _, _ in variants],
     }
 
     def show(name: str, figures: dict) -> None:
@@ -333,11 +325,7 @@ def main() -> int:
                 print(f"{name}_{k}: {v:.4g}", flush=True)
                 res[f"{name}_{k}"] = round(v, 4)
 
-    runners: dict[str, Run] = {
-        f"gptlab_{name}": gptlab_runner(prepared(model, w, c, "cpu"), [prompt], args.new_tokens)
-        for name, w, c in gptlab_variants()
-        if not (c and "compiled" in skip)
-    }
+    runners: dict[str, Run] = {f"gptlab_{name}": gptlab_runner(prepared(model, w, c, "cpu"), [prompt], args.new_tokens) for name, w, c in variants}
     llamas = {}
     if "llamacpp" not in skip:
         from gptlab.convert.llamacpp import LlamaCpp
@@ -372,7 +360,7 @@ def main() -> int:
     if "gpu" not in skip and torch.cuda.is_available():
         res["gpu"] = torch.cuda.get_device_name()
         hf_dir = tmp / "hf" if (tmp / "hf").exists() else export_hf(model, tmp / "hf", tok)
-        gpu_model = prepared(model, "bf16", "auto", "cuda") if prepare else load_any(folder, "cuda")[0].to(torch.bfloat16)
+        gpu_model = prepared(model, "bf16", "auto", "cuda")
         for batch in (1, 64):
             prompts = [prompt] * batch
             gpu = {"gptlab": gptlab_runner(gpu_model, prompts, args.new_tokens)}

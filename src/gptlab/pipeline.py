@@ -247,7 +247,7 @@ def load_stage(name: str, root: str | Path = ".") -> ModuleType:
     return importlib.import_module(f"stages.{name}")
 
 
-def _module_file(name: str, src: Path) -> Path | None:
+def module_file(name: str, src: Path) -> Path | None:
     """The source file of module ``name`` (``gptlab.x.y``) under ``src``, or None if it is not one of ours."""
     base = src.joinpath(*name.split("."))
     if base.with_suffix(".py").is_file():
@@ -269,7 +269,7 @@ def _imported_names(path: Path, src: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for a in node.names:
                 full = f"{node.module}.{a.name}"
-                names.append(full if _module_file(full, src) is not None else node.module)
+                names.append(full if module_file(full, src) is not None else node.module)
     return names
 
 
@@ -283,7 +283,7 @@ def module_imports(src: str | Path = "src", package: str = "gptlab") -> dict[str
         parts = list(path.relative_to(src).with_suffix("").parts)
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         names = _imported_names(path, src)
-        graph[module] = {n for n in names if (n == package or n.startswith(package + ".")) and _module_file(n, src) is not None}
+        graph[module] = {n for n in names if (n == package or n.startswith(package + ".")) and module_file(n, src) is not None}
     return graph
 
 
@@ -307,7 +307,7 @@ def imported_files(entry: str | Path, src: str | Path = "src", package: str = "g
                 continue
             parts = name.split(".")
             for i in range(1, len(parts) + 1):  # the module and every parent package
-                found = _module_file(".".join(parts[:i]), src)
+                found = module_file(".".join(parts[:i]), src)
                 if found is not None and found not in seen:
                     todo.append(found)
     return {p for p in seen if p != Path(entry)}

@@ -99,11 +99,11 @@ def code_sha256(module: str) -> str:
     Part of a run id, so a checkpoint written by other code is not resumed: a completed run of an
     older loop (say one that logged no step-0 evaluation) would otherwise be taken as current."""
     import gptlab
-    from gptlab.pipeline import imported_files
+    from gptlab.pipeline import imported_files, module_file
 
     src = Path(gptlab.__file__).resolve().parent.parent
-    entry = src.joinpath(*module.split(".")).with_suffix(".py")
-    if not entry.is_file():
+    entry = module_file(module, src)
+    if entry is None:
         raise GptlabError(f"code_sha256: no module {module!r} under {src}")
     digest = hashlib.sha256()
     for path in sorted(imported_files(entry, src) | {entry}):
