@@ -124,12 +124,18 @@ def prepared(model: GPT, weights: str, compiled: bool, device: str) -> GPT:
 # ---------------------------------------------------------------- llama.cpp
 
 
-def llamacpp_runner(llama, prompt: list[int], new_tokens: int) -> Run:
-    """A :data:`Run` of llama.cpp (a :class:`gptlab.convert.llamacpp.LlamaCpp`): the prompt
-    prefilled anew each time, timings as llama.cpp measured them."""
+def llamacpp_runner(gguf: Path, n_ctx: int, threads: int, prompt: list[int], new_tokens: int) -> Run:
+    """A :data:`Run` of llama.cpp (:class:`gptlab.convert.llamacpp.LlamaCpp`) on the file ``gguf``:
+    the file loaded for this run only and closed after it, the prompt prefilled anew, timings as
+    llama.cpp measured them (loading excluded). A loaded llama.cpp keeps its thread pool polling
+    between requests: on the 2-core machine of this project that slowed every other engine in the
+    process by a third (the tiny Shakespeare model: gptlab 1,360 -> 900 tokens/s), so no engine is
+    measured while one is loaded."""
+    from gptlab.convert.llamacpp import LlamaCpp
 
     def run() -> tuple[float, float, list[int]]:
-        c = llama.greedy(prompt, new_tokens)
+        with LlamaCpp(gguf, n_ctx=n_ctx, threads=threads) as llama:
+            c = llama.greedy(prompt, new_tokens)
         return c.prompt_ms / 1e3, c.decode_tokens_per_s, c.tokens
 
     return run
@@ -326,13 +332,11 @@ def main() -> int:
                 res[f"{name}_{k}"] = round(v, 4)
 
     runners: dict[str, Run] = {f"gptlab_{name}": gptlab_runner(prepared(model, w, c, "cpu"), [prompt], args.new_tokens) for name, w, c in variants}
-    llamas = {}
+    ggufs = {}
     if "llamacpp" not in skip:
-        from gptlab.convert.llamacpp import LlamaCpp
-
         for dtype in ("f32", "q8_0"):
-            llamas[dtype] = LlamaCpp(export_gguf(model, tok, tmp / f"model-{dtype}.gguf", dtype), n_ctx=n_ctx, threads=args.threads)
-            runners[f"llamacpp_{dtype}"] = llamacpp_runner(llamas[dtype], prompt, args.new_tokens)
+            ggufs[dtype] = export_gguf(model, tok, tmp / f"model-{dtype}.gguf", dtype)
+            runners[f"llamacpp_{dtype}"] = llamacpp_runner(ggufs[dtype], n_ctx, args.threads, prompt, args.new_tokens)
     if "transformers" not in skip:
         runners["transformers_fp32"] = transformers_runner(export_hf(model, tmp / "hf", tok), [prompt], args.new_tokens, "cpu", torch.float32)
     results = interleaved(runners, args.rounds)
@@ -342,13 +346,15 @@ def main() -> int:
             r["same_tokens_as_gptlab_fp32"] = leading_agreement(r["tokens"], reference)
         show(name, r)
     show("gptlab", {"perplexity": perplexity(model, text)})
-    for dtype, llama in llamas.items():
-        ppl = llama.perplexity(text)
+    for dtype, gguf in ggufs.items():
+        from gptlab.convert.llamacpp import LlamaCpp
+
+        with LlamaCpp(gguf, n_ctx=n_ctx, threads=args.threads) as llama:
+            ppl = llama.perplexity(text)
         show(f"llamacpp_{dtype}", {"perplexity": ppl, "perplexity_vs_gptlab": ppl / res["gptlab_perplexity"]})
-        llama.close()
     ratios = {}
     for name in (n for n in results if n.startswith("gptlab_")):
-        for other in [f"llamacpp_{d}" for d in llamas] + (["transformers_fp32"] if "transformers_fp32" in results else []):
+        for other in [f"llamacpp_{d}" for d in ggufs] + (["transformers_fp32"] if "transformers_fp32" in results else []):
             ratios[f"{name}_vs_{other.removesuffix('_fp32')}"] = results[name]["decode_tokens_per_s"] / results[other]["decode_tokens_per_s"]
     for key, ratio in ratios.items():
         print(f"{key}: {ratio:.3f}x")
