@@ -49,7 +49,7 @@ def decode_once(model: GPT, prompt: list[int], new_tokens: int) -> tuple[float, 
     start = time.perf_counter()
     tokens, first = [], None
     for nxt, _ in stream(model, [prompt], cfg):
-        tokens.append(int(nxt[0]))
+        tokens.append(nxt[0])
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()

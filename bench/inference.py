@@ -8,8 +8,8 @@
   greedy tokens against gptlab's fp32 ones, and the perplexity of a text under each file
   against gptlab's;
 - transformers' ``generate`` on gptlab's Hugging Face export of the model;
-- ``gptlab serve`` (the real server, a subprocess on 127.0.0.1): aggregate tokens/s of 1, 4 and
-  16 concurrent OpenAI ``/v1/completions`` clients;
+- ``gptlab serve`` (the real server, a subprocess on 127.0.0.1), fp32 and bf16 weights: aggregate
+  tokens/s of 1, 4, 8 and 16 concurrent OpenAI ``/v1/completions`` clients;
 - on a GPU (``torch.cuda.is_available()``): batch 1 and 64 in bf16, gptlab against transformers.
 
 Per engine: time to first token (prefill + first token, ms) and decode tokens/s (the tokens after
@@ -62,7 +62,8 @@ TEXT = (  # ASCII (llama.cpp reports no probability for part of a character), a 
     "The cat sat on the mat and looked out of the window. It was a cold morning, and the street was quiet. "
     "A man walked past with his dog, and the cat watched them until they turned the corner."
 )
-CONCURRENCY = (1, 4, 16)
+CONCURRENCY = (1, 4, 8, 16)
+SERVE_WEIGHTS = ("fp32", "bf16")  # serve_* (fp32) and serve_bf16_*
 SMOKE = GPTConfig(
     vocab_size=50257, context_length=256, emb_dim=64, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden=128,
     norm="rmsnorm", positions="rope", mlp="swiglu", qkv_bias=False, proj_bias=False, mlp_bias=False,
@@ -90,7 +91,7 @@ def gptlab_decode(model: GPT, prompts: list[list[int]], new_tokens: int) -> tupl
     for tokens, _active in stream(model, prompts, SamplingConfig(new_tokens, temperature=0.0)):
         if first is None:
             first = time.perf_counter()
-        for row, t in zip(rows, tokens.tolist()):
+        for row, t in zip(rows, tokens):
             row.append(t)
     end = time.perf_counter()
     decode = len(prompts) * (new_tokens - 1) / (end - first) if end > first else float("nan")
@@ -216,12 +217,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure_serve(folder: Path, prompt: str, new_tokens: int, threads: int, concurrency: tuple[int, ...], timeout_s: float) -> dict:
-    """Start ``gptlab serve`` on ``folder``; for each client count, that many concurrent greedy
+def measure_serve(folder: Path, prompt: str, new_tokens: int, threads: int, concurrency: tuple[int, ...], timeout_s: float, weights: str = "fp32") -> dict:
+    """Start ``gptlab serve --weights weights`` on ``folder``; for each client count, that many concurrent greedy
     ``/v1/completions`` requests (``new_tokens`` at most each): aggregate completion tokens/s
     over the wall time of the whole round, and ``speedup_N``: over the one-client rate."""
     port = free_port()
-    cmd = [sys.executable, "-m", "gptlab.cli", "serve", "--model", str(folder), "--port", str(port), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "gptlab.cli", "serve", "--model", str(folder), "--port", str(port), "--threads", str(threads), "--weights", weights]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]), "CI": "true"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -361,7 +362,8 @@ def main() -> int:
         res[key] = round(ratio, 4)
 
     if "serve" not in skip:
-        show("serve", measure_serve(folder, PROMPT, args.new_tokens, args.threads, CONCURRENCY, 300))
+        for weights in SERVE_WEIGHTS:
+            show("serve" if weights == "fp32" else f"serve_{weights}", measure_serve(folder, PROMPT, args.new_tokens, args.threads, CONCURRENCY, 300, weights))
 
     if "gpu" not in skip and torch.cuda.is_available():
         res["gpu"] = torch.cuda.get_device_name()

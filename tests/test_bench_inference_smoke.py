@@ -1,6 +1,6 @@
 """bench/inference.py --smoke (issue 26.4): the inference bench runs end to end on a tiny random
 Llama model (gptlab, llama.cpp through xllamacpp on gptlab's GGUF export, transformers, the real
-`gptlab serve` with 1/4/16 clients) and writes every figure it promises, the interop ones
+`gptlab serve` with 1/4/8/16 clients, fp32 and bf16 weights) and writes every figure it promises, the interop ones
 (llama.cpp's perplexity of the text against gptlab's) within their bounds."""
 
 import json
@@ -31,7 +31,8 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert abs(figures["llamacpp_q8_0_perplexity_vs_gptlab"] - 1) < 1e-2
     assert 0 <= figures["llamacpp_f32_same_tokens_as_gptlab_fp32"] <= 8
     assert figures["gptlab_fp32_eager_vs_llamacpp_f32"] > 0 and figures["gptlab_fp32_eager_vs_transformers"] > 0
-    for n in (1, 4, 16):
-        assert figures[f"serve_clients_{n}_tokens_per_s"] > 0
-    assert figures["serve_speedup_16"] > 0
+    for prefix in ("serve", "serve_bf16"):
+        for n in (1, 4, 8, 16):
+            assert figures[f"{prefix}_clients_{n}_tokens_per_s"] > 0
+        assert figures[f"{prefix}_speedup_8"] > 0
     assert "gptlab_fp32_eager_vs_llamacpp_q8_0:" in proc.stdout and f"wrote {out}" in proc.stdout

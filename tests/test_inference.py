@@ -119,3 +119,37 @@ def test_sample_cli_answers_with_the_weights_asked_for(tmp_path, weights):
     assert r.stdout == enc.decode(expected) + "\n"
     r = subprocess.run([gptlab, *args[:-1], "int4"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--weights: invalid choice: 'int4'" in r.stderr
+
+
+needs_onednn_bf16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16 for oneDNN")
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("config", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_packed_bf16_weights_give_the_numbers_of_plain_bf16_ones(config):
+    from gptlab.inference import PackedLinear
+
+    packed = prepare(sharp(config), weights="bf16", compile=False)
+    plain = sharp(config).to(torch.bfloat16)
+    assert all(type(m) is not nn.Linear for m in packed.modules()) and isinstance(packed.head, PackedLinear)
+    assert packed.tok_emb.weight.dtype == torch.bfloat16  # the embedding keeps its rows; the head has its own packed copy
+    idx = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    with torch.inference_mode():
+        got, _ = packed(idx)
+        want, _ = plain(idx)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)  # the same oneDNN kernel, reordered once
+    assert generate(packed, PROMPTS, GREEDY) == generate(plain, PROMPTS, GREEDY)
+    assert "packed" not in str(list(packed.state_dict()))  # the opaque oneDNN tensors stay out of the state dict
+
+
+def test_stream_yields_host_lists_and_ends_each_row_on_its_budget():
+    from gptlab.sampling import Row, stream
+
+    model = sharp(LLAMA)
+    rows = [Row(dataclasses.replace(GREEDY, max_new_tokens=n)) for n in (3, 1, 5)]
+    steps = list(stream(model, PROMPTS, rows, pad_token=0))
+    assert len(steps) == 5 and all(isinstance(t, list) and isinstance(a, list) for t, a in steps)
+    assert [a for _, a in steps] == [[True, True, True], [True, False, True], [True, False, True], [False, False, True], [False, False, True]]
+    assert [t[1] for t, _ in steps[1:]] == [0, 0, 0, 0]  # an ended row yields the pad token
+    alone = [generate(model, [p], dataclasses.replace(GREEDY, max_new_tokens=n))[0] for p, n in zip(PROMPTS, (3, 1, 5))]
+    assert [[t[i] for t, a in steps if a[i]] for i in range(3)] == alone

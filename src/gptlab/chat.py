@@ -84,7 +84,7 @@ def stream_answer(model: GPT, tokenizer: Tokenizer, ids: list[int], cfg: Samplin
     interrupted = False
     try:
         for tokens, _ in stream(model, [ids], cfg, stop_tokens=sorted(ends), use_cache=use_cache, pad_token=tokenizer.eot_token):
-            token = int(tokens[0])
+            token = tokens[0]
             if token in ends:
                 break
             piece = decoder.add(token)

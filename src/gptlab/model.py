@@ -39,13 +39,18 @@ class KVCache:
     shapes and ``torch.compile`` captures it once. ``length`` positions are filled by prefill
     passes (a static step, :meth:`GPT.decode`, leaves the count to its caller). With RoPE the stored
     keys are already rotated and ``rope`` holds the (cos, sin) tables of positions 0 .. max_len-1,
-    each (max_len, head_dim) in ``dtype``, computed once.
+    each (max_len, head_dim) in ``dtype``, computed once. ``zeroed=False`` leaves the memory
+    unwritten, for a caller whose attention never reaches a column before it is written.
     """
 
-    def __init__(self, config: GPTConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype):
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device: torch.device | str, dtype: torch.dtype, zeroed: bool = True):
         shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # zeroed: a step that attends to every column (a compiled one) must not read garbage (0 * NaN
+        # is NaN); a caller that attends only to written columns skips the fill (SmolLM2-135M, batch 8:
+        # 150 ms a cache on the 2-core Xeon)
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = alloc(shape, device=device, dtype=dtype)
+        self.v = alloc(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -107,9 +112,11 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """``x``: (batch, seq, emb) -> (batch, seq, emb). With ``cache``, keys/values of the new
         positions are stored at the cache columns ``input_pos``: (seq,) int64 and attention covers
-        all ``cache.max_len`` columns under ``mask`` (a static decode step); without ``input_pos``
-        they are stored at ``cache.length`` onwards and attention covers the filled columns.
-        ``mask``: (batch, 1, seq, keys) bool, True where attention is allowed (None: causal).
+        the first ``mask.size(-1)`` cache columns under ``mask`` (a decode step: all
+        ``cache.max_len`` of them keep its shapes static); without ``input_pos`` they are stored at
+        ``cache.length`` onwards and attention covers the filled columns.
+        ``mask``: (batch, 1, seq, keys) bool, True where attention is allowed, or an additive float
+        bias in ``x``'s dtype (0 allowed, -inf not); None: causal.
         ``rope``: (cos, sin) of :func:`rope_cos_sin` for these positions (None: no rotation)."""
         B, T, C = x.shape
         if self.n_kv == self.n_heads:
@@ -122,7 +129,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            end = cache.max_len if input_pos is not None else cache.length + T
+            end = mask.size(-1) if input_pos is not None else cache.length + T
             if input_pos is None:
                 input_pos = torch.arange(cache.length, end, device=x.device)
             cache.write(layer, input_pos, k, v)
@@ -133,7 +140,8 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1, **gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
-        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.resid_drop(y) if self.training else y  # no module call per layer at inference
 
 
 class MLP(nn.Module):
@@ -152,8 +160,10 @@ class MLP(nn.Module):
         """(..., emb) -> (..., emb)."""
         if self.swiglu:
             gate, up = self.fc(x).chunk(2, dim=-1)
-            return self.drop(self.proj(F.silu(gate) * up))
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+            y = self.proj(F.silu(gate) * up)
+        else:
+            y = self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.drop(y) if self.training else y
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -183,6 +193,10 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """A decoder-only transformer: GPT-2 or a Llama-family model, as ``config`` says."""
+
+    static_decode: bool = False
+    """True once :meth:`decode` is compiled (:func:`gptlab.inference.prepare`): the sampler then
+    gives it masks over every cache column, so its shapes never change; else over the filled ones."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -254,13 +268,15 @@ class GPT(nn.Module):
             position_ids = input_pos[None]
         rope = None
         if self.config.positions == "rope":
-            x = self.drop(self.tok_emb(idx))
+            x = self.tok_emb(idx)
             if cache is not None and cache.rope is not None:
                 rope = tuple(t.to(x.dtype) for t in cache.rope_at(position_ids))
             else:
                 rope = rope_cos_sin(self.config, position_ids, x.dtype)
         else:
-            x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))
+            x = self.tok_emb(idx) + self.pos_emb(position_ids)
+        if self.training:
+            x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, mask, rope, input_pos)
         if cache is not None and input_pos is None:
@@ -268,12 +284,13 @@ class GPT(nn.Module):
         return self.final_norm(x[:, -1:] if last_only else x)
 
     def decode(self, idx: torch.Tensor, cache: KVCache, input_pos: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One decode step with static shapes, what ``torch.compile`` captures
-        (:func:`gptlab.inference.prepare` swaps in the compiled one): ``idx``: (batch, 1) int64
-        written to the cache column ``input_pos``: (1,) int64, at RoPE/learned ``position_ids``:
-        (batch, 1) int64, attending to the cache columns ``mask``: (batch, 1, 1, cache.max_len)
-        bool allows -> logits of the next token, (batch, vocab) in the model's dtype.
-        ``cache.length`` is the caller's to keep."""
+        """One decode step, what ``torch.compile`` captures (:func:`gptlab.inference.prepare`
+        swaps in the compiled one): ``idx``: (batch, 1) int64 written to the cache column
+        ``input_pos``: (1,) int64, at RoPE/learned ``position_ids``: (batch, 1) int64, attending to
+        the first ``keys`` cache columns as ``mask``: (batch, 1, 1, keys) says (bool, or an additive
+        float bias in the model's dtype; ``keys`` = ``cache.max_len`` keeps the shapes static)
+        -> logits of the next token, (batch, vocab) in the model's dtype. ``cache.length`` is the
+        caller's to keep."""
         logits, _ = self(idx, cache=cache, input_pos=input_pos, position_ids=position_ids, mask=mask)
         return logits[:, -1]
 

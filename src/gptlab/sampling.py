@@ -7,9 +7,9 @@ Prompts of different lengths are left-padded; each row's positions start at 0 at
 real token and padded keys are masked, so a prompt gives the same tokens alone or in a batch.
 With the cache, a prefill pass fills a preallocated :class:`~gptlab.model.KVCache` (its length
 bucketed by :func:`cache_length`) and each later step feeds one position through
-``model.decode``, a step of static shapes (the token is written at its cache column, attention
-runs over every column under a mask), which :func:`gptlab.inference.prepare` may replace with a
-compiled one. Once a sequence outgrows ``context_length`` the
+``model.decode`` (the token is written at its cache column; attention runs over the columns
+written so far under an additive bias, or over every column when :func:`gptlab.inference.prepare`
+has compiled the step, whose shapes must then stay static). Once a sequence outgrows ``context_length`` the
 window slides and is recomputed in full, exactly as uncached generation crops it (learned
 absolute positions cannot be shifted; RoPE models get the same per-row positions through
 ``position_ids`` and the same recompute, which keeps cached == uncached exact; a rolling RoPE
@@ -164,14 +164,17 @@ def stream(
     stop_tokens: Iterable[int] = (),
     use_cache: bool = True,
     pad_token: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(tokens, active)`` per step: the next token of each row, (batch,) int64, and
-    which rows were still generating, (batch,) bool. A row stops after a stop token (which is
-    yielded with ``active`` True) or its budget; later steps yield ``pad_token`` for it with ``active`` False.
+) -> Iterator[tuple[list[int], list[bool]]]:
+    """Yield ``(tokens, active)`` per step: the next token of each row (``batch`` ints) and which
+    rows were still generating (``batch`` bools). A row stops after a stop token (which is yielded
+    with ``active`` True) or its budget; later steps yield ``pad_token`` for it with ``active`` False.
 
     ``cfg``: one SamplingConfig for every row (one generator, from its seed, drawn over the
     batch), or one :class:`Row` per prompt (each with its own budget, sampling and generator:
     a row then gets the same tokens in any batch as alone).
+
+    Per cached step the host does a few tensor operations and one read of the new tokens (which
+    every caller needs anyway); a stop or a spent budget is bookkept on the host.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GptlabError("generate: every prompt needs at least one token")
@@ -190,43 +193,46 @@ def stream(
     device = next(model.parameters()).device
     ctx = model.config.context_length
     B, width = len(prompts), max(len(p) for p in prompts)
-    # preallocated: columns [0, n) hold prompt + generated tokens; valid marks real tokens
+    # preallocated: columns [0, n) hold prompt + generated tokens; valid marks real tokens. Past the
+    # prefill they are kept only where a later step may recompute its window (no cache, or a window that slides)
+    keep_window = not use_cache or width + budget > ctx
     buf = torch.full((B, width + budget), pad_token, dtype=torch.long, device=device)
     valid = torch.zeros(buf.shape, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
         buf[i, width - len(p) : width] = torch.as_tensor(list(p), dtype=torch.long, device=device)
         valid[i, width - len(p) : width] = True
-    stops = torch.as_tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    stops = set(stop_tokens)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if rows is None and cfg.seed is not None else None
-    ends = torch.as_tensor(budgets, device=device)  # a row stops after this many tokens
-    active = torch.ones(B, dtype=torch.bool, device=device)
+    active = [b > 0 for b in budgets]
     cache: KVCache | None = None
-    kv_valid: torch.Tensor | None = None  # (batch, cache.max_len) bool: the cache columns a query may see
     dtype = model.tok_emb.weight.dtype
-    count = torch.zeros(B, dtype=torch.long, device=device)  # valid tokens in the current window
+    static = model.static_decode  # a compiled step: its mask spans every cache column, so its shapes never change
+    bias = offset = columns = nxt = None  # the cached steps' attention bias, position offsets and cache columns
 
     n = width
     for step in range(budget):
         if cache is not None and n <= ctx:
-            # one token through the static-shape step; a cache starts at column 0 (made before the
-            # window slides), so the token's cache column is its buffer column n-1
+            # one token through the decode step; a cache starts at column 0 (made before the window
+            # slides), so the token's cache column is its buffer column n-1. Its bias column opens
+            # for every row (a row that has ended attends to its pads: its tokens are not used).
             col = n - 1
-            kv_valid[:, col] = valid[:, col]
-            position = (count - 1).clamp(min=0)[:, None]
-            input_pos = torch.tensor([col], dtype=torch.long, device=device)
-            logits = model.decode(buf[:, n - 1 : n], cache, input_pos, position, kv_valid[:, None, None, :])
+            bias[:, :, :, col] = 0.0
+            logits = model.decode(nxt[:, None], cache, columns[col:n], offset + col, bias if static else bias[:, :, :, :n])
         else:
             lo = max(0, n - ctx)
             window, win_valid = buf[:, lo:n], valid[:, lo:n]
             cache = None
             if use_cache and n < ctx:  # past the context every step recomputes its window: no cache
-                cache = KVCache(model.config, B, cache_length(window.size(1) + budget - step, ctx), device, dtype)
-                kv_valid = torch.zeros(B, cache.max_len, dtype=torch.bool, device=device)
-                kv_valid[:, : window.size(1)] = win_valid
+                cache = KVCache(model.config, B, cache_length(window.size(1) + budget - step, ctx), device, dtype, zeroed=static)
+                # additive attention bias over the cache columns: 0 where a real token is, -inf elsewhere
+                bias = torch.full((B, 1, 1, cache.max_len), float("-inf"), dtype=dtype, device=device)
+                bias[:, 0, 0, : window.size(1)].masked_fill_(win_valid, 0.0)
+                columns = torch.arange(cache.max_len, device=device)
+                # a row's position at cache column c (the window starts at column 0 here): its tokens before c
+                offset = (win_valid.sum(dim=1) - window.size(1))[:, None]
             mask = _mask(win_valid, window.size(1))
             logits, _ = model(window, cache=cache, position_ids=_positions(win_valid), mask=mask, last_only=True)
             logits = logits[:, -1]
-            count = win_valid.sum(dim=1)
         if step == 0 and not bool(torch.isfinite(logits).all()):
             raise NonFiniteLogits("the model gives NaN or infinite logits: its weights are broken; convert, download or train it again")
         if rows is not None:
@@ -235,19 +241,22 @@ def stream(
             nxt = sample_next(logits, cfg, generator, history)
         else:
             nxt = sample_next(logits, cfg, generator)
-        nxt = torch.where(active, nxt, torch.full_like(nxt, pad_token))
-        yield nxt, active.clone()
-        for (tokens, _), t, a in zip(history, nxt.tolist(), active.tolist()):
-            if a:
-                tokens.append(t)
-        buf[:, n] = nxt
-        valid[:, n] = active
-        count += active
+        tokens = nxt.tolist()
+        was = list(active)
+        for i, (t, a) in enumerate(zip(tokens, was)):
+            if not a:
+                tokens[i] = pad_token
+                continue
+            if penalized:
+                history[i][0].append(t)
+            if t in stops or step + 1 >= budgets[i]:
+                active[i] = False
+        yield tokens, was
+        if keep_window:
+            buf[:, n] = torch.as_tensor(tokens, dtype=torch.long, device=device)
+            valid[:, n] = torch.as_tensor(was, dtype=torch.bool, device=device)
         n += 1
-        if stops.numel():
-            active &= ~torch.isin(nxt, stops)
-        active &= ends > step + 1
-        if not bool(active.any()):
+        if not any(active):
             break
 
 
@@ -268,7 +277,7 @@ def generate(
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for tokens, active in stream(model, prompts, cfg, stops, use_cache, pad_token):
-        for i, (t, a) in enumerate(zip(tokens.tolist(), active.tolist())):
+        for i, (t, a) in enumerate(zip(tokens, active)):
             if a and not done[i]:
                 if t in stops:
                     done[i] = True

@@ -395,7 +395,7 @@ class Engine:
         try:
             for tokens, active in stream(self.model, list(prompts), list(rows), stop_tokens=ends):
                 stopped = "shutdown" if self.closing.is_set() else None
-                for request, token, on in zip(running, tokens.tolist(), active.tolist()):
+                for request, token, on in zip(running, tokens, active):
                     if not request.done.is_set() and (not on or request.accept(token, stopped)):
                         request.end()
                 going = [r for r in running if not r.done.is_set() and not r.left()]
