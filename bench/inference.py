@@ -6,7 +6,8 @@
 - llama.cpp through its prebuilt wheel ``xllamacpp``, on gptlab's own GGUF export of the same
   model at f32 and q8_0 (:mod:`gptlab.convert.llamacpp`), which also checks interop: llama.cpp's
   greedy tokens against gptlab's fp32 ones, and the perplexity of a text under each file
-  against gptlab's;
+  against gptlab's; with ``--threads`` above 1 also llama.cpp on one thread
+  (``llamacpp_*_1thread``), which can be its faster setting on a small VM;
 - transformers' ``generate`` on gptlab's Hugging Face export of the model;
 - ``gptlab serve`` (the real server, a subprocess on 127.0.0.1), fp32 and bf16 weights: aggregate
   tokens/s of 1, 4, 8 and 16 concurrent OpenAI ``/v1/completions`` clients;
@@ -338,6 +339,8 @@ def main() -> int:
         for dtype in ("f32", "q8_0"):
             ggufs[dtype] = export_gguf(model, tok, tmp / f"model-{dtype}.gguf", dtype)
             runners[f"llamacpp_{dtype}"] = llamacpp_runner(ggufs[dtype], n_ctx, args.threads, prompt, args.new_tokens)
+            if args.threads > 1:  # llama.cpp's thread pool can lose more than a thread gains (the 2-core Xeon VM, tiny model: 10x slower at 2)
+                runners[f"llamacpp_{dtype}_1thread"] = llamacpp_runner(ggufs[dtype], n_ctx, 1, prompt, args.new_tokens)
     if "transformers" not in skip:
         runners["transformers_fp32"] = transformers_runner(export_hf(model, tmp / "hf", tok), [prompt], args.new_tokens, "cpu", torch.float32)
     results = interleaved(runners, args.rounds)
@@ -355,7 +358,7 @@ def main() -> int:
         show(f"llamacpp_{dtype}", {"perplexity": ppl, "perplexity_vs_gptlab": ppl / res["gptlab_perplexity"]})
     ratios = {}
     for name in (n for n in results if n.startswith("gptlab_")):
-        for other in [f"llamacpp_{d}" for d in ggufs] + (["transformers_fp32"] if "transformers_fp32" in results else []):
+        for other in [n for n in results if n.startswith("llamacpp_")] + (["transformers_fp32"] if "transformers_fp32" in results else []):
             ratios[f"{name}_vs_{other.removesuffix('_fp32')}"] = results[name]["decode_tokens_per_s"] / results[other]["decode_tokens_per_s"]
     for key, ratio in ratios.items():
         print(f"{key}: {ratio:.3f}x")
