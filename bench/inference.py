@@ -143,6 +143,15 @@ def llamacpp_runner(gguf: Path, n_ctx: int, threads: int, prompt: list[int], new
     return run
 
 
+def llamacpp_perplexity(gguf: Path, n_ctx: int, threads: int, ids: list[int]) -> float:
+    """The perplexity llama.cpp gives the token ids ``ids`` under the file ``gguf`` (loaded for
+    this call only, as :func:`llamacpp_runner` does)."""
+    from gptlab.convert.llamacpp import LlamaCpp
+
+    with LlamaCpp(gguf, n_ctx=n_ctx, threads=threads) as llama:
+        return llama.perplexity(ids)
+
+
 # ---------------------------------------------------------------- transformers
 
 
@@ -351,10 +360,7 @@ def main() -> int:
         show(name, r)
     show("gptlab", {"perplexity": perplexity(model, text)})
     for dtype, gguf in ggufs.items():
-        from gptlab.convert.llamacpp import LlamaCpp
-
-        with LlamaCpp(gguf, n_ctx=n_ctx, threads=args.threads) as llama:
-            ppl = llama.perplexity(text)
+        ppl = llamacpp_perplexity(gguf, n_ctx, args.threads, text)
         show(f"llamacpp_{dtype}", {"perplexity": ppl, "perplexity_vs_gptlab": ppl / res["gptlab_perplexity"]})
     ratios = {}
     for name in (n for n in results if n.startswith("gptlab_")):

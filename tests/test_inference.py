@@ -14,7 +14,7 @@ from torch import nn
 from gptlab.checkpoint import save_model
 from gptlab.config import GPTConfig
 from gptlab.errors import GptlabError
-from gptlab.inference import Int8Linear, prepare, wants_compile
+from gptlab.inference import Int8Linear, cpu_native_bf16, prepare, wants_compile
 from gptlab.model import GPT
 from gptlab.sampling import SamplingConfig, generate
 from gptlab.tokenizer import gpt2
@@ -121,7 +121,7 @@ def test_sample_cli_answers_with_the_weights_asked_for(tmp_path, weights):
     assert r.returncode == 2 and "--weights: invalid choice: 'int4'" in r.stderr
 
 
-needs_onednn_bf16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16 for oneDNN")
+needs_onednn_bf16 = pytest.mark.skipif(not cpu_native_bf16(torch.device("cpu")), reason="this CPU has no native bf16 for oneDNN")
 
 
 @needs_onednn_bf16

@@ -43,14 +43,29 @@ Weights = Literal["fp32", "bf16", "int8"]
 Compile = Literal["auto", True, False] | bool | str
 
 
+def cpu_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU with native bf16 (AVX512-BF16 or AMX), as oneDNN reports it:
+    where bf16 weights are packed (:class:`PackedLinear`) and int8 matmuls take bf16 activations
+    (:func:`int8_matmul_dtype`)."""
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def replace_linears(model: GPT, make) -> GPT:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by ``make(linear)`` and return the
+    model; a head tied to the embedding gets its own copy (the embedding keeps its rows)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, make(child))
+    return model
+
+
 def int8_matmul_dtype(device: torch.device) -> torch.dtype | None:
     """The activations' dtype for the CPU's int8 matmul (``aten._weight_int8pack_mm``):
-    bfloat16 where the CPU has native bf16 (oneDNN says so: measured 2.7x faster than an fp32
-    linear there, while fp32 activations made the same kernel 4x slower), else None (the
+    bfloat16 where the CPU has native bf16 (:func:`cpu_native_bf16`: measured 2.7x faster than an
+    fp32 linear there, while fp32 activations made the same kernel 4x slower), else None (the
     activations' own dtype). Off the CPU: None."""
-    if device.type != "cpu":
-        return None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return torch.bfloat16 if cpu_native_bf16(device) else None
 
 
 class Int8Linear(nn.Module):
@@ -93,16 +108,11 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
 
-def packs_bf16(device: torch.device) -> bool:
-    """Whether bf16 weights on ``device`` are reordered once for oneDNN (:class:`PackedLinear`):
-    on a CPU with native bf16 (AVX512-BF16 or AMX), where oneDNN otherwise reorders each weight at
-    every call (measured on the 2-core Xeon with AMX, SmolLM2-135M's shapes, one row: the head's
-    matmul 2.4 ms unpacked, 1.2 ms packed; fp32 4.0 ms)."""
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 class PackedLinear(nn.Module):
-    """A bf16 Linear layer whose weight oneDNN has reordered once into its own blocked layout.
+    """A bf16 Linear layer whose weight oneDNN has reordered once into its own blocked layout,
+    used on a CPU with native bf16 (:func:`cpu_native_bf16`), where oneDNN otherwise reorders
+    each weight at every call (measured on the 2-core Xeon with AMX, SmolLM2-135M's shapes, one
+    row: the head's matmul 2.4 ms unpacked, 1.2 ms packed; fp32 4.0 ms).
 
     ``packed``: the (out, in) weight as an opaque oneDNN tensor (an attribute, not in the state
     dict); ``bias``: (out,) bf16 or None. ``forward``: (..., in) bf16 -> (..., out) bf16, the same
@@ -122,16 +132,6 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
 
 
-def pack_bf16(model: GPT) -> GPT:
-    """Replace every ``nn.Linear`` of the bf16 ``model`` (in place) by a :class:`PackedLinear` and
-    return the model; a tied head gets its own packed copy (the embedding keeps its rows)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child))
-    return model
-
-
 def quantize_int8(model: GPT) -> GPT:
     """Replace every ``nn.Linear`` of ``model`` (in place) by an :class:`Int8Linear` of its
     weights and return the model. A tied head gets its own int8 copy; the embedding keeps its
@@ -140,11 +140,7 @@ def quantize_int8(model: GPT) -> GPT:
     act = int8_matmul_dtype(next(model.parameters()).device)
     if act is not None and next(model.parameters()).dtype == torch.bfloat16:
         act = None  # a bf16 model's activations are bf16 already
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, Int8Linear.from_linear(child, act))
-    return model
+    return replace_linears(model, lambda linear: Int8Linear.from_linear(linear, act))
 
 
 def wants_compile(compile: Compile, device: torch.device) -> bool:
@@ -174,8 +170,8 @@ def prepare(model: GPT, weights: Weights = "fp32", compile: Compile = "auto") ->
     if weights == "bf16":
         if not any(isinstance(m, PackedLinear) for m in model.modules()):
             model.to(torch.bfloat16)
-            if packs_bf16(device) and not compiled:
-                pack_bf16(model)
+            if cpu_native_bf16(device) and not compiled:
+                replace_linears(model, PackedLinear)
     elif not any(isinstance(m, Int8Linear) for m in model.modules()):
         model.to(torch.float32)
         if weights == "int8":
